@@ -1,0 +1,45 @@
+# `make run` and `make test` each set everything up on a fresh machine, then do their job.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+# DVC stage commands call `python`: make it the project's interpreter.
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup run test lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "nntune needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@git rev-parse --is-inside-work-tree >/dev/null 2>&1 || git init --quiet
+	@[ -d .dvc ] || $(BIN)/dvc init --quiet
+	@$(BIN)/dvc config core.analytics false
+
+run: setup
+	$(BIN)/nntune check params.yaml
+	$(BIN)/dvc repro
+	$(BIN)/nntune summary
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy src
+
+test: lint
+	$(BIN)/pytest
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,68 @@
+"""Build a compiled Keras MLP from ``ModelParams``: the task picks the head and the loss."""
+
+from __future__ import annotations
+
+import keras
+
+from nntune.metrics import FIT_METRICS, Task
+from nntune.params import ModelParams, TrainParams
+
+# Output activation and loss per task: multiclass cross-entropy for classification, as the
+# seed article advises; a sigmoid with binary cross-entropy for two classes; MSE for regression.
+HEADS: dict[Task, tuple[str, str]] = {
+    "multiclass": ("softmax", "sparse_categorical_crossentropy"),
+    "binary": ("sigmoid", "binary_crossentropy"),
+    "regression": ("linear", "mean_squared_error"),
+}
+
+
+def build_model(
+    model: ModelParams, train: TrainParams, n_features: int, task: Task, n_classes: int = 0
+) -> keras.Model:
+    """An MLP with ``model.hidden_layers`` Dense layers (0 gives a linear / logistic model),
+    compiled with the optimiser, effective learning rate and loss for ``task``."""
+    if task == "multiclass" and n_classes < 2:
+        raise ValueError(f"a multiclass model needs at least 2 classes, got {n_classes}")
+    regularizer = keras.regularizers.L2(model.l2) if model.l2 > 0 else None
+    inputs = keras.Input(shape=(n_features,), name="features")
+    x = inputs
+    for i, units in enumerate(model.units, start=1):
+        x = keras.layers.Dense(
+            units, activation=model.activation, kernel_regularizer=regularizer, name=f"hidden_{i}"
+        )(x)
+        if model.dropout > 0:
+            x = keras.layers.Dropout(model.dropout, name=f"dropout_{i}")(x)
+    activation, loss = HEADS[task]
+    outputs = keras.layers.Dense(
+        n_classes if task == "multiclass" else 1,
+        activation=activation,
+        kernel_regularizer=regularizer,
+        name="output",
+    )(x)
+    net = keras.Model(inputs, outputs, name="nntune_mlp")
+    net.compile(
+        optimizer=build_optimizer(train),
+        loss=loss,
+        metrics=[_keras_metric(name) for name in FIT_METRICS[task]],
+    )
+    return net
+
+
+def build_optimizer(train: TrainParams) -> keras.optimizers.Optimizer:
+    rate = train.effective_learning_rate
+    if train.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=rate)
+    if train.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=rate, momentum=train.momentum)
+    return keras.optimizers.RMSprop(learning_rate=rate, momentum=train.momentum)
+
+
+def _keras_metric(name: str) -> str | keras.metrics.Metric:
+    # Named objects so Keras logs exactly the names metrics.py promises (val_auc, val_rmse...).
+    if name == "auc":
+        return keras.metrics.AUC(name="auc")
+    if name == "rmse":
+        return keras.metrics.RootMeanSquaredError(name="rmse")
+    if name == "mae":
+        return keras.metrics.MeanAbsoluteError(name="mae")
+    return name

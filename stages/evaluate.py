@@ -1,0 +1,27 @@
+"""evaluate: the only stage that touches the test split. Test metrics and plot rows."""
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+
+from nntune import artifacts
+from nntune.data import read_prepared
+from nntune.evaluate import evaluate_predictions
+from nntune.stage import run_stage
+
+
+def main(args: argparse.Namespace) -> None:
+    data = read_prepared(args.prepared, splits=("test",))
+    x_test, y_test = data.xy("test")
+    net = keras.saving.load_model(args.model)
+    output = net.predict(x_test, batch_size=1024, verbose=0)
+    metrics, predictions = evaluate_predictions(data, y_test, output)
+    artifacts.write_json(args.metrics, metrics)
+    artifacts.write_csv(args.predictions, predictions)
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, "prepared", "model", "metrics", "predictions")

@@ -1,0 +1,17 @@
+"""prepare: stratified train/val/test split, scaling fitted on train only, as Parquet."""
+
+import argparse
+
+from nntune.data import check_validated, prepare, read_table, write_prepared
+from nntune.params import load_params
+from nntune.stage import run_stage
+
+
+def main(args: argparse.Namespace) -> None:
+    data = load_params(args.params).data
+    check_validated(args.validation_report, data.source)
+    write_prepared(prepare(read_table(data.source), data), args.out_dir)
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, "params", "validation_report", "out_dir")

@@ -1,0 +1,28 @@
+"""validate: check the raw table against its pandera schema; a failure stops the pipeline.
+
+Writes the report (JSON) whether or not the data is valid, then exits 1 on failure so DVC
+runs nothing downstream.
+"""
+
+import argparse
+import sys
+
+from nntune import artifacts
+from nntune.data import read_table
+from nntune.params import load_params
+from nntune.schema import load_schema, render_report, validate_table
+from nntune.stage import run_stage
+
+
+def main(args: argparse.Namespace) -> None:
+    data = load_params(args.params).data
+    schema = load_schema(data.schema)
+    report = validate_table(read_table(data.source), schema, data, data.schema)
+    artifacts.write_json(args.report, report.to_dict())
+    render_report(report)
+    if not report.valid:
+        sys.exit(f"validation failed: see the table above and {args.report}")
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, "params", "report")

@@ -13,8 +13,8 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from nntune.errors import NntuneError
 from nntune import artifacts
+from nntune.errors import NntuneError
 from nntune.metrics import Task
 from nntune.params import DataParams
 
@@ -34,10 +34,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty; point data.source at a table with a header row")
     try:
-        if path.suffix.lower() == ".csv":
-            frame = pd.read_csv(path)
-        else:
-            frame = pd.read_parquet(path)
+        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot be read as {path.suffix.lstrip('.')}: {exc}") from exc
     if frame.empty:
@@ -63,7 +60,7 @@ def digits_frame() -> pd.DataFrame:
     """The handwritten-digits set bundled inside scikit-learn (no network needed)."""
     from sklearn.datasets import load_digits
 
-    frame = load_digits(as_frame=True).frame
+    frame: pd.DataFrame = load_digits(as_frame=True).frame
     return frame.astype("int64")
 
 
@@ -127,8 +124,9 @@ def prepare(frame: pd.DataFrame, data: DataParams) -> Prepared:
         stratify=rest[data.target] if stratify else None,
     )
     scaler = StandardScaler().fit(train[features].to_numpy(dtype="float64"))
+    parts = (train, val, test)
     splits = {
-        name: _scaled(part, features, scaler) for name, part in zip(SPLITS, (train, val, test), strict=True)
+        name: _scaled(part, features, scaler) for name, part in zip(SPLITS, parts, strict=True)
     }
     return Prepared(
         splits=splits,

@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from nntune.data import Prepared
-from nntune.metrics import test_metric_names
+from nntune.metrics import holdout_metric_names
 
 
 def evaluate_predictions(
@@ -21,7 +21,7 @@ def evaluate_predictions(
 
     A diverged model outputs NaN: its metrics are ``None`` and its frame is empty, so the
     experiment is recorded as failed-to-train rather than crashing the pipeline."""
-    names = test_metric_names(prepared.task)
+    names = holdout_metric_names(prepared.task)
     if not np.all(np.isfinite(output)):
         return dict.fromkeys(names), pd.DataFrame({"actual": [], "predicted": []})
     if prepared.task == "regression":
@@ -49,9 +49,11 @@ def evaluate_predictions(
 
 
 def _class_probabilities(output: np.ndarray) -> np.ndarray:
-    """(n, K) probabilities; a sigmoid head's (n, 1) column becomes [1 - p, p]."""
+    """(n, K) float64 probabilities summing to 1 per row; a sigmoid head's (n, 1) column
+    becomes [1 - p, p]. float32 softmax rows miss 1 by rounding, which log_loss warns about."""
     output = output.astype("float64")
     if output.ndim == 2 and output.shape[1] == 1:
         p = output[:, 0]
         return np.column_stack([1.0 - p, p])
-    return output
+    normalised: np.ndarray = output / output.sum(axis=1, keepdims=True)
+    return normalised

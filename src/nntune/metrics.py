@@ -44,7 +44,7 @@ def validation_metric_names(task: Task) -> tuple[str, ...]:
     return tuple(f"val_{name}" for name in fit_metric_names(task))
 
 
-def test_metric_names(task: Task) -> tuple[str, ...]:
+def holdout_metric_names(task: Task) -> tuple[str, ...]:
     return tuple(f"test_{name}" for name in TEST_METRICS[task])
 
 

@@ -17,7 +17,14 @@ from typing import Any, Literal, TypeVar, cast
 import yaml
 
 from nntune.errors import NntuneError
-from nntune.metrics import TASKS, Direction, Objective, Task, infer_direction, validation_metric_names
+from nntune.metrics import (
+    TASKS,
+    Direction,
+    Objective,
+    Task,
+    infer_direction,
+    validation_metric_names,
+)
 
 Optimizer = Literal["adam", "sgd", "rmsprop"]
 LrScalingRule = Literal["none", "linear"]
@@ -136,7 +143,9 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     with root.section("train") as s:
         train = _parse_train(s, data.task if data else None)
     with root.section("runtime") as s:
-        runtime = RuntimeParams(seed=s.integer("seed", minimum=0), deterministic=s.boolean("deterministic"))
+        runtime = RuntimeParams(
+            seed=s.integer("seed", minimum=0), deterministic=s.boolean("deterministic")
+        )
     with root.section("evaluate") as s:
         evaluate = _parse_evaluate(s, data.task if data else None)
     root.reject_unknown(allowed_extra=_UNCHECKED_TOP_LEVEL)
@@ -170,7 +179,7 @@ def _parse_data(s: _Section) -> DataParams | None:
         source=source,
         schema=schema,
         target=s.string("target"),
-        task=cast(Task, s.choice("task", TASKS)),
+        task=s.choice("task", TASKS),
         test_fraction=test_fraction,
         val_fraction=val_fraction,
         split_seed=s.integer("split_seed", minimum=0),
@@ -215,7 +224,7 @@ def _parse_units(s: _Section, hidden_layers: int) -> tuple[int, ...]:
 
 
 def _parse_train(s: _Section, task: Task | None) -> TrainParams | None:
-    optimizer = cast(Optimizer, s.choice("optimizer", OPTIMIZERS))
+    optimizer = s.choice("optimizer", OPTIMIZERS)
     learning_rate = s.number("learning_rate", low=0.0, open_interval=True)
     momentum = s.number("momentum", low=0.0, high=1.0, open_high=True)
     if momentum and optimizer == "adam":
@@ -232,7 +241,7 @@ def _parse_train(s: _Section, task: Task | None) -> TrainParams | None:
         )
     with s.section("lr_scaling") as lr:
         lr_scaling = LrScalingParams(
-            rule=cast(LrScalingRule, lr.choice("rule", LR_SCALING_RULES)),
+            rule=lr.choice("rule", LR_SCALING_RULES),
             reference_batch_size=lr.integer("reference_batch_size", minimum=1),
         )
     params = TrainParams(
@@ -373,8 +382,9 @@ class _Section:
             return low or 0.0
         if low is not None and (number <= low if open_interval else number < low):
             self.problem(name, value, f"must be {'>' if open_interval else '>='} {low:g}")
-        if high is not None and (number >= high if open_interval or open_high else number > high):
-            self.problem(name, value, f"must be {'<' if open_interval or open_high else '<='} {high:g}")
+        open_top = open_interval or open_high
+        if high is not None and (number >= high if open_top else number > high):
+            self.problem(name, value, f"must be {'<' if open_top else '<='} {high:g}")
         return number
 
 

@@ -27,7 +27,7 @@ def seed_everything(runtime: RuntimeParams) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-class DivergenceGuard(keras.callbacks.Callback):
+class DivergenceGuard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
     """Stops training at the first NaN or infinite loss and remembers that it happened.
     Keras' TerminateOnNaN stops too, but leaves no record a caller can read."""
 

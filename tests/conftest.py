@@ -1,0 +1,56 @@
+"""Shared fixtures: the real params.yaml, shrunk, and tiny in-memory tables."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from nntune.params import Params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_params_dict() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((REPO / "params.yaml").read_text())
+    return loaded
+
+
+def shrink(raw: dict[str, Any]) -> dict[str, Any]:
+    """The real defaults with a budget small enough for tests (as lightning-hydra-template
+    does): tiny layers, a few epochs."""
+    raw = copy.deepcopy(raw)
+    raw["model"].update(units=16, hidden_layers=1)
+    raw["train"].update(max_epochs=4)
+    raw["train"]["early_stopping"].update(patience=2)
+    return raw
+
+
+@pytest.fixture
+def raw_params() -> dict[str, Any]:
+    """A fresh, mutable copy of the repository's params.yaml."""
+    return repo_params_dict()
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return parse_params(shrink(repo_params_dict()), source="tiny")
+
+
+def make_table(
+    n_rows: int = 120, n_classes: int = 3, seed: int = 0, labels: list[Any] | None = None
+) -> pd.DataFrame:
+    """A small separable classification table with a unique ``uid`` feature per row."""
+    rng = np.random.default_rng(seed)
+    codes = np.arange(n_rows) % n_classes
+    features = rng.normal(size=(n_rows, 3)) + codes[:, None] * 3.0
+    frame = pd.DataFrame(features, columns=["a", "b", "c"])
+    frame["uid"] = np.arange(n_rows, dtype="float64") * 10.0
+    names = labels if labels is not None else list(range(n_classes))
+    frame["target"] = [names[c] for c in codes]
+    return frame

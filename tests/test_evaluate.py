@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import make_table
+
+from nntune.data import prepare
+from nntune.evaluate import evaluate_predictions
+from nntune.params import Params
+
+
+def test_multiclass_metrics_and_original_labels(tiny_params: Params) -> None:
+    data = prepare(make_table(labels=["cat", "dog", "emu"]), tiny_params.data)
+    y = np.array([0, 1, 2, 2])
+    perfect = np.eye(3)[y].astype("float32")
+    metrics, frame = evaluate_predictions(data, y, perfect)
+    assert metrics["test_accuracy"] == 1.0
+    assert metrics["test_f1_macro"] == 1.0
+    assert metrics["test_log_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert list(frame["actual"]) == ["cat", "dog", "emu", "emu"]
+    wrong = np.eye(3)[[1, 1, 2, 0]].astype("float32") * 0.8 + 0.2 / 3
+    metrics, frame = evaluate_predictions(data, y, wrong)
+    assert metrics["test_accuracy"] == 0.5
+    assert list(frame["predicted"]) == ["dog", "dog", "emu", "cat"]
+
+
+def test_binary_metrics(tiny_params: Params) -> None:
+    binary = dataclasses.replace(tiny_params.data, task="binary")
+    data = prepare(make_table(n_classes=2), binary)
+    y = np.array([0, 1, 1, 0])
+    metrics, _ = evaluate_predictions(data, y, np.array([[0.1], [0.8], [0.4], [0.3]]))
+    assert list(metrics) == ["test_accuracy", "test_f1_macro", "test_log_loss", "test_roc_auc"]
+    assert metrics["test_accuracy"] == 0.75
+    assert metrics["test_roc_auc"] == 1.0
+
+
+def test_regression_metrics(tiny_params: Params) -> None:
+    table = make_table()
+    table["target"] = table["a"]
+    data = prepare(table, dataclasses.replace(tiny_params.data, task="regression"))
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    metrics, frame = evaluate_predictions(data, y, np.array([[1.0], [2.0], [3.0], [6.0]]))
+    assert metrics["test_rmse"] == pytest.approx(1.0)
+    assert metrics["test_mae"] == pytest.approx(0.5)
+    assert metrics["test_r2"] == pytest.approx(1 - 4 / 5)
+    assert list(frame.columns) == ["actual", "predicted"]

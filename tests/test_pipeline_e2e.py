@@ -1,0 +1,195 @@
+"""End-to-end: the real pipeline in a scaffolded temp project with its own git repo,
+driven by the real ``dvc`` commands. Never touches this repository's git history."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, shrink
+
+pytestmark = pytest.mark.e2e
+
+PIPELINE_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    "data/digits.csv",
+    "data/digits.schema.yaml",
+]
+PIPELINE_DIRS = ["stages", "src/nntune"]
+# Files whose bytes must not change when the same params run again on CPU.
+DETERMINISTIC = [
+    "metrics/train.json",
+    "metrics/evaluate.json",
+    "reports/predictions.csv",
+    "reports/validation.json",
+    "dvclive/metrics.json",
+    "dvclive/plots/metrics/train/loss.tsv",
+    "dvclive/plots/metrics/eval/loss.tsv",
+    "dvclive/plots/metrics/eval/accuracy.tsv",
+    "data/prepared/train.parquet",
+    "data/prepared/meta.json",
+]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Stage commands call `python`: make it this interpreter, with its packages.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run(project: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        list(cmd), cwd=project, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def scaffold(dest: Path) -> Path:
+    """Copy the pipeline into ``dest`` with shrunk params, as a fresh git + DVC repo."""
+    for name in PIPELINE_FILES:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest / name)
+    for name in PIPELINE_DIRS:
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(dest, "git", "init", "--quiet", "--initial-branch=main")
+    run(dest, "git", "config", "user.email", "e2e@nntune.invalid")
+    run(dest, "git", "config", "user.name", "nntune e2e")
+    run(dest, "dvc", "init", "--quiet")
+    run(dest, "dvc", "config", "core.analytics", "false")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "--quiet", "-m", "scaffold")
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return scaffold(tmp_path / "project")
+
+
+def _snapshot(project: Path) -> dict[str, bytes]:
+    return {name: (project / name).read_bytes() for name in DETERMINISTIC}
+
+
+def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project: Path) -> None:
+    first = run(project, "dvc", "repro")
+    for stage in ("validate", "prepare", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout
+    before = _snapshot(project)
+    evaluation = json.loads(before["metrics/evaluate.json"])
+    assert set(evaluation) == {"test_accuracy", "test_f1_macro", "test_log_loss"}
+    assert evaluation["test_accuracy"] > 0.5  # 4 epochs of a 16-unit MLP learn digits
+
+    second = run(project, "dvc", "repro")
+    assert "Running stage" not in second.stdout
+    assert "Data and pipelines are up to date." in second.stdout
+
+    run(project, "dvc", "repro", "--force")
+    after = _snapshot(project)
+    changed = [name for name in DETERMINISTIC if before[name] != after[name]]
+    assert not changed, f"not reproducible: {changed}"
+    timing = json.loads((project / "reports" / "train_run.json").read_text())
+    assert timing["train_seconds"] > 0 and timing["versions"]["nntune"]
+
+    # The results are visible to DVC's own commands.
+    shown = json.loads(run(project, "dvc", "metrics", "show", "--json").stdout)
+    assert "metrics/evaluate.json" in json.dumps(shown)
+    run(project, "dvc", "plots", "show", "-o", "plots_html")
+    html = (project / "plots_html" / "index.html").read_text()
+    for title in ("Loss", "Accuracy", "Confusion matrix (test)"):
+        assert title in html
+
+
+def test_bad_params_stop_the_pipeline_before_training(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["learning_rate"] = -0.1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run(project, "dvc", "repro", check=False)
+    assert result.returncode != 0
+    assert "train.learning_rate must be > 0, got -0.1" in result.stderr + result.stdout
+    assert not (project / "models" / "model.keras").exists()
+    assert not (project / "data" / "prepared").exists()
+
+
+def test_bad_data_stops_the_pipeline_with_a_report(project: Path) -> None:
+    csv = project / "data" / "digits.csv"
+    lines = csv.read_text().splitlines()
+    lines[5] = "99" + lines[5][lines[5].index(",") :]  # pixel_0_0 of data row 4 out of range
+    csv.write_text("\n".join(lines) + "\n")
+    result = run(project, "dvc", "repro", check=False)
+    assert result.returncode != 0
+    assert "pixel_0_0" in result.stderr
+    assert "failed to reproduce 'validate'" in result.stderr
+    report = json.loads((project / "reports" / "validation.json").read_text())
+    assert report["valid"] is False
+    assert report["failures"][0]["column"] == "pixel_0_0"
+    assert report["failures"][0]["examples"] == [{"row": 4, "value": 99}]
+    assert not (project / "data" / "prepared").exists()
+
+
+def test_queued_experiments_run_their_own_snapshot_of_the_library(project: Path) -> None:
+    run(project, "dvc", "repro")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "--quiet", "-m", "baseline results")
+    # Change the library only in what gets queued, then put the workspace back. Neither the
+    # workspace nor the installed (editable) nntune has this version any more: only the
+    # queued snapshots do.
+    init = project / "src" / "nntune" / "__init__.py"
+    original = init.read_text()
+    init.write_text(original.replace('__version__ = "', '__version__ = "0.0.0+queued-'))
+    run(project, "dvc", "exp", "run", "--queue", "-S", "model.units=8,12")
+    init.write_text(original)
+    assert run(project, "git", "status", "--porcelain").stdout == ""
+
+    run(project, "dvc", "queue", "start", "-j", "1")
+    _wait_for_queue(project, timeout=420)
+
+    rows = json.loads(run(project, "dvc", "exp", "show", "--json", "--no-pager").stdout)
+    experiments = _experiments(rows)
+    assert sorted(experiments) == [8, 12], experiments
+    for units, (state, version) in experiments.items():
+        assert state == "success", (units, state)
+        assert version.startswith("0.0.0+queued-"), (units, version)
+
+
+def _wait_for_queue(project: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(project, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            return
+        time.sleep(2)
+    run(project, "dvc", "queue", "kill", "--all", check=False)
+    raise AssertionError(f"queue did not drain in {timeout}s:\n{status}")
+
+
+def _experiments(rows: list[dict]) -> dict[int, tuple[str, str]]:  # type: ignore[type-arg]
+    """{model.units: (state, nntune version)} of every experiment `dvc exp show` lists."""
+    found = {}
+    for baseline in rows:
+        for exp_range in baseline.get("experiments") or []:
+            state = exp_range["executor"]["state"] if exp_range.get("executor") else "?"
+            for rev in exp_range["revs"]:
+                data = rev.get("data") or {}
+                params = data["params"]["params.yaml"]["data"]
+                metrics = data["metrics"]["reports/train_run.json"]["data"]
+                found[params["model"]["units"]] = (state, metrics["versions"]["nntune"])
+    return found

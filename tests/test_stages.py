@@ -1,0 +1,81 @@
+"""The stage scripts are thin, and dvc.yaml declares every library module each one imports:
+a missing dep would let DVC skip a stage whose code changed."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+STAGES = list(DVC_YAML["stages"])
+
+LIST_IMPORTS = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("stage_under_test", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)  # imports only: main() runs under __main__ alone
+print(json.dumps({
+    "nntune": sorted(
+        m.__file__ for name, m in sys.modules.items()
+        if (name == "nntune" or name.startswith("nntune.")) and getattr(m, "__file__", None)
+    ),
+    "tensorflow": "tensorflow" in sys.modules,
+}))
+"""
+
+
+@functools.cache
+def stage_imports(script: str) -> tuple[frozenset[str], bool]:
+    """(nntune files relative to the repo, whether TensorFlow got imported) for a script
+    imported the way its dvc.yaml command runs it."""
+    env = {**os.environ, "PYTHONPATH": "src", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", LIST_IMPORTS, script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(out.stdout.splitlines()[-1])
+    files = frozenset(str(Path(f).resolve().relative_to(REPO)) for f in found["nntune"])
+    return files, found["tensorflow"]
+
+
+def test_pipeline_has_the_four_stages_in_order() -> None:
+    assert STAGES == ["validate", "prepare", "train", "evaluate"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_declares_every_library_module_it_imports(stage: str) -> None:
+    spec = DVC_YAML["stages"][stage]
+    script = spec["cmd"].split()[2]
+    assert spec["cmd"].startswith("PYTHONPATH=src python stages/")
+    imported, _ = stage_imports(script)
+    assert imported, "the stage imports no nntune module: is PYTHONPATH=src honoured?"
+    declared = set(spec["deps"])
+    assert script in declared
+    assert imported <= declared, f"{stage} imports undeclared modules: {imported - declared}"
+    # And the other way round: no module listed that the stage never imports.
+    library_deps = {d for d in declared if d.startswith("src/")}
+    assert library_deps <= imported, f"{stage} declares unused deps: {library_deps - imported}"
+
+
+@pytest.mark.parametrize("stage", ["validate", "prepare"])
+def test_data_stages_do_not_import_tensorflow(stage: str) -> None:
+    _, tensorflow = stage_imports(f"stages/{stage}.py")
+    assert tensorflow is False
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_scripts_stay_thin(stage: str) -> None:
+    lines = (REPO / "stages" / f"{stage}.py").read_text().splitlines()
+    assert len(lines) <= 45

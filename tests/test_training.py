@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_table
+
+from nntune.data import prepare
+from nntune.evaluate import evaluate_predictions
+from nntune.model import build_model
+from nntune.params import Params
+from nntune.training import fit, seed_everything
+
+
+def _train(params: Params, live: Path, table: pd.DataFrame | None = None):  # type: ignore[no-untyped-def]
+    seed_everything(params.runtime)
+    data = prepare(table if table is not None else make_table(), params.data)
+    net = build_model(params.model, params.train, len(data.features), data.task, len(data.classes))
+    return net, data, fit(net, data, params.train, live)
+
+
+def test_fit_records_epochs_and_the_kept_models_metrics(
+    tmp_path: Path, tiny_params: Params
+) -> None:
+    train = dataclasses.replace(tiny_params.train, max_epochs=6)
+    params = dataclasses.replace(tiny_params, train=train)
+    _, _, result = _train(params, tmp_path / "live")
+    m = result.metrics
+    assert set(m) == {
+        "epochs_trained",
+        "best_epoch",
+        "diverged",
+        "diverged_at_epoch",
+        "learning_rate_effective",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+    }
+    assert 1 <= m["best_epoch"] <= m["epochs_trained"] <= 6
+    assert m["diverged"] is False
+    # restore_best_weights: the reported val_loss is the best epoch's, not the last one's.
+    curve = pd.read_csv(tmp_path / "live" / "plots" / "metrics" / "eval" / "loss.tsv", sep="\t")
+    assert len(curve) == m["epochs_trained"]
+    assert m["val_loss"] == pytest.approx(curve["loss"].min(), rel=1e-4)
+    assert m["best_epoch"] == int(curve["loss"].idxmin()) + 1
+    assert result.train_seconds > 0 and result.samples_per_second > 0
+
+
+def test_early_stopping_stops_before_max_epochs(tmp_path: Path, tiny_params: Params) -> None:
+    es = dataclasses.replace(tiny_params.train.early_stopping, patience=0, min_delta=10.0)
+    train = dataclasses.replace(tiny_params.train, max_epochs=50, early_stopping=es)
+    _, _, result = _train(dataclasses.replace(tiny_params, train=train), tmp_path / "live")
+    # No epoch improves by 10, so training stops after the second epoch (Keras never stops
+    # at epoch 0).
+    assert result.metrics["epochs_trained"] == 2
+
+
+def test_divergence_is_recorded_not_raised(tmp_path: Path, tiny_params: Params) -> None:
+    train = dataclasses.replace(tiny_params.train, optimizer="sgd", learning_rate=1e12)
+    table = make_table()
+    table[["a", "b", "c"]] *= 1e6
+    net, data, result = _train(
+        dataclasses.replace(tiny_params, train=train), tmp_path / "live", table
+    )
+    assert result.metrics["diverged"] is True
+    assert result.metrics["diverged_at_epoch"] == 1
+    assert result.metrics["epochs_trained"] == 1
+    x, y = data.xy("test")
+    metrics, frame = evaluate_predictions(data, y, net.predict(x, verbose=0))
+    assert all(value is None for value in metrics.values())
+    assert frame.empty
+
+
+def test_same_seed_same_weights(tmp_path: Path, tiny_params: Params) -> None:
+    a, _, ra = _train(tiny_params, tmp_path / "a")
+    b, _, rb = _train(tiny_params, tmp_path / "b")
+    assert ra.metrics == rb.metrics
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)

@@ -19,8 +19,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# DVC (and dvclive) need a git repository with at least one commit. A copy without git
+# history gets one; an existing repository is never committed to behind your back.
 setup: $(STAMP)
-	@git rev-parse --is-inside-work-tree >/dev/null 2>&1 || git init --quiet
+	@if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git init --quiet && git add -A && \
+	  git -c user.name="$$(git config user.name || echo nntune)" \
+	    -c user.email="$$(git config user.email || echo nntune@localhost)" \
+	    commit --quiet -m "nntune: initial commit"; \
+	elif ! git rev-parse --verify --quiet HEAD >/dev/null; then \
+	  echo "error: this git repository has no commit yet; DVC needs one:" \
+	    "git add -A && git commit -m 'initial commit'" >&2; exit 1; \
+	fi
 	@[ -d .dvc ] || $(BIN)/dvc init --quiet
 	@$(BIN)/dvc config core.analytics false
 

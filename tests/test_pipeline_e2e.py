@@ -114,7 +114,13 @@ def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project:
     assert "metrics/evaluate.json" in json.dumps(shown)
     run(project, "dvc", "plots", "show", "-o", "plots_html")
     html = (project / "plots_html" / "index.html").read_text()
-    for title in ("Loss", "Accuracy", "Confusion matrix (test)"):
+    plots = json.loads(run(project, "dvc", "plots", "show", "--json").stdout)["data"]
+    epochs = json.loads(after["metrics/train.json"])["epochs_trained"]
+    rows = {title: plots[title][0]["content"]["data"]["values"] for title in plots}
+    assert len(rows["Loss"]) == len(rows["Accuracy"]) == 2 * epochs  # train and eval curves
+    assert len(rows["Confusion matrix (test)"]) == 360  # 20% of 1,797 digits
+    assert {"actual", "predicted"} <= set(rows["Confusion matrix (test)"][0])
+    for title in rows:
         assert title in html
 
 

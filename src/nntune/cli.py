@@ -17,6 +17,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
+DEFAULT_SPACE = "grid.yaml"
+
 ParamsOption = Annotated[
     Path, typer.Option("--params", "-P", help="params file of the project", show_default=True)
 ]
@@ -81,6 +83,268 @@ def summary(params: ParamsOption = Path("params.yaml")) -> None:
     Console().print(table)
     if metrics.get("diverged"):
         typer.echo("warning: training diverged (NaN/inf loss); lower train.learning_rate", err=True)
+
+
+@app.command()
+def grid(
+    space: Annotated[
+        Path | None, typer.Option("--space", "-s", help="search-space YAML (default grid.yaml)")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="KEY=V1,V2 dimension; adds to or replaces --space"),
+    ] = None,
+    random_points: Annotated[
+        int | None, typer.Option("--random", help="queue N distinct random points, not all")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of --random")] = 0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the points, queue nothing")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="re-queue points that already ran")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Queue the grid's points as DVC experiments (dvc exp run --queue), one named
+    experiment per point; points that already ran with the same params are skipped."""
+    import yaml
+
+    from nntune import experiments
+    from nntune.grid import expand, flatten, load_space, parse_assignments
+
+    _load(params)  # the base must be valid before any point is
+    base = yaml.safe_load(params.read_text(encoding="utf-8"))
+    try:
+        dimensions: dict[str, list[Any]] = {}
+        space_file = space or Path(DEFAULT_SPACE)
+        if space is not None or (space_file.is_file() and not param):
+            dimensions.update(load_space(space_file))
+        if param:
+            dimensions.update(parse_assignments(param))
+        if not dimensions:
+            raise NntuneError(f"no search space: create {DEFAULT_SPACE} or pass -p KEY=V1,V2")
+        trials, dropped = expand(dimensions, base, random_points, seed)
+        existing = _existing(base)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    keys = list(dimensions)
+    to_queue, skipped, clashes = [], [], []
+    for trial in trials:
+        wanted = flatten(trial.raw)
+        same = [e for e in existing if experiments.same_params(e.params, wanted)]
+        named = [e for e in existing if e.name == trial.name]
+        if same and not force:
+            skipped.append((trial, same[0]))
+        elif named and not same and not force:
+            clashes.append(trial.name)
+        else:
+            to_queue.append(trial)
+    _print_points(to_queue, skipped, dropped, keys, dry_run)
+    if clashes:
+        typer.echo(
+            f"error: experiments named {', '.join(clashes)} already exist with other params "
+            "(params.yaml changed since?); commit the change to start a new baseline, "
+            "or pass --force to replace them",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if dry_run or not to_queue:
+        return
+    if force:
+        names = {t.name for t in to_queue}
+        experiments.remove_experiments(".", [e.name for e in existing if e.name in names])
+    queued = experiments.queue_trials(".", to_queue)
+    typer.echo(f"queued {len(queued)} experiment(s); run them with: nntune run -j 2")
+
+
+def _existing(base: dict[str, Any]) -> list[Any]:
+    from nntune.experiments import list_experiments
+    from nntune.grid import flatten
+
+    return [e for e in list_experiments(".", flatten(base)) if e.state != "Failed"]
+
+
+def _print_points(
+    to_queue: list[Any], skipped: list[Any], dropped: list[Any], keys: list[str], dry_run: bool
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nntune.ranking import format_value
+
+    console = Console(width=max(Console().width, 120))
+    title = "points (dry run: nothing queued)" if dry_run else "points to queue"
+    table = Table(title=f"{len(to_queue)} {title}", title_justify="left")
+    table.add_column("experiment")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for trial in to_queue:
+        table.add_row(trial.name, *(format_value(trial.overrides[k]) for k in keys))
+    console.print(table)
+    for trial, exp in skipped:
+        console.print(
+            f"skipped {trial.name}: already run as {exp.name} ({exp.state}); --force reruns"
+        )
+    if dropped:
+        console.print(f"{len(dropped)} point(s) give the same params as another and are run once")
+
+
+@app.command()
+def run(
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="parallel DVC queue workers")
+    ] = 1,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Run DVC's experiment queue with a live view until it drains."""
+    from rich.console import Console
+
+    from nntune.experiments import queue_log_tail
+    from nntune.monitor import run_queue
+
+    objective = _load(params).evaluate.objective
+    console = Console()
+    try:
+        outcome = run_queue(".", jobs, objective, console)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if outcome.total == 0:
+        console.print("the queue is empty: queue trials with `nntune grid` first")
+        return
+    if outcome.interrupted:
+        console.print(
+            f"[yellow]interrupted[/yellow]: running trials finish, {outcome.still_queued} stay "
+            "queued; resume with `nntune run` (or `dvc queue start`)"
+        )
+        raise typer.Exit(130)
+    best = outcome.best(objective)
+    if best:
+        console.print(f"best: [bold]{best.name}[/bold] {objective.metric} = {best.objective:.4f}")
+    for name in outcome.failed:
+        console.print(f"[red]failed[/red]: {name}; last lines of `dvc queue logs {name}`:")
+        console.print(queue_log_tail(".", name), markup=False, highlight=False)
+    if outcome.failed:
+        typer.echo(f"{len(outcome.failed)} trial(s) failed: {', '.join(outcome.failed)}", err=True)
+        raise typer.Exit(1)
+
+
+Format = Annotated[
+    str, typer.Option("--format", "-f", help="table, csv, json or md", show_default=True)
+]
+
+
+@app.command()
+def compare(
+    metric: Annotated[
+        str | None, typer.Option("--metric", "-m", help="rank by this validation metric")
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", "-k", min=1, help="show the best K")] = None,
+    all_commits: Annotated[
+        bool, typer.Option("--all", help="experiments of every commit, not only HEAD's")
+    ] = False,
+    fmt: Format = "table",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Rank experiments by the objective; failed and diverged ones are listed apart."""
+    from nntune import ranking
+
+    comparison = _comparison(params, metric, all_commits)
+    rows = ranking.records(comparison, top)
+    if fmt == "csv":
+        typer.echo(ranking.to_csv(rows), nl=False)
+    elif fmt == "json":
+        typer.echo(ranking.to_json(comparison, rows))
+    elif fmt == "md":
+        typer.echo(ranking.to_markdown(rows), nl=False)
+    elif fmt == "table":
+        _print_comparison(comparison, rows)
+    else:
+        typer.echo(f"error: --format must be table, csv, json or md, got {fmt!r}", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def best(
+    apply: Annotated[bool, typer.Option("--apply", help="dvc exp apply the winner")] = False,
+    branch: Annotated[
+        str | None, typer.Option("--branch", help="dvc exp branch the winner to BRANCH")
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Print the best experiment and optionally promote it (apply it or make a branch)."""
+    from nntune.experiments import promote
+    from nntune.ranking import format_value, plain
+
+    if apply and branch:
+        typer.echo("error: use --apply or --branch, not both", err=True)
+        raise typer.Exit(2)
+    comparison = _comparison(params, None, False)
+    winner = comparison.best
+    if winner is None:
+        typer.echo(
+            "no successful experiment to pick from: run `nntune grid` and `nntune run`", err=True
+        )
+        raise typer.Exit(1)
+    metric = comparison.objective.metric
+    typer.echo(f"best: {winner.name} {metric} = {winner.metrics[metric]:.4f}")
+    for key in comparison.varying:
+        typer.echo(f"  {key} = {format_value(plain(winner.params.get(key)))}")
+    if apply or branch:
+        promote(".", winner.name, branch)
+        typer.echo(f"created branch {branch}" if branch else "applied to the workspace")
+
+
+def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:
+    from nntune.experiments import list_experiments
+    from nntune.grid import flatten
+    from nntune.metrics import Objective, infer_direction, validation_metric_names
+    from nntune.ranking import compare as rank
+
+    p = _load(params)
+    objective = p.evaluate.objective
+    if metric:
+        allowed = validation_metric_names(p.data.task)
+        if metric not in allowed:
+            typer.echo(
+                f"error: --metric must be one of {', '.join(allowed)}, got {metric!r}", err=True
+            )
+            raise typer.Exit(2)
+        objective = Objective(metric, infer_direction(metric))
+    import yaml
+
+    base = yaml.safe_load(params.read_text(encoding="utf-8"))
+    try:
+        exps = list_experiments(".", flatten(base), all_commits)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return rank(exps, objective, p.data.task)
+
+
+def _print_comparison(comparison: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nntune.ranking import format_value
+
+    console = Console(width=max(Console().width, 150))  # a wide table beats a folded one
+    if not rows:
+        console.print("no experiments yet: queue some with `nntune grid`, run `nntune run`")
+        return
+    o = comparison.objective
+    table = Table(title=f"ranked by {o.metric} ({o.direction})", title_justify="left")
+    for column in rows[0]:
+        header = column.rsplit(".", 1)[-1]  # model.units -> units
+        table.add_column(header, justify="left" if column in ("experiment", "status") else "right")
+    for row in rows:
+        style = "bold green" if row["rank"] == 1 else ("red" if row["status"] == "failed" else None)
+        if row["status"] == "diverged":
+            style = "yellow"
+        table.add_row(*(format_value(v) for v in row.values()), style=style)
+    console.print(table)
+    if comparison.pending:
+        console.print(f"{len(comparison.pending)} experiment(s) still queued or running")
 
 
 @app.command("export-digits")

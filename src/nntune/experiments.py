@@ -1,14 +1,229 @@
-"""The one place that talks to DVC from Python: reading results of the workspace and,
-later, of queued experiments."""
+"""The one place that talks to DVC from Python: queueing trials, watching DVC's queue,
+reading experiments back (``dvc.api.exp_show``) and promoting one.
+
+Everything here goes through DVC's own machinery (``dvc exp run --queue``, its celery
+queue, ``exp apply`` / ``exp branch``); nntune adds names, checks and views on top.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from nntune.errors import NntuneError
+from nntune.grid import Trial, flatten, override_args
 
-def workspace_metrics(repo: str = ".") -> dict[str, Any]:
+
+class ExperimentError(NntuneError):
+    pass
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of ``dvc exp show``: an experiment and what it recorded."""
+
+    name: str
+    rev: str
+    state: str  # Success, Failed, Queued, Running
+    params: dict[str, Any]  # flattened params.yaml keys
+    metrics: dict[str, Any]  # flattened metrics (only meaningful when state is Success)
+    created: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "Success"
+
+    @property
+    def diverged(self) -> bool:
+        # exp_show returns booleans of metrics files as "True" / "False" strings.
+        return str(self.metrics.get("diverged")).lower() == "true"
+
+
+@dataclass
+class QueueState:
+    """What DVC's queue holds now, by experiment name (or short rev when unnamed)."""
+
+    queued: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # name -> stash rev
+    succeeded: dict[str, str] = field(default_factory=dict)  # name -> experiment commit
+
+    @property
+    def pending(self) -> int:
+        return len(self.queued) + len(self.running)
+
+
+def use_this_python() -> None:
+    """DVC stage commands call ``python`` and queue workers call ``dvc``: make both the
+    ones of the interpreter running nntune, even when its environment is not activated."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{path}"
+
+
+@contextmanager
+def open_repo(root: str | Path = ".") -> Iterator[Any]:
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        repo = Repo(str(root))
+    except NotDvcRepoError:
+        raise ExperimentError(
+            f"{Path(root).resolve()}: not a DVC project; run `make setup` or `dvc init`"
+        ) from None
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
+def workspace_metrics(root: str | Path = ".") -> dict[str, Any]:
     """Every metrics file dvc.yaml declares, merged into one mapping (names are distinct:
     val_* from train, test_* from evaluate, timings from the run report)."""
     import dvc.api
 
-    return dict(dvc.api.metrics_show(repo=repo))
+    return dict(dvc.api.metrics_show(repo=str(root)))
+
+
+def list_experiments(
+    root: str | Path, param_keys: Iterable[str], all_commits: bool = False
+) -> list[Experiment]:
+    """Experiments of HEAD (or of every commit on the branch) as ``Experiment`` rows."""
+    import dvc.api
+    from dvc.exceptions import NotDvcRepoError
+
+    keys = set(param_keys)
+    try:
+        rows = dvc.api.exp_show(repo=str(root), num=-1 if all_commits else 1)
+    except NotDvcRepoError:
+        raise ExperimentError(
+            f"{Path(root).resolve()}: not a DVC project; run `make setup` or `dvc init`"
+        ) from None
+    experiments = []
+    for row in rows:
+        name = row.get("Experiment")
+        if not name or row.get("typ") == "baseline":
+            continue
+        experiments.append(
+            Experiment(
+                name=str(name),
+                rev=str(row.get("rev")),
+                state=str(row.get("State")),
+                params={k: v for k, v in row.items() if k in keys},
+                metrics={k: v for k, v in row.items() if k not in keys and not _meta(k)},
+                created=row.get("Created"),
+            )
+        )
+    return experiments
+
+
+def _meta(column: str) -> bool:
+    # exp_show mixes bookkeeping columns and dependency hashes (paths) into each row.
+    bookkeeping = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
+    return column in bookkeeping or "/" in column
+
+
+def same_params(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether an experiment's recorded params equal ``wanted`` (flattened). exp_show
+    turns ints into floats and booleans into strings, so compare loosely by type."""
+    return all(_same(recorded.get(key), value) for key, value in wanted.items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(b, bool) or isinstance(a, bool):
+        return str(a).lower() == str(b).lower()
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def queue_trials(root: str | Path, trials: Iterable[Trial]) -> list[str]:
+    """``dvc exp run --queue -n NAME -S key=value ...`` for each trial, in one DVC session."""
+    queued = []
+    with open_repo(root) as repo:
+        for trial in trials:
+            repo.experiments.run(params=override_args(trial.overrides), queue=True, name=trial.name)
+            queued.append(trial.name)
+    return queued
+
+
+def remove_experiments(root: str | Path, names: list[str]) -> None:
+    if names:
+        with open_repo(root) as repo:
+            repo.experiments.remove(exp_names=names)
+
+
+def queue_state(repo: Any) -> QueueState:
+    queue = repo.experiments.celery_queue
+    state = QueueState()
+    state.queued = [_label(e) for e in queue.iter_queued()]
+    state.running = [_label(e) for e in queue.iter_active()]
+    for entry, result in queue.iter_done():
+        if result is not None and result.exp_hash and result.ref_info:
+            state.succeeded[result.ref_info.name] = str(result.exp_hash)
+        else:
+            state.failed[_label(entry)] = entry.stash_rev
+    return state
+
+
+def _label(entry: Any) -> str:
+    return str(entry.name or entry.stash_rev[:7])
+
+
+def start_workers(repo: Any, jobs: int) -> int:
+    use_this_python()
+    return int(repo.experiments.celery_queue.start_workers(jobs))
+
+
+def stop_workers(repo: Any) -> None:
+    """Let running trials finish, keep queued ones queued: ``dvc queue stop``."""
+    repo.experiments.celery_queue.shutdown(kill=False)
+
+
+def experiment_metrics(repo: Any, name: str) -> dict[str, Any]:
+    """The metrics an experiment recorded, read from its git commit."""
+    from dvc.repo.experiments.utils import resolve_name
+
+    ref = resolve_name(repo.scm, name).get(name)
+    if ref is None:
+        return {}
+    rev = repo.scm.get_ref(str(ref))
+    shown = repo.metrics.show(revs=[rev])
+    merged: dict[str, Any] = {}
+    for files in shown.get(rev, {}).get("data", {}).values():
+        merged.update(flatten(files.get("data", {})))
+    return merged
+
+
+def queue_log_tail(root: str | Path, name: str, lines: int = 12) -> str:
+    """The last lines of a trial's log (``dvc queue logs NAME``)."""
+    use_this_python()
+    out = subprocess.run(
+        ["dvc", "queue", "logs", name],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return "\n".join(text[-lines:])
+
+
+def promote(root: str | Path, name: str, branch: str | None) -> None:
+    """``dvc exp branch NAME BRANCH`` or ``dvc exp apply NAME``."""
+    with open_repo(root) as repo:
+        if branch:
+            repo.experiments.branch(name, branch)
+        else:
+            repo.experiments.apply(name)

@@ -1,0 +1,147 @@
+"""``nntune run``: start DVC's queue workers and watch the queue drain in a rich live view.
+
+DVC does the work (its celery workers run each trial as an experiment); this module only
+polls the queue, reads each finished trial's objective from its experiment commit, and
+shows done / running / queued / failed counts, a progress bar with ETA and the best so far.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from nntune.experiments import (
+    QueueState,
+    experiment_metrics,
+    open_repo,
+    queue_state,
+    start_workers,
+    stop_workers,
+)
+from nntune.metrics import Objective
+
+RECENT = 8  # finished trials listed in the live view
+
+
+@dataclass
+class Finished:
+    name: str
+    ok: bool
+    objective: float | None = None
+    diverged: bool = False
+
+
+@dataclass
+class RunOutcome:
+    total: int
+    finished: list[Finished] = field(default_factory=list)
+    interrupted: bool = False
+    still_queued: int = 0
+
+    @property
+    def failed(self) -> list[str]:
+        return [f.name for f in self.finished if not f.ok]
+
+    def best(self, objective: Objective) -> Finished | None:
+        best: Finished | None = None
+        for f in self.finished:
+            if not f.ok or f.diverged:
+                continue
+            if best is None or objective.better_than(f.objective, best.objective):
+                best = f
+        return best
+
+
+def run_queue(
+    root: str | Path, jobs: int, objective: Objective, console: Console, poll_seconds: float = 2.0
+) -> RunOutcome:
+    """Start ``jobs`` workers and block until the queue is empty (or Ctrl-C)."""
+    with open_repo(root) as repo:
+        before = queue_state(repo)
+        outcome = RunOutcome(total=before.pending)
+        if outcome.total == 0:
+            return outcome
+        seen = _done_keys(before)
+        start_workers(repo, jobs)
+        progress = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        task = progress.add_task("trials", total=outcome.total)
+        state = before
+        try:
+            with Live(_view(progress, state, outcome, objective), console=console) as live:
+                while True:
+                    state = queue_state(repo)
+                    for key in sorted(_done_keys(state) - seen):
+                        seen.add(key)
+                        outcome.finished.append(_finished(repo, key, objective))
+                    progress.update(task, completed=len(outcome.finished))
+                    live.update(_view(progress, state, outcome, objective))
+                    if state.pending == 0:
+                        break
+                    time.sleep(poll_seconds)
+            console.print()  # the live view leaves the cursor at the end of its last line
+        except KeyboardInterrupt:
+            stop_workers(repo)
+            outcome.interrupted = True
+            outcome.still_queued = len(queue_state(repo).queued)
+    return outcome
+
+
+def _done_keys(state: QueueState) -> set[tuple[str, str, bool]]:
+    return {(n, rev, True) for n, rev in state.succeeded.items()} | {
+        (n, rev, False) for n, rev in state.failed.items()
+    }
+
+
+def _finished(repo: Any, key: tuple[str, str, bool], objective: Objective) -> Finished:
+    name, _, ok = key
+    if not ok:
+        return Finished(name=name, ok=False)
+    metrics = experiment_metrics(repo, name)
+    value = metrics.get(objective.metric)
+    value = float(value) if isinstance(value, int | float) else None
+    diverged = bool(metrics.get("diverged")) or value is None or not math.isfinite(value)
+    return Finished(name=name, ok=True, objective=value, diverged=diverged)
+
+
+def _view(
+    progress: Progress, state: QueueState, outcome: RunOutcome, objective: Objective
+) -> Group:
+    failed = len(outcome.failed)
+    counts = (
+        f"done [green]{len(outcome.finished) - failed}[/green]  "
+        f"running [cyan]{len(state.running)}[/cyan]  "
+        f"queued {len(state.queued)}  failed [red]{failed}[/red]"
+    )
+    table = Table(show_header=True, header_style="bold", box=None)
+    table.add_column("finished trial")
+    table.add_column(f"{objective.metric} ({objective.direction})", justify="right")
+    for f in outcome.finished[-RECENT:]:
+        if not f.ok:
+            table.add_row(f.name, "[red]failed[/red]")
+        elif f.diverged:
+            table.add_row(f.name, "[yellow]diverged[/yellow]")
+        else:
+            table.add_row(f.name, f"{f.objective:.4f}")
+    best = outcome.best(objective)
+    best_line = (
+        f"best so far: [bold green]{best.name}[/bold green] "
+        f"{objective.metric} = {best.objective:.4f}"
+        if best and best.objective is not None
+        else "best so far: -"
+    )
+    return Group(progress, counts, table, best_line)

@@ -34,10 +34,17 @@ setup: $(STAMP)
 	@[ -d .dvc ] || $(BIN)/dvc init --quiet
 	@$(BIN)/dvc config core.analytics false
 
+# The main job on the embedded digits data: the baseline, then the default grid
+# (grid.yaml) as DVC experiments on 2 workers, then the ranking and the winner.
+JOBS ?= 2
 run: setup
 	$(BIN)/nntune check params.yaml
 	$(BIN)/dvc repro
 	$(BIN)/nntune summary
+	$(BIN)/nntune grid
+	$(BIN)/nntune run --jobs $(JOBS)
+	$(BIN)/nntune compare --top 10
+	$(BIN)/nntune best
 
 lint: setup
 	$(BIN)/ruff check .

@@ -4,8 +4,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 import yaml
 from conftest import REPO
+from project import run, scaffold
 from typer.testing import CliRunner
 
 from nntune.cli import app
@@ -44,3 +46,98 @@ def test_export_digits(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export-digits", str(out)])
     assert result.exit_code == 0
     pd.testing.assert_frame_equal(pd.read_csv(out), digits_frame())
+
+
+# The experiment commands against a scaffolded project with no experiments yet.
+
+
+@pytest.fixture(scope="module")
+def empty_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return scaffold(tmp_path_factory.mktemp("cli") / "project")
+
+
+@pytest.fixture
+def in_project(empty_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(empty_project)
+    return empty_project
+
+
+@pytest.mark.parametrize("command", ["grid", "run", "compare", "best", "check", "summary"])
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+
+
+def test_grid_dry_run_prints_the_default_grid(in_project: Path) -> None:
+    result = runner.invoke(app, ["grid", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "42 points (dry run: nothing queued)" in result.output
+    assert "12 point(s) give the same params as another" in result.output
+    assert "h2-u200-b64-lr0.1" in result.output
+    assert "Queued" not in run(in_project, "dvc", "queue", "status").stdout
+
+
+def test_grid_random_subset(in_project: Path) -> None:
+    result = runner.invoke(app, ["grid", "--dry-run", "--random", "3", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    assert "3 points (dry run: nothing queued)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "model.layers=1,2"], "model.layers is not a known key"),
+        (["-p", "train.learning_rate=fast,0.1"], "must be a finite number, got 'fast'"),
+        (["-p", "model.units="], "expected KEY=V1,V2"),
+        (["--space", "missing.yaml"], "search-space file not found"),
+        (["-p", "train.batch_size=0,32"], "train.batch_size must be >= 1, got 0"),
+    ],
+)
+def test_grid_rejects_bad_points(in_project: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["grid", "--dry-run", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_grid_rejects_an_empty_space_file(in_project: Path) -> None:
+    (in_project / "empty.yaml").write_text("# nothing to vary\n")
+    result = runner.invoke(app, ["grid", "--space", "empty.yaml"])
+    assert result.exit_code == 2
+    assert "the search space is empty" in result.output
+
+
+def test_compare_best_and_run_with_nothing_to_do(in_project: Path) -> None:
+    result = runner.invoke(app, ["compare"])
+    assert result.exit_code == 0
+    assert "no experiments yet" in result.output
+    result = runner.invoke(app, ["best"])
+    assert result.exit_code == 1
+    assert "no successful experiment" in result.output
+    result = runner.invoke(app, ["run"])
+    assert result.exit_code == 0
+    assert "the queue is empty" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compare", "--format", "xml"], "--format must be table, csv, json or md"),
+        (["compare", "--metric", "test_accuracy"], "--metric must be one of val_loss"),
+        (["best", "--apply", "--branch", "x"], "use --apply or --branch, not both"),
+        (["compare", "--top", "0"], "Invalid value"),
+        (["run", "-j", "0"], "Invalid value"),
+    ],
+)
+def test_bad_arguments(in_project: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_commands_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 2
+    assert "params.yaml: 1 invalid parameter(s)" in result.output
+    assert "file not found" in result.output

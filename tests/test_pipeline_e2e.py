@@ -4,27 +4,15 @@ driven by the real ``dvc`` commands. Never touches this repository's git history
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, shrink
+from project import run, scaffold
 
 pytestmark = pytest.mark.e2e
 
-PIPELINE_FILES = [
-    "dvc.yaml",
-    "params.yaml",
-    ".dvcignore",
-    "data/digits.csv",
-    "data/digits.schema.yaml",
-]
-PIPELINE_DIRS = ["stages", "src/nntune"]
 # Files whose bytes must not change when the same params run again on CPU.
 DETERMINISTIC = [
     "metrics/train.json",
@@ -38,46 +26,6 @@ DETERMINISTIC = [
     "data/prepared/train.parquet",
     "data/prepared/meta.json",
 ]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Stage commands call `python`: make it this interpreter, with its packages.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env.pop("PYTHONPATH", None)
-    return env
-
-
-def run(project: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        list(cmd), cwd=project, env=_env(), capture_output=True, text=True, timeout=600
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def scaffold(dest: Path) -> Path:
-    """Copy the pipeline into ``dest`` with shrunk params, as a fresh git + DVC repo."""
-    for name in PIPELINE_FILES:
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, dest / name)
-    for name in PIPELINE_DIRS:
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(dest, "git", "init", "--quiet", "--initial-branch=main")
-    run(dest, "git", "config", "user.email", "e2e@nntune.invalid")
-    run(dest, "git", "config", "user.name", "nntune e2e")
-    run(dest, "dvc", "init", "--quiet")
-    run(dest, "dvc", "config", "core.analytics", "false")
-    run(dest, "git", "add", "-A")
-    run(dest, "git", "commit", "--quiet", "-m", "scaffold")
-    return dest
 
 
 @pytest.fixture

@@ -1,0 +1,65 @@
+"""Scaffold the pipeline into a temp project (own git repo, own DVC) and run commands in it,
+the way a user would. Shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import REPO, shrink
+
+PIPELINE_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    "data/digits.csv",
+    "data/digits.schema.yaml",
+    "grid.yaml",
+]
+PIPELINE_DIRS = ["stages", "src/nntune"]
+# The console script installed beside this interpreter.
+NNTUNE = str(Path(sys.executable).parent / "nntune")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Stage commands call `python`: make it this interpreter, with its packages.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run(project: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        list(cmd), cwd=project, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def scaffold(dest: Path) -> Path:
+    """Copy the pipeline into ``dest`` with shrunk params, as a fresh git + DVC repo."""
+    for name in PIPELINE_FILES:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest / name)
+    for name in PIPELINE_DIRS:
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(dest, "git", "init", "--quiet", "--initial-branch=main")
+    run(dest, "git", "config", "user.email", "e2e@nntune.invalid")
+    run(dest, "git", "config", "user.name", "nntune e2e")
+    run(dest, "dvc", "init", "--quiet")
+    run(dest, "dvc", "config", "core.analytics", "false")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "--quiet", "-m", "scaffold")
+    return dest

@@ -1,0 +1,64 @@
+"""End-to-end: the tuning loop in a scaffolded project. `nntune grid` queues a grid as DVC
+experiments, `nntune run -j 2` runs DVC's queue with one trial made to fail, `compare`
+ranks the rest and sets the failure apart, `best --branch` promotes the winner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from project import NNTUNE, run, scaffold
+
+pytestmark = pytest.mark.e2e
+
+GRID = ["-p", "model.units=8,16", "-p", "train.learning_rate=0.003,0.03"]
+
+
+def test_grid_run_compare_best(tmp_path: Path) -> None:
+    project = scaffold(tmp_path / "project")
+    run(project, "dvc", "repro")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "--quiet", "-m", "baseline")
+
+    queued = run(project, NNTUNE, "grid", *GRID)
+    assert "queued 4 experiment(s)" in queued.stdout
+    # One trial fails on purpose: its data file does not exist.
+    run(project, "dvc", "exp", "run", "--queue", "-n", "broken", "-S", "data.source=data/no.csv")
+
+    result = run(project, NNTUNE, "run", "-j", "2", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 trial(s) failed: broken" in result.stderr
+    assert "failed: broken; last lines of `dvc queue logs broken`" in result.stdout
+    assert "best:" in result.stdout
+
+    shown = json.loads(run(project, NNTUNE, "compare", "--format", "json").stdout)
+    by_status: dict[str, list[dict]] = {}  # type: ignore[type-arg]
+    for row in shown["experiments"]:
+        by_status.setdefault(row["status"], []).append(row)
+    ranked = by_status["ok"]
+    assert sorted(r["experiment"] for r in ranked) == [
+        "u16-lr0.003",
+        "u16-lr0.03",
+        "u8-lr0.003",
+        "u8-lr0.03",
+    ]
+    losses = [r["val_loss"] for r in ranked]
+    assert losses == sorted(losses)  # val_loss: lower is better
+    assert [r["rank"] for r in ranked] == [1, 2, 3, 4]
+    assert shown["best"] == ranked[0]["experiment"]
+    assert [r["experiment"] for r in by_status["failed"]] == ["broken"]
+    assert by_status["failed"][0]["val_loss"] is None  # not the baseline's number
+    assert {"model.units", "train.learning_rate"} <= set(ranked[0])
+
+    # Same grid again: everything already ran, nothing is queued.
+    again = run(project, NNTUNE, "grid", *GRID)
+    assert again.stdout.count("skipped") == 4
+    assert "queued" not in again.stdout.replace("points to queue", "")
+
+    best = run(project, NNTUNE, "best", "--branch", "tuned")
+    assert f"best: {shown['best']}" in best.stdout
+    branches = run(project, "git", "branch", "--list", "tuned").stdout
+    assert "tuned" in branches
+    # Plain DVC sees the same experiments.
+    assert f'"{shown["best"]}"' in run(project, "dvc", "exp", "show", "--json").stdout

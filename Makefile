@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup run test lint format clean
+.PHONY: setup run test lint browser format clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "nntune needs Python >= 3.11"'
@@ -51,8 +51,18 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy src
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
+
+# Headless Chromium for the test that opens `nntune plots` output; installed only if missing
+# (Debian package, needs root, as on CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends chromium) >/dev/null; \
+	  else echo "warning: chromium missing; install it (apt-get install chromium)" \
+	    "or the browser test is skipped" >&2; fi; }
 
 format: setup
 	$(BIN)/ruff check --fix .

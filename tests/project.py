@@ -63,3 +63,30 @@ def scaffold(dest: Path) -> Path:
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "--quiet", "-m", "scaffold")
     return dest
+
+
+def chromium_dom(page: Path) -> str:
+    """The DOM of ``page`` after headless Chromium has loaded and rendered it."""
+    import pytest
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("NNTUNE_REQUIRE_CHROMIUM"):
+            raise AssertionError("chromium is required here (NNTUNE_REQUIRE_CHROMIUM) but missing")
+        pytest.skip("chromium is not installed (make test installs it when run as root)")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={page.parent / '.chromium-profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        page.resolve().as_uri(),
+    ]
+    out = subprocess.run([browser, *flags], capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout

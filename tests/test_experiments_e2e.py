@@ -5,10 +5,11 @@ ranks the rest and sets the failure apart, `best --branch` promotes the winner."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
-from project import NNTUNE, run, scaffold
+from project import NNTUNE, chromium_dom, run, scaffold
 
 pytestmark = pytest.mark.e2e
 
@@ -60,5 +61,18 @@ def test_grid_run_compare_best(tmp_path: Path) -> None:
     assert f"best: {shown['best']}" in best.stdout
     branches = run(project, "git", "branch", "--list", "tuned").stdout
     assert "tuned" in branches
+    # One offline page with the learning curves of the top 3 and the objective against each
+    # varied parameter, rendered for real by a browser.
+    written = run(project, NNTUNE, "plots", "--top", "3")
+    assert "4 charts, 3 experiments" in written.stdout
+    dom = chromium_dom(project / "plots" / "experiments.html")
+    svgs = re.findall(r"<svg.*?</svg>", dom, flags=re.DOTALL)
+    assert len(svgs) == 4
+    assert all("<path" in svg or "<line" in svg for svg in svgs)  # drawn marks, not empty
+    for title in ("Loss", "Accuracy", "val_loss (min) vs model.units"):
+        assert title in dom
+    assert "error" not in dom.lower()
+    assert shown["best"] in dom
+
     # Plain DVC sees the same experiments.
     assert f'"{shown["best"]}"' in run(project, "dvc", "exp", "show", "--json").stdout

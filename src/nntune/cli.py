@@ -167,12 +167,11 @@ def _existing(base: dict[str, Any]) -> list[Any]:
 def _print_points(
     to_queue: list[Any], skipped: list[Any], dropped: list[Any], keys: list[str], dry_run: bool
 ) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from nntune.ranking import format_value
 
-    console = Console(width=max(Console().width, 120))
+    console = _wide_console()
     title = "points (dry run: nothing queued)" if dry_run else "points to queue"
     table = Table(title=f"{len(to_queue)} {title}", title_justify="left")
     table.add_column("experiment")
@@ -295,6 +294,31 @@ def best(
         typer.echo(f"created branch {branch}" if branch else "applied to the workspace")
 
 
+@app.command()
+def plots(
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="experiments to plot")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write")] = Path(
+        "plots/experiments.html"
+    ),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write one offline HTML page: learning curves of the top K experiments (from
+    `dvc plots diff`) and the objective against each varied parameter."""
+    from nntune import report
+    from nntune.ranking import records
+
+    comparison = _comparison(params, None, False)
+    shown = comparison.ranked[:top]
+    if not shown:
+        typer.echo("no successful experiment to plot: run `nntune grid` and `nntune run`", err=True)
+        raise typer.Exit(1)
+    rows = [r for r in records(comparison, top) if r["status"] == "ok"]
+    specs = report.learning_curve_specs(".", [e.name for e in shown])
+    specs += report.objective_specs(comparison, comparison.ranked)
+    report.write_page(out, comparison, rows, specs)
+    typer.echo(f"wrote {out} ({len(specs)} charts, {len(shown)} experiments)")
+
+
 def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:
     from nntune.experiments import list_experiments
     from nntune.grid import flatten
@@ -323,12 +347,11 @@ def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:
 
 
 def _print_comparison(comparison: Any, rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from nntune.ranking import format_value
 
-    console = Console(width=max(Console().width, 150))  # a wide table beats a folded one
+    console = _wide_console()
     if not rows:
         console.print("no experiments yet: queue some with `nntune grid`, run `nntune run`")
         return
@@ -356,6 +379,15 @@ def export_digits(
 
     export(path)
     typer.echo(f"wrote {path}")
+
+
+def _wide_console() -> Any:
+    """A terminal's own width; piped or logged output gets room for the whole table
+    instead of ellipses (rich assumes 80 columns when it cannot ask a terminal)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=250)
 
 
 def _fmt(value: Any) -> str:

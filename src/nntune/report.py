@@ -1,0 +1,153 @@
+"""``nntune plots``: one self-contained HTML page comparing the best experiments.
+
+The learning curves come from ``dvc plots diff --json`` (DVC's own vega-lite specs of the
+plots dvc.yaml declares, data inlined); the objective-against-parameter charts are
+vega-lite specs built here. vl-convert renders every spec to SVG inside this process, so
+the page needs no network: ``dvc plots show`` HTML loads vega from a CDN, which clusters
+and offline machines cannot reach.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from nntune import artifacts
+from nntune.experiments import Experiment, use_this_python
+from nntune.ranking import Comparison, format_value, plain, varying_params
+
+VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
+
+
+def learning_curve_specs(root: str | Path, revs: list[str]) -> list[dict[str, Any]]:
+    """DVC's specs of the plots whose x axis is the epoch (``step``), for ``revs``."""
+    use_this_python()
+    out = subprocess.run(
+        ["dvc", "plots", "diff", "--json", *revs],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    plots = json.loads(out.stdout).get("data", {})
+    specs = []
+    for entries in plots.values():
+        for entry in entries:
+            content = entry.get("content", {})
+            if entry.get("type") == "vega" and _x_field(content) == "step":
+                specs.append(content)
+    return specs
+
+
+def objective_specs(comparison: Comparison, experiments: list[Experiment]) -> list[dict[str, Any]]:
+    """One scatter per parameter that varies among ``experiments``: the objective of each
+    experiment against it."""
+    metric = comparison.objective.metric
+    specs = []
+    for key in varying_params(experiments):
+        values = [
+            {
+                "experiment": e.name,
+                "value": plain(e.params.get(key)),
+                "objective": e.metrics[metric],
+            }
+            for e in experiments
+        ]
+        numbers = [v["value"] for v in values if isinstance(v["value"], int | float)]
+        x: dict[str, Any] = {"field": "value", "title": key}
+        if len(numbers) == len(values) and len(set(numbers)) > 8:
+            x["type"] = "quantitative"
+            x["scale"] = {"type": "log"} if _spans_decades(numbers) else {"zero": False}
+        else:
+            # A grid has a few values per parameter: one evenly spaced column each.
+            x["type"] = "ordinal"
+            if len(numbers) == len(values):
+                x["sort"] = sorted(set(numbers))
+            else:
+                values = [{**v, "value": format_value(v["value"])} for v in values]
+        objectives = [float(v["objective"]) for v in values]
+        specs.append(
+            {
+                "$schema": VEGA_LITE_SCHEMA,
+                "title": f"{metric} ({comparison.objective.direction}) vs {key}",
+                "data": {"values": values},
+                "mark": {"type": "point", "filled": True, "size": 80},
+                "encoding": {
+                    "x": x,
+                    "y": {
+                        "field": "objective",
+                        "type": "quantitative",
+                        "title": metric,
+                        # Diverging rates reach losses 100x the good ones: use a log axis.
+                        "scale": {"type": "log"} if _spans_decades(objectives) else {"zero": False},
+                    },
+                    "tooltip": [{"field": "experiment"}, {"field": "objective"}],
+                },
+                "width": 300,
+                "height": 250,
+            }
+        )
+    return specs
+
+
+def write_page(
+    path: str | Path,
+    comparison: Comparison,
+    rows: list[dict[str, Any]],
+    specs: list[dict[str, Any]],
+) -> None:
+    import vl_convert as vlc
+
+    charts = "\n".join(
+        f'<figure class="chart">{vlc.vegalite_to_svg(vl_spec=spec)}</figure>' for spec in specs
+    )
+    objective = comparison.objective
+    title = f"nntune: top {len(rows)} experiments by {objective.metric} ({objective.direction})"
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }}
+tr.best {{ font-weight: bold; background: #e8f5e9; }}
+.chart {{ display: inline-block; margin: 0 1em 1em 0; }}
+</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+{_table(rows)}
+<section id="charts">
+{charts}
+</section>
+</body>
+</html>
+"""
+    artifacts.write_text(path, page)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>no experiments</p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
+    body = []
+    for row in rows:
+        cells = "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row.values())
+        css = ' class="best"' if row.get("rank") == 1 else ""
+        body.append(f"<tr{css}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _spans_decades(values: list[float]) -> bool:
+    return min(values) > 0 and max(values) / min(values) >= 100
+
+
+def _x_field(spec: dict[str, Any]) -> str | None:
+    encoding = spec.get("encoding") or spec.get("spec", {}).get("encoding") or {}
+    field = encoding.get("x", {}).get("field")
+    return str(field) if field else None

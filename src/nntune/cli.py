@@ -180,10 +180,12 @@ def _print_points(
     for trial in to_queue:
         table.add_row(trial.name, *(format_value(trial.overrides[k]) for k in keys))
     console.print(table)
-    for trial, exp in skipped:
-        console.print(
-            f"skipped {trial.name}: already run as {exp.name} ({exp.state}); --force reruns"
-        )
+    for trial, exp in skipped[:5]:
+        console.print(f"skipped {trial.name}: already run as {exp.name} ({exp.state})")
+    if len(skipped) > 5:
+        console.print(f"... and {len(skipped) - 5} more point(s) already run")
+    if skipped:
+        console.print(f"{len(skipped)} point(s) skipped; --force runs them again")
     if dropped:
         console.print(f"{len(dropped)} point(s) give the same params as another and are run once")
 

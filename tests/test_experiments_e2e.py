@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from project import NNTUNE, chromium_dom, run, scaffold
 
 pytestmark = pytest.mark.e2e
@@ -76,3 +77,20 @@ def test_grid_run_compare_best(tmp_path: Path) -> None:
 
     # Plain DVC sees the same experiments.
     assert f'"{shown["best"]}"' in run(project, "dvc", "exp", "show", "--json").stdout
+
+    # --apply brings the winner's params into the workspace.
+    run(project, NNTUNE, "best", "--apply")
+    applied = yaml.safe_load((project / "params.yaml").read_text())
+    winner = ranked[0]
+    assert applied["model"]["units"] == winner["model.units"]
+    assert applied["train"]["learning_rate"] == winner["train.learning_rate"]
+    run(project, "git", "checkout", "--", ".")
+
+    # --force replaces the experiments that already ran instead of skipping them.
+    forced = run(project, NNTUNE, "grid", *GRID, "--force")
+    assert "queued 4 experiment(s)" in forced.stdout
+    assert run(project, "dvc", "queue", "status").stdout.count("Queued") == 4
+    after = json.loads(run(project, NNTUNE, "compare", "--format", "json").stdout)
+    assert [r["experiment"] for r in after["experiments"]] == ["broken"]  # old four removed
+    assert len(after["pending"]) == 4
+    run(project, "dvc", "queue", "remove", "--queued")

@@ -93,11 +93,11 @@ def run_queue(
                     if state.pending == 0:
                         break
                     time.sleep(poll_seconds)
-            console.print()  # the live view leaves the cursor at the end of its last line
         except KeyboardInterrupt:
             stop_workers(repo)
             outcome.interrupted = True
             outcome.still_queued = len(queue_state(repo).queued)
+        console.print()  # the live view leaves the cursor at the end of its last line
     return outcome
 
 

@@ -2,7 +2,7 @@
 
 import argparse
 
-from nntune.data import check_validated, prepare, read_table, write_prepared
+from nntune.data import check_validated, file_md5, prepare, read_table, write_prepared
 from nntune.params import load_params
 from nntune.stage import run_stage
 
@@ -10,7 +10,8 @@ from nntune.stage import run_stage
 def main(args: argparse.Namespace) -> None:
     data = load_params(args.params).data
     check_validated(args.validation_report, data.source)
-    write_prepared(prepare(read_table(data.source), data), args.out_dir)
+    prepared = prepare(read_table(data.source), data, source_md5=file_md5(data.source))
+    write_prepared(prepared, args.out_dir)
 
 
 if __name__ == "__main__":

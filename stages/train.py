@@ -5,10 +5,11 @@ Metrics (deterministic) and timings (not) go to separate files.
 
 import argparse
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from nntune import artifacts, lineage
+from nntune import artifacts, device, lineage
 from nntune.data import read_prepared
 from nntune.model import build_model
 from nntune.params import load_params
@@ -18,16 +19,19 @@ from nntune.training import fit, seed_everything
 
 def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
+    used = device.configure(params.runtime)
+    print(f"training on {used.name}", *used.notes, sep="\n  ", file=sys.stderr)
     seed_everything(params.runtime)
     data = read_prepared(args.prepared, splits=("train", "val"))
-    net = build_model(
-        params.model, params.train, len(data.features), data.task, n_classes=len(data.classes)
-    )
+    with device.distribution_scope(params.runtime):
+        net = build_model(
+            params.model, params.train, len(data.features), data.task, len(data.classes)
+        )
     result = fit(net, data, params.train, args.live_dir)
     with artifacts.atomic_path(args.model) as tmp:
         net.save(tmp)
     artifacts.write_json(args.metrics, result.metrics)
-    artifacts.write_json(args.run_info, lineage.run_info(result))
+    artifacts.write_json(args.run_info, lineage.run_info(result, used, data))
 
 
 if __name__ == "__main__":

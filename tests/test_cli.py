@@ -127,6 +127,8 @@ def test_compare_best_and_run_with_nothing_to_do(in_project: Path) -> None:
         (["best", "--apply", "--branch", "x"], "use --apply or --branch, not both"),
         (["compare", "--top", "0"], "Invalid value"),
         (["run", "-j", "0"], "Invalid value"),
+        (["run", "--gpus", "0,x"], "--gpus must be 'all' or distinct GPU numbers"),
+        (["run", "--gpus", "1,1"], "--gpus must be 'all' or distinct GPU numbers"),
     ],
 )
 def test_bad_arguments(in_project: Path, args: list[str], message: str) -> None:
@@ -141,3 +143,12 @@ def test_commands_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 2
     assert "params.yaml: 1 invalid parameter(s)" in result.output
     assert "file not found" in result.output
+
+
+def test_all_gpus_when_there_are_none(in_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nntune import device
+
+    monkeypatch.setattr(device, "list_gpus", list)
+    result = runner.invoke(app, ["run", "--gpus", "all"])
+    assert result.exit_code == 2
+    assert "--gpus all: no GPU is visible; use -j N to run on the CPU" in result.output

@@ -28,8 +28,11 @@ def test_grid_run_compare_best(tmp_path: Path) -> None:
     # One trial fails on purpose: its data file does not exist.
     run(project, "dvc", "exp", "run", "--queue", "-n", "broken", "-S", "data.source=data/no.csv")
 
-    result = run(project, NNTUNE, "run", "-j", "2", check=False)
+    # Two workers, each pinned as if it owned a GPU (there are none here: the trials fall back
+    # to the CPU under runtime.device auto, and record what they saw).
+    result = run(project, NNTUNE, "run", "--gpus", "0,1", check=False)
     assert result.returncode == 1, result.stdout + result.stderr
+    assert "one worker per GPU: CUDA_VISIBLE_DEVICES = 0, 1" in result.stdout
     assert "1 trial(s) failed: broken" in result.stderr
     assert "failed: broken; last lines of `dvc queue logs broken`" in result.stdout
     assert "best:" in result.stdout
@@ -52,6 +55,9 @@ def test_grid_run_compare_best(tmp_path: Path) -> None:
     assert [r["experiment"] for r in by_status["failed"]] == ["broken"]
     assert by_status["failed"][0]["val_loss"] is None  # not the baseline's number
     assert {"model.units", "train.learning_rate"} <= set(ranked[0])
+    seen = _recorded(project, "cuda_visible_devices")
+    pinned = {seen[r["experiment"]] for r in ranked}
+    assert pinned <= {"0", "1"} and pinned, seen  # every trial saw its worker's one GPU
 
     # Same grid again: everything already ran, nothing is queued.
     again = run(project, NNTUNE, "grid", *GRID)
@@ -94,3 +100,17 @@ def test_grid_run_compare_best(tmp_path: Path) -> None:
     assert [r["experiment"] for r in after["experiments"]] == ["broken"]  # old four removed
     assert len(after["pending"]) == 4
     run(project, "dvc", "queue", "remove", "--queued")
+
+
+def _recorded(project: Path, key: str) -> dict[str, object]:
+    """{experiment: value of `key` in its reports/train_run.json} from `dvc exp show`."""
+    found = {}
+    for baseline in json.loads(run(project, "dvc", "exp", "show", "--json").stdout):
+        for exp_range in baseline.get("experiments") or []:
+            for rev in exp_range["revs"]:
+                metrics = ((rev.get("data") or {}).get("metrics") or {}).get(
+                    "reports/train_run.json"
+                )
+                if rev.get("name") and metrics:
+                    found[rev["name"]] = metrics["data"].get(key)
+    return found

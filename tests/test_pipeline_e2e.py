@@ -54,8 +54,15 @@ def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project:
     after = _snapshot(project)
     changed = [name for name in DETERMINISTIC if before[name] != after[name]]
     assert not changed, f"not reproducible: {changed}"
-    timing = json.loads((project / "reports" / "train_run.json").read_text())
-    assert timing["train_seconds"] > 0 and timing["versions"]["nntune"]
+    # Lineage: what produced these numbers, down to the data file's DVC hash.
+    lineage = json.loads((project / "reports" / "train_run.json").read_text())
+    assert lineage["train_seconds"] > 0 and lineage["versions"]["nntune"]
+    assert lineage["device"].startswith("CPU") and lineage["device_kind"] == "cpu"
+    assert set(lineage["versions"]) == {"nntune", "python", "tensorflow", "keras", "dvc", "dvclive"}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    data_dep = next(d for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/digits.csv")
+    assert lineage["data_md5"] == data_dep["md5"]
+    assert "training on CPU" in first.stderr + first.stdout
 
     # The results are visible to DVC's own commands.
     shown = json.loads(run(project, "dvc", "metrics", "show", "--json").stdout)

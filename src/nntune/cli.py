@@ -195,6 +195,10 @@ def run(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="parallel DVC queue workers")
     ] = 1,
+    gpus: Annotated[
+        str | None,
+        typer.Option("--gpus", help="one worker per GPU: a list like 0,1,3 or 'all'; overrides -j"),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Run DVC's experiment queue with a live view until it drains."""
@@ -206,7 +210,10 @@ def run(
     objective = _load(params).evaluate.objective
     console = Console()
     try:
-        outcome = run_queue(".", jobs, objective, console)
+        pinned = _gpu_list(gpus) if gpus else None
+        if pinned:
+            console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
+        outcome = run_queue(".", len(pinned) if pinned else jobs, objective, console, pinned)
     except NntuneError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -228,6 +235,21 @@ def run(
     if outcome.failed:
         typer.echo(f"{len(outcome.failed)} trial(s) failed: {', '.join(outcome.failed)}", err=True)
         raise typer.Exit(1)
+
+
+def _gpu_list(text: str) -> list[str]:
+    """``0,1,3`` -> ["0", "1", "3"]; ``all`` -> every GPU the backend sees."""
+    if text.strip() == "all":
+        from nntune.device import list_gpus
+
+        found = [str(i) for i in range(len(list_gpus()))]
+        if not found:
+            raise NntuneError("--gpus all: no GPU is visible; use -j N to run on the CPU")
+        return found
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids or not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
+        raise NntuneError(f"--gpus must be 'all' or distinct GPU numbers like 0,1,3, got {text!r}")
+    return ids
 
 
 Format = Annotated[

@@ -3,6 +3,7 @@ and prepare stages must not pay for importing TensorFlow."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,16 @@ def check_validated(report_path: str | Path, source: str) -> None:
         )
 
 
+def file_md5(path: str | Path) -> str:
+    """MD5 of the file's bytes: the hash DVC 3 writes for a file dependency in dvc.lock,
+    so a run's lineage can be matched to the exact data version."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with Path(path).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def digits_frame() -> pd.DataFrame:
     """The handwritten-digits set bundled inside scikit-learn (no network needed)."""
     from sklearn.datasets import load_digits
@@ -80,6 +91,7 @@ class Prepared:
     classes: list[Any]  # original labels; the encoded target is the index into this list
     scaler_mean: list[float]
     scaler_scale: list[float]
+    source_md5: str | None = None  # the raw file's hash, as DVC records it in dvc.lock
 
     def xy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         frame = self.splits[split]
@@ -95,10 +107,11 @@ class Prepared:
             "classes": self.classes,
             "rows": {name: len(frame) for name, frame in self.splits.items()},
             "scaler": {"mean": self.scaler_mean, "scale": self.scaler_scale},
+            "source_md5": self.source_md5,
         }
 
 
-def prepare(frame: pd.DataFrame, data: DataParams) -> Prepared:
+def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None) -> Prepared:
     """Split (stratified for classification) and standardise with statistics of the
     training split only, so nothing about val / test leaks into training."""
     features = [c for c in frame.columns if c != data.target]
@@ -136,6 +149,7 @@ def prepare(frame: pd.DataFrame, data: DataParams) -> Prepared:
         classes=classes,
         scaler_mean=[float(v) for v in scaler.mean_],
         scaler_scale=[float(v) for v in scaler.scale_],
+        source_md5=source_md5,
     )
 
 
@@ -167,4 +181,5 @@ def read_prepared(out_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> Prep
         classes=meta["classes"],
         scaler_mean=meta["scaler"]["mean"],
         scaler_scale=meta["scaler"]["scale"],
+        source_md5=meta.get("source_md5"),
     )

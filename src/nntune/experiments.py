@@ -181,9 +181,30 @@ def _label(entry: Any) -> str:
     return str(entry.name or entry.stash_rev[:7])
 
 
-def start_workers(repo: Any, jobs: int) -> int:
+def start_workers(repo: Any, jobs: int, gpus: list[str] | None = None) -> int:
+    """``dvc queue start -j jobs``; with ``gpus``, one worker per GPU instead, each started
+    with its own ``CUDA_VISIBLE_DEVICES`` (workers and their trials inherit the environment
+    they start with), so concurrent trials never share a card."""
     use_this_python()
-    return int(repo.experiments.celery_queue.start_workers(jobs))
+    queue = repo.experiments.celery_queue
+    if not gpus:
+        return int(queue.start_workers(jobs))
+    active = queue.worker_status()
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    started = 0
+    try:
+        for number, gpu in enumerate(gpus, start=1):
+            if any(name.endswith(f"-{number}@localhost") for name in active):
+                continue  # a worker with this number already runs, pinned when it started
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            queue._spawn_worker(number)  # start_workers() would give every worker one env
+            started += 1
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    return started
 
 
 def stop_workers(repo: Any) -> None:

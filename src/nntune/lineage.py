@@ -9,13 +9,17 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import nntune
+from nntune.data import Prepared
+from nntune.device import Device
 from nntune.training import FitResult
 
 
-def run_info(result: FitResult) -> dict[str, Any]:
+def run_info(result: FitResult, device: Device, data: Prepared) -> dict[str, Any]:
     return {
         "train_seconds": round(result.train_seconds, 3),
         "samples_per_second": round(result.samples_per_second, 1),
+        **device.record(),
+        "data_md5": data.source_md5,
         "versions": {
             # nntune's own version comes from the imported code, not the installed metadata:
             # a queued experiment runs its snapshot's copy of the library.

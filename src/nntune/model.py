@@ -38,6 +38,7 @@ def build_model(
         activation=activation,
         kernel_regularizer=regularizer,
         name="output",
+        dtype="float32",  # under mixed precision the head (softmax, loss) stays float32
     )(x)
     net = keras.Model(inputs, outputs, name="nntune_mlp")
     net.compile(

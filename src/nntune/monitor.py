@@ -61,16 +61,22 @@ class RunOutcome:
 
 
 def run_queue(
-    root: str | Path, jobs: int, objective: Objective, console: Console, poll_seconds: float = 2.0
+    root: str | Path,
+    jobs: int,
+    objective: Objective,
+    console: Console,
+    gpus: list[str] | None = None,
+    poll_seconds: float = 2.0,
 ) -> RunOutcome:
-    """Start ``jobs`` workers and block until the queue is empty (or Ctrl-C)."""
+    """Start ``jobs`` workers (or one per GPU in ``gpus``) and block until the queue is
+    empty (or Ctrl-C)."""
     with open_repo(root) as repo:
         before = queue_state(repo)
         outcome = RunOutcome(total=before.pending)
         if outcome.total == 0:
             return outcome
         seen = _done_keys(before)
-        start_workers(repo, jobs)
+        start_workers(repo, jobs, gpus)
         progress = Progress(
             TextColumn("[bold]trials"),
             BarColumn(),

@@ -8,6 +8,7 @@ and what is allowed. All problems in the file are reported at once.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,10 +29,12 @@ from nntune.metrics import (
 
 Optimizer = Literal["adam", "sgd", "rmsprop"]
 LrScalingRule = Literal["none", "linear"]
+Strategy = Literal["none", "mirrored"]
 
 OPTIMIZERS: tuple[Optimizer, ...] = ("adam", "sgd", "rmsprop")
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "tanh", "sigmoid", "swish", "leaky_relu")
 LR_SCALING_RULES: tuple[LrScalingRule, ...] = ("none", "linear")
+STRATEGIES: tuple[Strategy, ...] = ("none", "mirrored")
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
@@ -102,6 +105,10 @@ class TrainParams:
 class RuntimeParams:
     seed: int
     deterministic: bool
+    device: str  # auto, cpu or gpu:N
+    allow_cpu_fallback: bool
+    mixed_precision: bool
+    strategy: Strategy
 
 
 @dataclass(frozen=True)
@@ -143,9 +150,7 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     with root.section("train") as s:
         train = _parse_train(s, data.task if data else None)
     with root.section("runtime") as s:
-        runtime = RuntimeParams(
-            seed=s.integer("seed", minimum=0), deterministic=s.boolean("deterministic")
-        )
+        runtime = _parse_runtime(s)
     with root.section("evaluate") as s:
         evaluate = _parse_evaluate(s, data.task if data else None)
     root.reject_unknown(allowed_extra=_UNCHECKED_TOP_LEVEL)
@@ -254,6 +259,20 @@ def _parse_train(s: _Section, task: Task | None) -> TrainParams | None:
         lr_scaling=lr_scaling,
     )
     return None if s.failed() else params
+
+
+def _parse_runtime(s: _Section) -> RuntimeParams:
+    device = s.string("device")
+    if device and not re.fullmatch(r"auto|cpu|gpu:\d+", device):
+        s.problem("device", device, "must be auto, cpu or gpu:N (N = 0, 1, ... among visible GPUs)")
+    return RuntimeParams(
+        seed=s.integer("seed", minimum=0),
+        deterministic=s.boolean("deterministic"),
+        device=device,
+        allow_cpu_fallback=s.boolean("allow_cpu_fallback"),
+        mixed_precision=s.boolean("mixed_precision"),
+        strategy=s.choice("strategy", STRATEGIES),
+    )
 
 
 def _parse_evaluate(s: _Section, task: Task | None) -> EvaluateParams | None:

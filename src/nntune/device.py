@@ -127,6 +127,15 @@ def _configure_tensorflow(device: Device) -> None:
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
+def enable_determinism() -> None:
+    """Deterministic kernels (TensorFlow op determinism). JAX on GPU needs XLA_FLAGS=
+    --xla_gpu_deterministic_ops=true set before it starts; on CPU it is deterministic."""
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
 def distribution_scope(runtime: RuntimeParams) -> Any:
     """``with distribution_scope(runtime): build_model(...)``: MirroredStrategy replicates
     the model over every visible GPU (one replica on a CPU); ``none`` changes nothing."""

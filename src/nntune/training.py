@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from nntune.data import Prepared
+from nntune.device import enable_determinism
 from nntune.metrics import Task, fit_metric_names, infer_direction
 from nntune.params import RuntimeParams, TrainParams
 
@@ -22,9 +23,7 @@ def seed_everything(runtime: RuntimeParams) -> None:
     deterministic kernels, so the same params give byte-identical metrics on CPU."""
     keras.utils.set_random_seed(runtime.seed)
     if runtime.deterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+        enable_determinism()
 
 
 class DivergenceGuard(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped

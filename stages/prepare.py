@@ -10,7 +10,8 @@ from nntune.stage import run_stage
 def main(args: argparse.Namespace) -> None:
     data = load_params(args.params).data
     check_validated(args.validation_report, data.source)
-    prepared = prepare(read_table(data.source), data, source_md5=file_md5(data.source))
+    frame = read_table(data.source, data.delimiter)
+    prepared = prepare(frame, data, source_md5=file_md5(data.source))
     write_prepared(prepared, args.out_dir)
 
 

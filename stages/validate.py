@@ -8,16 +8,14 @@ import argparse
 import sys
 
 from nntune import artifacts
-from nntune.data import read_table
 from nntune.params import load_params
-from nntune.schema import load_schema, render_report, validate_table
+from nntune.schema import check_data, render_report
 from nntune.stage import run_stage
 
 
 def main(args: argparse.Namespace) -> None:
     data = load_params(args.params).data
-    schema = load_schema(data.schema)
-    report = validate_table(read_table(data.source), schema, data, data.schema)
+    report = check_data(data)
     artifacts.write_json(args.report, report.to_dict())
     render_report(report)
     if not report.valid:

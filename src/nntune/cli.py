@@ -394,6 +394,71 @@ def _print_comparison(comparison: Any, rows: list[dict[str, Any]]) -> None:
         console.print(f"{len(comparison.pending)} experiment(s) still queued or running")
 
 
+@app.command()
+def validate(
+    path: Annotated[
+        Path | None, typer.Argument(help="table to check (default: data.source)")
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Validate a table as the pipeline's validate stage does, without DVC: every failure
+    of the schema and of the params' column rules; exit code 1 if any."""
+    import dataclasses
+
+    from nntune.schema import check_data, render_report
+
+    data = _load(params).data
+    if path is not None:
+        data = dataclasses.replace(data, source=str(path))
+    try:
+        report = check_data(data)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    render_report(report)
+    if not report.valid:
+        raise typer.Exit(1)
+
+
+schema_app = typer.Typer(help="pandera schemas of the input table.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+
+
+@schema_app.command("infer")
+def schema_infer(
+    path: Annotated[
+        Path | None, typer.Argument(help="table to infer from (default: data.source)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="YAML to write (default: data.schema)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing schema file")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write a pandera schema (YAML) inferred from the data: dtypes, nullability, ranges,
+    allowed categories, the label set. Read it, tighten it, commit it."""
+    import dataclasses
+
+    from nntune import artifacts
+    from nntune.data import read_table
+    from nntune.schema import infer_schema
+
+    data = _load(params).data
+    if path is not None:
+        data = dataclasses.replace(data, source=str(path))
+    target = out or Path(data.schema)
+    if target.exists() and not force:
+        typer.echo(f"error: {target} exists; pass --force to overwrite it", err=True)
+        raise typer.Exit(2)
+    try:
+        schema = infer_schema(read_table(data.source, data.delimiter), data)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    artifacts.write_text(target, schema.to_yaml())
+    typer.echo(f"wrote {target}: {len(schema.columns)} columns from {data.source}")
+
+
 @app.command("export-digits")
 def export_digits(
     path: Annotated[Path, typer.Argument(help="CSV file to write")] = Path("data/digits.csv"),

@@ -3,6 +3,7 @@ and prepare stages must not pay for importing TensorFlow."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from dataclasses import dataclass
@@ -11,8 +12,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from nntune import artifacts
 from nntune.errors import NntuneError
@@ -27,20 +31,44 @@ class DataError(NntuneError):
     pass
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file; raise ``DataError`` saying what is wrong and how to fix it."""
+def read_table(path: str | Path, delimiter: str = "auto") -> pd.DataFrame:
+    """Read a CSV (delimiter sniffed unless given) or Parquet file; raise ``DataError``
+    saying what is wrong and how to fix it. The file is only ever opened for reading."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found; check data.source in params.yaml")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty; point data.source at a table with a header row")
     try:
-        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        if path.suffix.lower() == ".csv":
+            sep = sniff_delimiter(path) if delimiter == "auto" else delimiter
+            header = next(csv.reader([_head(path).splitlines()[0]], delimiter=sep))
+            frame = pd.read_csv(path, sep=sep)
+        else:
+            frame = pd.read_parquet(path)
+            header = [str(c) for c in frame.columns]
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot be read as {path.suffix.lstrip('.')}: {exc}") from exc
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:  # pandas would silently rename the second one "name.1"
+        raise DataError(f"{path}: duplicate column names {twice}; rename them so each is unique")
     if frame.empty:
         raise DataError(f"{path}: has a header but no data rows")
     return frame
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The CSV delimiter among , ; tab and |, guessed from the first 64 KiB."""
+    try:
+        lines = _head(path).rsplit("\n", 1)[0]  # whole lines only
+        return csv.Sniffer().sniff(lines, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","  # one column, or nothing to tell: the CSV default
+
+
+def _head(path: Path, size: int = 65536) -> str:
+    with path.open("rb") as stream:
+        return stream.read(size).decode("utf-8", errors="replace")
 
 
 def check_validated(report_path: str | Path, source: str) -> None:
@@ -111,16 +139,39 @@ class Prepared:
         }
 
 
+def feature_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
+    """``data.features``, or every column but the target and ``data.exclude``."""
+    if data.features is not None:
+        return list(data.features)
+    return [c for c in frame.columns if c != data.target and c not in data.exclude]
+
+
+def categorical_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Columns that are not numbers (strings, categories, mixed objects): one-hot encoded.
+    Booleans count as numbers (0 / 1)."""
+    return [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c])]
+
+
 def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None) -> Prepared:
-    """Split (stratified for classification) and standardise with statistics of the
-    training split only, so nothing about val / test leaks into training."""
-    features = [c for c in frame.columns if c != data.target]
-    target = frame[data.target]
+    """Split (stratified for classification), then fit the preprocessing on the training
+    split only (imputation, standard scaling of numbers, one-hot encoding of categories) and
+    apply it to all three, so nothing about val / test leaks into training."""
+    features = feature_columns(frame, data)
+    table = frame[[*features, data.target]]
+    table = table[table[data.target].notna()]  # a row without a label cannot train or test
+    if data.missing == "drop":
+        table = table.dropna()
+    elif data.missing == "error" and table[features].isna().any().any():
+        missing = [c for c in features if table[c].isna().any()]
+        raise DataError(
+            f"{data.source}: missing values in {', '.join(missing)} and data.missing is error; "
+            "run the validate stage for the rows, or set data.missing: drop or impute"
+        )
     classes: list[Any] = []
     if data.task != "regression":
-        classes = sorted(target.unique().tolist())
-        target = target.map({label: code for code, label in enumerate(classes)})
-    table = frame[features].assign(**{data.target: target})
+        classes = sorted(table[data.target].unique().tolist())
+        codes = {label: code for code, label in enumerate(classes)}
+        table = table.assign(**{data.target: table[data.target].map(codes)})
 
     stratify = data.task != "regression"
     rest, test = train_test_split(
@@ -136,27 +187,67 @@ def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None
         random_state=data.split_seed,
         stratify=rest[data.target] if stratify else None,
     )
-    scaler = StandardScaler().fit(train[features].to_numpy(dtype="float64"))
-    parts = (train, val, test)
+    categorical = categorical_columns(frame, features)
+    numeric = [c for c in features if c not in categorical]
+    transformer = _preprocessor(numeric, categorical, data.missing == "impute")
+    transformer.fit(_model_inputs(train, numeric, categorical))
+    names = [str(n) for n in transformer.get_feature_names_out()]
     splits = {
-        name: _scaled(part, features, scaler) for name, part in zip(SPLITS, parts, strict=True)
+        name: _transformed(part, numeric, categorical, transformer, names, data.target)
+        for name, part in zip(SPLITS, (train, val, test), strict=True)
     }
+    scaler = transformer.named_transformers_["numeric"].named_steps["scale"] if numeric else None
     return Prepared(
         splits=splits,
-        features=features,
+        features=names,
         target=data.target,
         task=data.task,
         classes=classes,
-        scaler_mean=[float(v) for v in scaler.mean_],
-        scaler_scale=[float(v) for v in scaler.scale_],
+        scaler_mean=[float(v) for v in scaler.mean_] if scaler is not None else [],
+        scaler_scale=[float(v) for v in scaler.scale_] if scaler is not None else [],
         source_md5=source_md5,
     )
 
 
-def _scaled(part: pd.DataFrame, features: list[str], scaler: StandardScaler) -> pd.DataFrame:
-    scaled = scaler.transform(part[features].to_numpy(dtype="float64")).astype("float32")
-    out = pd.DataFrame(scaled, columns=features)
-    return out.assign(**{c: part[c].to_numpy() for c in part.columns if c not in features})
+def _preprocessor(numeric: list[str], categorical: list[str], impute: bool) -> ColumnTransformer:
+    numeric_steps: list[tuple[str, Any]] = [("scale", StandardScaler())]
+    categorical_steps: list[tuple[str, Any]] = [
+        # Categories come from the training split; one unseen later becomes all zeros.
+        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype="float32"))
+    ]
+    if impute:
+        numeric_steps.insert(0, ("impute", SimpleImputer(strategy="median")))
+        categorical_steps.insert(0, ("impute", SimpleImputer(strategy="most_frequent")))
+    return ColumnTransformer(
+        [
+            ("numeric", Pipeline(numeric_steps), numeric),
+            ("categorical", Pipeline(categorical_steps), categorical),
+        ],
+        verbose_feature_names_out=False,  # "age", "colour_red" rather than "numeric__age"
+    )
+
+
+def _model_inputs(part: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """Numbers as float64, categories as Python objects with NaN for missing (what
+    scikit-learn's imputer and encoder expect, whatever pandas dtype the file gave)."""
+    out = part[numeric].astype("float64")
+    for column in categorical:
+        values = part[column].astype("object")
+        out[column] = values.where(part[column].notna(), np.nan)
+    return out[[*numeric, *categorical]]
+
+
+def _transformed(
+    part: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    transformer: ColumnTransformer,
+    names: list[str],
+    target: str,
+) -> pd.DataFrame:
+    values = transformer.transform(_model_inputs(part, numeric, categorical))
+    out = pd.DataFrame(np.asarray(values, dtype="float32"), columns=names)
+    return out.assign(**{target: part[target].to_numpy()})
 
 
 def write_prepared(prepared: Prepared, out_dir: str | Path) -> None:

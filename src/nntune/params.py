@@ -30,6 +30,8 @@ from nntune.metrics import (
 Optimizer = Literal["adam", "sgd", "rmsprop"]
 LrScalingRule = Literal["none", "linear"]
 Strategy = Literal["none", "mirrored"]
+MissingPolicy = Literal["error", "drop", "impute"]
+MISSING_POLICIES: tuple[MissingPolicy, ...] = ("error", "drop", "impute")
 
 OPTIMIZERS: tuple[Optimizer, ...] = ("adam", "sgd", "rmsprop")
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "tanh", "sigmoid", "swish", "leaky_relu")
@@ -57,6 +59,10 @@ class DataParams:
     test_fraction: float
     val_fraction: float
     split_seed: int
+    features: tuple[str, ...] | None = None  # None: every column but the target and exclude
+    exclude: tuple[str, ...] = ()  # never features: IDs, leaky columns
+    missing: MissingPolicy = "error"
+    delimiter: str = "auto"  # CSV only: "auto" sniffs it
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,15 @@ def _parse_data(s: _Section) -> DataParams | None:
     source = s.string("source")
     if source and not source.lower().endswith(DATA_SUFFIXES):
         s.problem("source", source, f"must be a CSV or Parquet file ({', '.join(DATA_SUFFIXES)})")
+    elif source and (Path(source).is_absolute() or ".." in Path(source).parts):
+        # DVC tracks and copies only what is inside the project: a queued experiment in
+        # .dvc/tmp/exps/ would otherwise read a file nobody versioned.
+        s.problem(
+            "source",
+            source,
+            "must be a path inside the project (relative, no '..'); copy the file into "
+            "data/ and `dvc add` it, or `dvc import` it",
+        )
     schema = s.string("schema")
     if schema and not schema.lower().endswith((".yaml", ".yml")):
         s.problem("schema", schema, "must be a pandera schema file ending in .yaml")
@@ -180,16 +195,51 @@ def _parse_data(s: _Section) -> DataParams | None:
             f"with test_fraction {test_fraction} leaves under 10% of rows for training; "
             "test_fraction + val_fraction must be < 0.9",
         )
+    target = s.string("target")
+    features = _column_list(s, "features", allow_all=True)
+    exclude = _column_list(s, "exclude", allow_all=False) or ()
+    for name in (*(features or ()), *exclude):
+        if name == target:
+            s.problem(
+                "features" if name in (features or ()) else "exclude",
+                name,
+                "must not name the target column",
+            )
+            break
+    delimiter = s.string("delimiter")
+    if delimiter and delimiter != "auto" and len(delimiter) != 1:
+        s.problem("delimiter", delimiter, "must be auto or a single character such as , ; or |")
     params = DataParams(
         source=source,
         schema=schema,
-        target=s.string("target"),
+        target=target,
         task=s.choice("task", TASKS),
         test_fraction=test_fraction,
         val_fraction=val_fraction,
         split_seed=s.integer("split_seed", minimum=0),
+        features=features,
+        exclude=exclude,
+        missing=s.choice("missing", MISSING_POLICIES),
+        delimiter=delimiter,
     )
     return None if s.failed() else params
+
+
+def _column_list(s: _Section, key: str, allow_all: bool) -> tuple[str, ...] | None:
+    value = s.take(key)
+    if value is None and key in s.bad:
+        return None
+    if allow_all and value == "all":
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        allowed = "all or a list of column names" if allow_all else "a list of column names"
+        s.problem(key, value, f"must be {allowed}")
+        return None
+    if allow_all and not value:
+        s.problem(key, value, "lists no column; use all, or name at least one")
+    if len(set(value)) != len(value):
+        s.problem(key, value, "names a column twice")
+    return tuple(value)
 
 
 def _parse_model(s: _Section) -> ModelParams | None:

@@ -12,15 +12,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
+from nntune.data import read_table
 from nntune.errors import NntuneError
 from nntune.params import DataParams
 
 MAX_EXAMPLES = 5  # failing values shown per (column, check)
 MIN_ROWS_PER_CLASS = 3  # one row each for train, validation and test
+IMBALANCE_SHARE = 0.05  # a class rarer than this gets a warning
 
 
 class SchemaFileError(NntuneError):
@@ -42,6 +45,7 @@ class ValidationReport:
     rows: int
     columns: int
     failures: list[Failure] = field(default_factory=list)
+    warnings: list[Failure] = field(default_factory=list)  # reported, but do not stop a run
 
     @property
     def valid(self) -> bool:
@@ -62,6 +66,23 @@ def digits_schema() -> pa.DataFrameSchema:
     return pa.DataFrameSchema({**pixels, "target": label}, strict=True, name="digits")
 
 
+def infer_schema(frame: pd.DataFrame, data: DataParams) -> pa.DataFrameSchema:
+    """A starting schema from the data, to read and edit: every column's dtype and observed
+    nullability, numeric ranges, the allowed values of categorical columns and the label
+    set of a classification target. Unknown columns are rejected (strict)."""
+    inferred = pa.infer_schema(frame)
+    updates: dict[str, dict[str, Any]] = {}
+    for name in frame.columns:
+        values = frame[name].dropna()
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        is_label = name == data.target and data.task != "regression"
+        if is_label or not numeric:
+            allowed = sorted(values.unique().tolist(), key=str)
+            updates[str(name)] = {"checks": [pa.Check.isin([_plain(v) for v in allowed])]}
+    schema = inferred.update_columns(updates) if updates else inferred
+    return pa.DataFrameSchema(schema.columns, strict=True, coerce=True, name=Path(data.source).stem)
+
+
 def load_schema(path: str | Path) -> pa.DataFrameSchema:
     path = Path(path)
     if not path.is_file():
@@ -75,6 +96,13 @@ def load_schema(path: str | Path) -> pa.DataFrameSchema:
         raise SchemaFileError(f"{path}: not a valid pandera YAML schema: {exc}") from exc
 
 
+def check_data(data: DataParams) -> ValidationReport:
+    """Read ``data.source`` and validate it against ``data.schema``: the validate stage and
+    ``nntune validate`` both run exactly this."""
+    schema = load_schema(data.schema)
+    return validate_table(read_table(data.source, data.delimiter), schema, data, data.schema)
+
+
 def validate_table(
     frame: pd.DataFrame, schema: pa.DataFrameSchema, data: DataParams, schema_path: str
 ) -> ValidationReport:
@@ -85,6 +113,7 @@ def validate_table(
         schema.validate(frame, lazy=True)
     except SchemaErrors as errors:
         failures.extend(_summarise(errors.failure_cases))
+    failures.extend(_column_failures(frame, data))
     failures.extend(_target_failures(frame, data))
     return ValidationReport(
         source=data.source,
@@ -92,7 +121,72 @@ def validate_table(
         rows=len(frame),
         columns=frame.shape[1],
         failures=failures,
+        warnings=_warnings(frame, data),
     )
+
+
+def _column_failures(frame: pd.DataFrame, data: DataParams) -> list[Failure]:
+    """What the params ask of the columns: named ones exist, no missing values under
+    ``data.missing: error``, no infinities ever."""
+    failures = []
+    for key, names in (("data.features", data.features or ()), ("data.exclude", data.exclude)):
+        absent = [n for n in names if n not in frame.columns]
+        if absent:
+            examples = [{"row": None, "value": n} for n in absent][:MAX_EXAMPLES]
+            failures.append(Failure(None, f"columns named in {key} exist", len(absent), examples))
+    used = [c for c in _used_columns(frame, data) if c in frame.columns]
+    for column in used:
+        values = frame[column]
+        if data.missing == "error" and values.isna().any():
+            failures.append(_rows(values.isna(), column, "no missing values (data.missing: error)"))
+        if pd.api.types.is_float_dtype(values) and np.isinf(values.to_numpy()).any():
+            failures.append(_rows(pd.Series(np.isinf(values.to_numpy())), column, "finite values"))
+    return failures
+
+
+def _used_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
+    features = data.features or [
+        c for c in frame.columns if c != data.target and c not in data.exclude
+    ]
+    return [*features, data.target]
+
+
+def _rows(mask: pd.Series, column: str, check: str) -> Failure:
+    rows = np.flatnonzero(mask.to_numpy())
+    examples = [{"row": int(r), "value": None} for r in rows[:MAX_EXAMPLES]]
+    return Failure(column, check, len(rows), examples)
+
+
+def _warnings(frame: pd.DataFrame, data: DataParams) -> list[Failure]:
+    """Signs of trouble that should not stop a run: constant features, a rare class."""
+    warnings = []
+    for column in _used_columns(frame, data)[:-1]:
+        if column in frame.columns and frame[column].nunique(dropna=True) <= 1:
+            value = frame[column].dropna().iloc[0] if frame[column].notna().any() else None
+            warnings.append(
+                Failure(
+                    column,
+                    "constant column: carries no information",
+                    1,
+                    [{"row": None, "value": _plain(value)}],
+                )
+            )
+    if data.task != "regression" and data.target in frame.columns:
+        shares = frame[data.target].value_counts(normalize=True)
+        if len(shares) >= 2 and shares.min() < IMBALANCE_SHARE:
+            rare = shares[shares < IMBALANCE_SHARE]
+            examples = [
+                {"row": None, "value": f"{_plain(k)} ({v:.1%} of rows)"} for k, v in rare.items()
+            ]
+            warnings.append(
+                Failure(
+                    data.target,
+                    f"imbalanced target: classes under {IMBALANCE_SHARE:.0%} of rows",
+                    len(rare),
+                    examples[:MAX_EXAMPLES],
+                )
+            )
+    return warnings
 
 
 def _summarise(cases: pd.DataFrame) -> list[Failure]:
@@ -115,8 +209,24 @@ def _summarise(cases: pd.DataFrame) -> list[Failure]:
 
 def _target_failures(frame: pd.DataFrame, data: DataParams) -> list[Failure]:
     if data.target not in frame.columns:
-        return [Failure(data.target, "target column present (data.target)", 1, [])]
+        hint = ""
+        if frame.shape[1] == 1:
+            hint = f"; the file reads as one column ({frame.columns[0]!r}): wrong data.delimiter?"
+        return [Failure(data.target, f"target column present (data.target){hint}", 1, [])]
+    if frame[data.target].isna().all():
+        return [Failure(data.target, "target has values (it is all missing)", len(frame), [])]
     target = frame[data.target].dropna()
+    needed = _rows_needed(data)
+    if len(target) < needed:
+        return [
+            Failure(
+                data.target,
+                f"at least {needed} labelled rows for the train/val/test split "
+                f"(test_fraction {data.test_fraction}, val_fraction {data.val_fraction})",
+                len(target),
+                [],
+            )
+        ]
     if data.task == "regression":
         if not pd.api.types.is_numeric_dtype(target):
             return [Failure(data.target, "numeric target for task regression", 1, [])]
@@ -144,10 +254,24 @@ def _target_failures(frame: pd.DataFrame, data: DataParams) -> list[Failure]:
     return failures
 
 
+def _rows_needed(data: DataParams) -> int:
+    """Rows for each split to get at least one, and training at least three."""
+    smallest = min(data.test_fraction, data.val_fraction)
+    train_share = 1.0 - data.test_fraction - data.val_fraction
+    return max(math.ceil(1 / smallest), math.ceil(3 / train_share), MIN_ROWS_PER_CLASS)
+
+
 def _classes(counts: pd.Series) -> list[dict[str, Any]]:
     return [{"row": None, "value": f"{_plain(k)} ({n} rows)"} for k, n in counts.items()][
         :MAX_EXAMPLES
     ]
+
+
+def _example(example: dict[str, Any]) -> str:
+    row, value = example["row"], example["value"]
+    if row is None:
+        return repr(value)
+    return f"row {row}" if value is None else f"row {row}: {value!r}"
 
 
 def _missing(value: Any) -> bool:
@@ -166,19 +290,26 @@ def _plain(value: Any) -> Any:
 def render_report(report: ValidationReport) -> None:
     """Print the report as a rich table on stderr (the validate stage's log)."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(stderr=True)
+    if report.warnings:
+        console.print(_table(f"warnings for {report.source} (the run goes on)", report.warnings))
     if report.valid:
         console.print(
             f"[green]valid[/green]: {report.source} ({report.rows} rows, "
             f"{report.columns} columns) matches {report.schema}"
         )
         return
-    table = Table(title=f"{report.source} fails {report.schema}", title_justify="left")
-    for name in ("column", "check", "failures", "examples (row: value)"):
+    console.print(_table(f"{report.source} fails {report.schema}", report.failures))
+
+
+def _table(title: str, failures: list[Failure]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name in ("column", "check", "count", "examples (data rows count from 0)"):
         table.add_column(name)
-    for f in report.failures:
-        examples = ", ".join(f"{e['row']}: {e['value']!r}" for e in f.examples)
+    for f in failures:
+        examples = ", ".join(_example(e) for e in f.examples)
         table.add_row(f.column or "(table)", f.check, str(f.failure_count), examples)
-    console.print(table)
+    return table

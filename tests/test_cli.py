@@ -152,3 +152,24 @@ def test_all_gpus_when_there_are_none(in_project: Path, monkeypatch: pytest.Monk
     result = runner.invoke(app, ["run", "--gpus", "all"])
     assert result.exit_code == 2
     assert "--gpus all: no GPU is visible; use -j N to run on the CPU" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "label", "--task", "ranking"], "--task must be one of multiclass"),
+        (["--target", "nope"], "no column 'nope'"),
+        (["--target", "target", "--data", "missing.csv"], "missing.csv: data file not found"),
+    ],
+)
+def test_init_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"a": [1, 2, 3], "label": ["x", "y", "x"]}).to_csv(table, index=False)
+    if "--data" not in args:
+        args = [*args, "--data", str(table)]
+    else:
+        args = [a if a != "missing.csv" else str(tmp_path / "missing.csv") for a in args]
+    result = runner.invoke(app, ["init", str(tmp_path / "proj"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "proj" / "dvc.yaml").exists()

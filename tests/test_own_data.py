@@ -281,3 +281,20 @@ def test_bad_data_path_outside_the_project(raw_params: dict[str, Any], source: s
 def test_bad_schema_file_missing(project: Path, tiny_params: Params) -> None:
     with pytest.raises(SchemaFileError, match="schema file not found"):
         check_data(data_params(tiny_params, schema="none.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("values", "task"),
+    [
+        (["yes", "no", "yes"], "binary"),
+        ([0, 1, 1, 0], "binary"),
+        (["a", "b", "c"], "multiclass"),
+        ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "multiclass"),
+        ([0.5, 1.25, 3.0], "regression"),
+        (list(range(500)), "regression"),
+    ],
+)
+def test_task_is_inferred_from_the_target(values: list[Any], task: str) -> None:
+    from nntune.scaffold import infer_task
+
+    assert infer_task(pd.Series(values)) == task

@@ -395,6 +395,37 @@ def _print_comparison(comparison: Any, rows: list[dict[str, Any]]) -> None:
 
 
 @app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="project folder (created if missing)")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="CSV or Parquet table")],
+    target: Annotated[str, typer.Option("--target", "-t", help="column to predict")],
+    task: Annotated[
+        str | None, typer.Option(help="multiclass, binary or regression (default: inferred)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing project's pipeline")] = False,
+) -> None:
+    """Scaffold a ready project around your table: pipeline, params, inferred schema, git +
+    DVC with the data `dvc add`-ed. Then `cd DIR && dvc repro`."""
+    from nntune.metrics import TASKS
+    from nntune.scaffold import init_project
+
+    if task is not None and task not in TASKS:
+        typer.echo(f"error: --task must be one of {', '.join(TASKS)}, got {task!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        done = init_project(directory, data, target, task, force)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    how = "inferred from the target column" if done.inferred_task else "as given"
+    typer.echo(f"task: {done.task} ({how}; change data.task in params.yaml if wrong)")
+    typer.echo(f"created {directory}: data {done.data} (dvc add), schema, params, pipeline")
+    if not done.committed:
+        typer.echo("existing git repository: review and commit the new files (git commit)")
+    typer.echo(f"next: cd {directory} && dvc repro")
+
+
+@app.command()
 def validate(
     path: Annotated[
         Path | None, typer.Argument(help="table to check (default: data.source)")

@@ -74,3 +74,7 @@ def test_same_params_tolerates_exp_show_types() -> None:
     assert not same_params(recorded, {**wanted, "model.units": 128})
     assert not same_params(recorded, {**wanted, "runtime.deterministic": False})
     assert same_params({"model.units": [64.0, 32.0]}, {"model.units": [64, 32]})
+    # What dvc.api.exp_show really returns for list params (seen with dvc 3.67):
+    assert same_params({"data.exclude": "[]"}, {"data.exclude": []})
+    assert same_params({"model.units": "[64, 32]"}, {"model.units": [64, 32]})
+    assert not same_params({"data.exclude": "[]"}, {"data.exclude": ["id"]})

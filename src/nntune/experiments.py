@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from nntune.errors import NntuneError
 from nntune.grid import Trial, flatten, override_args
 
@@ -134,11 +136,13 @@ def _meta(column: str) -> bool:
 
 def same_params(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Whether an experiment's recorded params equal ``wanted`` (flattened). exp_show
-    turns ints into floats and booleans into strings, so compare loosely by type."""
+    turns ints into floats and booleans and lists into strings, so compare loosely by type."""
     return all(_same(recorded.get(key), value) for key, value in wanted.items())
 
 
 def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, list | tuple):
+        a = yaml.safe_load(a)  # exp_show gives lists as text: "[]", "[64, 32]"
     if isinstance(b, bool) or isinstance(a, bool):
         return str(a).lower() == str(b).lower()
     if isinstance(a, int | float) and isinstance(b, int | float):

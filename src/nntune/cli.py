@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from nntune.errors import NntuneError
-from nntune.params import Params, load_params
+from nntune.params import Params, parse_params, read_params_mapping
 
 app = typer.Typer(
     help="Declarative, reproducible neural-network tuning as a DVC pipeline.",
@@ -25,8 +25,14 @@ ParamsOption = Annotated[
 
 
 def _load(path: Path) -> Params:
+    return _load_with_mapping(path)[0]
+
+
+def _load_with_mapping(path: Path) -> tuple[Params, dict[str, Any]]:
+    """The checked params and the plain mapping they came from, from one read of the file."""
     try:
-        return load_params(path)
+        raw = read_params_mapping(path)
+        return parse_params(raw, source=str(path)), raw
     except NntuneError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -106,13 +112,10 @@ def grid(
 ) -> None:
     """Queue the grid's points as DVC experiments (dvc exp run --queue), one named
     experiment per point; points that already ran with the same params are skipped."""
-    import yaml
-
     from nntune import experiments
     from nntune.grid import expand, flatten, load_space, parse_assignments
 
-    _load(params)  # the base must be valid before any point is
-    base = yaml.safe_load(params.read_text(encoding="utf-8"))
+    _, base = _load_with_mapping(params)  # the base must be valid before any point is
     try:
         dimensions: dict[str, list[Any]] = {}
         space_file = space or Path(DEFAULT_SPACE)
@@ -349,7 +352,7 @@ def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:
     from nntune.metrics import Objective, infer_direction, validation_metric_names
     from nntune.ranking import compare as rank
 
-    p = _load(params)
+    p, base = _load_with_mapping(params)
     objective = p.evaluate.objective
     if metric:
         allowed = validation_metric_names(p.data.task)
@@ -359,9 +362,6 @@ def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:
             )
             raise typer.Exit(2)
         objective = Objective(metric, infer_direction(metric))
-    import yaml
-
-    base = yaml.safe_load(params.read_text(encoding="utf-8"))
     try:
         exps = list_experiments(".", flatten(base), all_commits)
     except NntuneError as exc:

@@ -133,6 +133,11 @@ class Params:
 
 def load_params(path: str | Path) -> Params:
     """Read and check a params file; raise ``ParamsError`` listing every problem."""
+    return parse_params(read_params_mapping(path), source=str(path))
+
+
+def read_params_mapping(path: str | Path) -> dict[str, Any]:
+    """The params file as plain YAML data, unchecked (what grid points are applied to)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -142,7 +147,7 @@ def load_params(path: str | Path) -> Params:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ParamsError(str(path), [f"not valid YAML: {exc}"]) from None
-    return parse_params(raw if raw is not None else {}, source=str(path))
+    return raw if isinstance(raw, dict) else {}
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

@@ -5,11 +5,17 @@ missing values; `dvc repro` stops at validate under `missing: error` and trains 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from project import NNTUNE, run
 
 pytestmark = pytest.mark.e2e
@@ -81,3 +87,57 @@ def test_init_then_repro_on_your_own_csv(tmp_path: Path) -> None:
     assert evaluation["test_accuracy"] > 0.6
     assert set(evaluation) == {"test_accuracy", "test_f1_macro", "test_log_loss", "test_roc_auc"}
     assert source.read_bytes() == before
+
+
+def test_init_from_an_installed_wheel(tmp_path: Path) -> None:
+    """`nntune init` works from a regular (non-editable) install: the wheel carries the
+    pipeline files, and they are exactly the checkout's."""
+    source_tree = tmp_path / "checkout"
+    files = run(REPO, "git", "ls-files", "--cached", "--others", "--exclude-standard").stdout
+    for name in files.splitlines():
+        if (REPO / name).is_file():
+            (source_tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source_tree / name)
+    wheels = tmp_path / "wheels"
+    run(
+        source_tree,
+        sys.executable,
+        *("-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "--quiet"),
+        *("-w", str(wheels)),
+    )
+    (wheel,) = wheels.glob("nntune-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    packaged = site / "nntune" / "pipeline"
+    for name in ("dvc.yaml", "params.yaml", "grid.yaml", ".dvcignore", "stages/train.py"):
+        assert (packaged / name).read_bytes() == (REPO / name).read_bytes(), name
+    assert sorted(p.name for p in (packaged / "stages").iterdir()) == sorted(
+        p.name for p in (REPO / "stages").glob("*.py")
+    )
+
+    table = tmp_path / "customers.csv"
+    customers(120).to_csv(table, index=False)
+    command = (
+        "import sys, nntune; from nntune.cli import app; "
+        "print('library:', nntune.__file__, file=sys.stderr); app()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "DVC_NO_ANALYTICS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    made = subprocess.run(
+        [sys.executable, "-c", command, "init", "shop", "--data", str(table), "--target", "churn"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr
+    assert f"library: {site / 'nntune' / '__init__.py'}" in made.stderr
+    project = tmp_path / "shop"
+    assert (project / "dvc.yaml").read_bytes() == (REPO / "dvc.yaml").read_bytes()
+    assert (project / "stages" / "train.py").read_bytes() == (REPO / "stages/train.py").read_bytes()
+    assert not (project / "src" / "nntune" / "pipeline").exists()  # root files are the copy
+    assert (project / "src" / "nntune" / "data.py").read_bytes() == (
+        REPO / "src" / "nntune" / "data.py"
+    ).read_bytes()

@@ -1,7 +1,8 @@
 """``nntune init``: a ready project around the user's own table.
 
-The project gets this checkout's pipeline (dvc.yaml, stages/, grid.yaml) and a copy of the
-library under src/nntune, so it carries the exact code that produces its results (the stage
+The project gets the pipeline this nntune carries (dvc.yaml, params.yaml, stages/, grid.yaml:
+from its checkout, or from the wheel's ``nntune/pipeline``) and a copy of the library under
+src/nntune, so it carries the exact code that produces its results (the stage
 commands import it with ``PYTHONPATH=src``, as queued experiments need). The data file is
 versioned by DVC (``dvc add``), never by git, and its schema is inferred for the user to edit.
 """
@@ -25,7 +26,8 @@ from nntune.metrics import Task
 from nntune.params import load_params
 from nntune.schema import infer_schema
 
-PIPELINE_FILES = ("dvc.yaml", "grid.yaml", ".dvcignore")
+PIPELINE_FILES = ("dvc.yaml", "grid.yaml", ".dvcignore")  # and params.yaml, stages/
+PACKAGED = "pipeline"  # the folder of them inside a wheel-installed package
 MAX_CLASSES = 50  # more distinct integer labels than this reads as a quantity: regression
 
 
@@ -43,14 +45,17 @@ class Scaffolded:
 
 
 def pipeline_root() -> Path:
-    """The checkout this nntune runs from: it holds the pipeline files to copy."""
-    root = Path(nntune.__file__).resolve().parents[2]
-    if not all((root / name).exists() for name in ("dvc.yaml", "params.yaml", "stages")):
-        raise ScaffoldError(
-            f"nntune init copies the pipeline of a source checkout, and {root} is not one; "
-            "install nntune from a clone with `pip install -e .`"
-        )
-    return root
+    """Where the pipeline files to copy live: the ``pipeline`` folder an installed wheel
+    carries (see ``nntune._build``), else the source checkout of an editable install."""
+    library = Path(nntune.__file__).resolve().parent
+    for root in (library / PACKAGED, library.parents[1]):
+        if all((root / name).exists() for name in (*PIPELINE_FILES, "params.yaml", "stages")):
+            return root
+    raise ScaffoldError(
+        f"nntune init needs the pipeline files (dvc.yaml, params.yaml, stages/), and neither "
+        f"{library / PACKAGED} nor the checkout around {library} has them; reinstall nntune "
+        "from a git clone (`pip install .` or `pip install -e .`)"
+    )
 
 
 def infer_task(target: pd.Series) -> Task:
@@ -106,7 +111,9 @@ def _copy_pipeline(root: Path, project: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(root / "stages", project / "stages", ignore=ignore, dirs_exist_ok=True)
     library = Path(nntune.__file__).resolve().parent
-    shutil.copytree(library, project / "src" / "nntune", ignore=ignore, dirs_exist_ok=True)
+    # The project's own pipeline files are at its root: no packaged copy in its library.
+    vendored = shutil.ignore_patterns("__pycache__", "*.pyc", PACKAGED)
+    shutil.copytree(library, project / "src" / "nntune", ignore=vendored, dirs_exist_ok=True)
     (project / "data").mkdir(exist_ok=True)
     gitignore = project / ".gitignore"
     lines = gitignore.read_text().splitlines() if gitignore.exists() else []

@@ -116,7 +116,9 @@ def validate_table(
     what the split and the task need from the target column."""
     failures: list[Failure] = _type_failures(frame, schema)
     try:
-        schema.validate(frame, lazy=True)
+        # inplace: no copy of the whole table (pandera's default); the frame is ours alone
+        # and only a user schema with ``coerce: true`` would change it.
+        schema.validate(frame, lazy=True, inplace=True)
     except SchemaErrors as errors:
         failures.extend(_summarise(errors.failure_cases))
     failures.extend(_column_failures(frame, data))
@@ -164,11 +166,23 @@ def _column_failures(frame: pd.DataFrame, data: DataParams) -> list[Failure]:
     used = [c for c in _used_columns(frame, data) if c in frame.columns]
     for column in used:
         values = frame[column]
+        array = _float_array(values)
+        if array is not None and np.isfinite(array).all():
+            continue  # one pass answers both questions for the common, clean case
         if data.missing == "error" and values.isna().any():
             failures.append(_rows(values.isna(), column, "no missing values (data.missing: error)"))
-        if pd.api.types.is_float_dtype(values) and np.isinf(values.to_numpy()).any():
-            failures.append(_rows(pd.Series(np.isinf(values.to_numpy())), column, "finite values"))
+        if array is not None and np.isinf(array).any():
+            failures.append(_rows(pd.Series(np.isinf(array)), column, "finite values"))
     return failures
+
+
+def _float_array(values: pd.Series) -> np.ndarray | None:
+    """The column as a float array (missing -> NaN) when it is numeric, else None."""
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return None
+    if isinstance(values.dtype, np.dtype):
+        return values.to_numpy()  # no copy
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)  # nullable / arrow dtypes
 
 
 def _used_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
@@ -179,8 +193,14 @@ def _used_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
 
 
 def _constant(values: pd.Series) -> bool:
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return bool(values.min() == values.max()) or bool(values.isna().all())  # no hashing
+    array = _float_array(values)
+    if array is not None:
+        if array.size == 0:
+            return True
+        # fmin / fmax skip NaN in one vectorised pass (pandas' min/max first build a mask);
+        # an all-missing column gives NaN, which counts as constant.
+        low, high = np.fmin.reduce(array), np.fmax.reduce(array)
+        return bool(low == high) or bool(np.isnan(low))
     present = values.dropna()
     return present.empty or not bool((present != present.iloc[0]).any())
 

@@ -1,7 +1,5 @@
-"""train: build the model from params, fit with early stopping, log curves with dvclive.
-
-Metrics (deterministic) and timings (not) go to separate files.
-"""
+"""train: the model from params (hidden layers from the pretrained encoder when
+pretrain.enabled), early stopping, dvclive curves; metrics and timings in separate files."""
 
 import argparse
 import os
@@ -9,7 +7,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from nntune import artifacts, device, lineage
+from nntune import artifacts, device, lineage, pretrain
 from nntune.data import read_prepared
 from nntune.model import build_model
 from nntune.params import load_params
@@ -23,11 +21,18 @@ def main(args: argparse.Namespace) -> None:
     print(f"training on {used.name}", *used.notes, sep="\n  ", file=sys.stderr)
     seed_everything(params.runtime)
     data = read_prepared(args.prepared, splits=("train", "val"))
+    encoder = pretrain.load(args.pretrained, params.model)
     with device.distribution_scope(params.runtime):
         net = build_model(
-            params.model, params.train, len(data.features), data.task, len(data.classes)
+            params.model,
+            params.train,
+            len(data.features),
+            data.task,
+            len(data.classes),
+            input_scaling=encoder.scaling_layer(),
         )
-    result = fit(net, data, params.train, args.live_dir)
+    frozen = pretrain.transfer(encoder, net)
+    result = fit(net, data, params.train, args.live_dir, frozen, params.pretrain.freeze_epochs)
     with artifacts.atomic_path(args.model) as tmp:
         net.save(tmp)
     artifacts.write_json(args.metrics, result.metrics)
@@ -35,4 +40,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, "params", "prepared", "model", "metrics", "run_info", "live_dir")
+    paths = ("prepared", "pretrained", "model", "metrics", "run_info", "live_dir")
+    run_stage(main, __doc__, "params", *paths)

@@ -28,6 +28,7 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
     raw["model"].update(units=16, hidden_layers=1)
     raw["train"].update(max_epochs=4)
     raw["train"]["early_stopping"].update(patience=2)
+    raw["pretrain"].update(epochs=3, patience=1)
     return raw
 
 

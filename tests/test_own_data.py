@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nntune.data import DataError, prepare, read_table
+from nntune.data import SPLITS, UNLABELED, DataError, prepare, read_table
 from nntune.params import DataParams, Params, ParamsError, parse_params
 from nntune.schema import SchemaFileError, ValidationReport, check_data, infer_schema
 
@@ -96,13 +96,16 @@ def test_missing_drop_and_impute(tiny_params: Params) -> None:
     table = mixed_table()
     table.loc[[1, 5, 9], "size"] = np.nan
     table.loc[[2, 6], "colour"] = None
-    table.loc[[3], "label"] = None  # no label: never trains, whatever the policy
+    table.loc[[3], "label"] = None  # no label: never trains or tests, only pretrains
     dropped = prepare(table, data_params(tiny_params, missing="drop"))
-    assert sum(len(s) for s in dropped.splits.values()) == 200 - 6
+    assert sum(len(dropped.splits[s]) for s in SPLITS) == 200 - 6
+    assert len(dropped.splits[UNLABELED]) == 1
     imputed = prepare(table, data_params(tiny_params, missing="impute"))
-    assert sum(len(s) for s in imputed.splits.values()) == 200 - 1
-    for split in imputed.splits.values():
-        assert not split.isna().any().any()
+    assert sum(len(imputed.splits[s]) for s in SPLITS) == 200 - 1
+    assert len(imputed.splits[UNLABELED]) == 1
+    for name in SPLITS:
+        assert not imputed.splits[name].isna().any().any()
+    assert not imputed.splits[UNLABELED][imputed.features].isna().any().any()
     with pytest.raises(DataError, match=r"missing values in size, colour and data\.missing is"):
         prepare(table, data_params(tiny_params, missing="error"))
 

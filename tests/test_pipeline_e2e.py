@@ -39,7 +39,7 @@ def _snapshot(project: Path) -> dict[str, bytes]:
 
 def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project: Path) -> None:
     first = run(project, "dvc", "repro")
-    for stage in ("validate", "prepare", "train", "evaluate"):
+    for stage in ("validate", "prepare", "pretrain", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
     before = _snapshot(project)
     evaluation = json.loads(before["metrics/evaluate.json"])
@@ -71,7 +71,7 @@ def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project:
     html = (project / "plots_html" / "index.html").read_text()
     plots = json.loads(run(project, "dvc", "plots", "show", "--json").stdout)["data"]
     epochs = json.loads(after["metrics/train.json"])["epochs_trained"]
-    rows = {title: plots[title][0]["content"]["data"]["values"] for title in plots}
+    rows = {title: plots[title][0]["content"]["data"]["values"] for title in plots if plots[title]}
     assert len(rows["Loss"]) == len(rows["Accuracy"]) == 2 * epochs  # train and eval curves
     assert len(rows["Confusion matrix (test)"]) == 360  # 20% of 1,797 digits
     assert {"actual", "predicted"} <= set(rows["Confusion matrix (test)"][0])
@@ -154,3 +154,30 @@ def _experiments(rows: list[dict]) -> dict[int, tuple[str, str]]:  # type: ignor
                 metrics = data["metrics"]["reports/train_run.json"]["data"]
                 found[params["model"]["units"]] = (state, metrics["versions"]["nntune"])
     return found
+
+
+def test_pretraining_switches_on_without_re_running_prepare(project: Path) -> None:
+    off = run(project, "dvc", "repro")
+    assert json.loads((project / "models/pretrained/info.json").read_text()) == {"enabled": False}
+    assert json.loads((project / "metrics/pretrain.json").read_text()) == {"pretrain_epochs": 0}
+    assert "pretraining on" not in off.stderr  # disabled: nothing trained, no TensorFlow
+
+    on = run(
+        project,
+        *("dvc", "exp", "run", "-S", "pretrain.enabled=true", "-S", "pretrain.freeze_epochs=1"),
+    )
+    assert "Running stage 'pretrain'" in on.stdout and "Running stage 'train'" in on.stdout
+    assert (
+        "Running stage 'prepare'" not in on.stdout and "Running stage 'validate'" not in on.stdout
+    )
+    metrics = json.loads((project / "metrics/pretrain.json").read_text())
+    assert metrics["pretrain_epochs"] == 3  # the shrunk budget
+    assert metrics["pretrain_loss"] < metrics["pretrain_loss_first_epoch"]
+    info = json.loads((project / "models/pretrained/info.json").read_text())
+    assert info["enabled"] is True and info["layers"] == ["hidden_1"]
+    assert info["loss"] == "reconstruction_crossentropy" and info["input_scaling"]
+    assert (project / "models/pretrained/encoder.keras").is_file()
+    assert json.loads((project / "metrics/evaluate.json").read_text())["test_accuracy"] > 0.5
+    plots = json.loads(run(project, "dvc", "plots", "show", "--json").stdout)["data"]
+    curve = plots["Reconstruction loss (pretrain)"][0]["content"]["data"]["values"]
+    assert len(curve) == 2 * 3  # train and validation reconstruction loss, 3 epochs

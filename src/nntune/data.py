@@ -24,6 +24,7 @@ from nntune.metrics import Task
 from nntune.params import DataParams
 
 SPLITS = ("train", "val", "test")
+UNLABELED = "unlabeled"  # rows without a label: features only, for pretraining
 META_FILE = "meta.json"
 
 
@@ -123,9 +124,12 @@ class Prepared:
 
     def xy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         frame = self.splits[split]
-        x = frame[self.features].to_numpy(dtype="float32")
         dtype = "float32" if self.task == "regression" else "int64"
-        return x, frame[self.target].to_numpy(dtype=dtype)
+        return self.x(split), frame[self.target].to_numpy(dtype=dtype)
+
+    def x(self, split: str) -> np.ndarray:
+        """The split's features alone (the only thing the unlabeled split has)."""
+        return self.splits[split][self.features].to_numpy(dtype="float32")
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -158,9 +162,11 @@ def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None
     apply it to all three, so nothing about val / test leaks into training."""
     features = feature_columns(frame, data)
     table = frame[[*features, data.target]]
-    table = table[table[data.target].notna()]  # a row without a label cannot train or test
+    # A row without a label cannot train or test, but pretraining can learn from it.
+    labelled = table[data.target].notna()
+    unlabeled, table = table[~labelled], table[labelled]
     if data.missing == "drop":
-        table = table.dropna()
+        table, unlabeled = table.dropna(), unlabeled.dropna(subset=features)
     elif data.missing == "error" and table[features].isna().any().any():
         missing = [c for c in features if table[c].isna().any()]
         raise DataError(
@@ -187,14 +193,20 @@ def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None
         random_state=data.split_seed,
         stratify=rest[data.target] if stratify else None,
     )
+    whole_train = train
+    if data.label_fraction < 1.0:
+        train, hidden = _keep_labels(train, data, stratify)
+        unlabeled = pd.concat([hidden, unlabeled])
+    unlabeled = unlabeled.assign(**{data.target: np.nan})
     categorical = categorical_columns(frame, features)
     numeric = [c for c in features if c not in categorical]
     transformer = _preprocessor(numeric, categorical, data.missing == "impute")
-    transformer.fit(_model_inputs(train, numeric, categorical))
+    # Fitted on the whole training split, labels kept or not: features only, no leak.
+    transformer.fit(_model_inputs(whole_train, numeric, categorical))
     names = [str(n) for n in transformer.get_feature_names_out()]
     splits = {
         name: _transformed(part, numeric, categorical, transformer, names, data.target)
-        for name, part in zip(SPLITS, (train, val, test), strict=True)
+        for name, part in zip((*SPLITS, UNLABELED), (train, val, test, unlabeled), strict=True)
     }
     scaler = transformer.named_transformers_["numeric"].named_steps["scale"] if numeric else None
     return Prepared(
@@ -207,6 +219,27 @@ def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None
         scaler_scale=[float(v) for v in scaler.scale_] if scaler is not None else [],
         source_md5=source_md5,
     )
+
+
+def _keep_labels(
+    train: pd.DataFrame, data: DataParams, stratify: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``data.label_fraction`` of the training rows keep their label (stratified, seeded
+    by ``data.split_seed``); the others are returned to become unlabeled."""
+    try:
+        kept, hidden = train_test_split(
+            train,
+            train_size=data.label_fraction,
+            random_state=data.split_seed,
+            stratify=train[data.target] if stratify else None,
+        )
+    except ValueError as exc:
+        raise DataError(
+            f"{data.source}: data.label_fraction {data.label_fraction} of {len(train)} training "
+            f"rows is too few labelled rows to keep every class ({exc}); raise "
+            "data.label_fraction"
+        ) from exc
+    return kept, hidden
 
 
 def _preprocessor(numeric: list[str], categorical: list[str], impute: bool) -> ColumnTransformer:
@@ -245,7 +278,10 @@ def _transformed(
     names: list[str],
     target: str,
 ) -> pd.DataFrame:
-    values = transformer.transform(_model_inputs(part, numeric, categorical))
+    if part.empty:  # scikit-learn refuses to transform zero rows
+        values: Any = np.empty((0, len(names)), dtype="float32")
+    else:
+        values = transformer.transform(_model_inputs(part, numeric, categorical))
     out = pd.DataFrame(np.asarray(values, dtype="float32"), columns=names)
     return out.assign(**{target: part[target].to_numpy()})
 

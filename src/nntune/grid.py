@@ -36,6 +36,10 @@ ABBREVIATIONS = {
     "train.optimizer": "opt",
     "train.momentum": "mom",
     "train.max_epochs": "ep",
+    "pretrain.enabled": "pre",
+    "pretrain.freeze_epochs": "frz",
+    "pretrain.noise": "noise",
+    "data.label_fraction": "lab",
 }
 
 

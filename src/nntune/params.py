@@ -32,6 +32,8 @@ LrScalingRule = Literal["none", "linear"]
 Strategy = Literal["none", "mirrored"]
 MissingPolicy = Literal["error", "drop", "impute"]
 MISSING_POLICIES: tuple[MissingPolicy, ...] = ("error", "drop", "impute")
+ReconstructionLoss = Literal["reconstruction_crossentropy", "mse"]
+RECONSTRUCTION_LOSSES: tuple[ReconstructionLoss, ...] = ("reconstruction_crossentropy", "mse")
 
 OPTIMIZERS: tuple[Optimizer, ...] = ("adam", "sgd", "rmsprop")
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "tanh", "sigmoid", "swish", "leaky_relu")
@@ -63,6 +65,21 @@ class DataParams:
     exclude: tuple[str, ...] = ()  # never features: IDs, leaky columns
     missing: MissingPolicy = "error"
     delimiter: str = "auto"  # CSV only: "auto" sniffs it
+    label_fraction: float = 1.0  # share of training rows that keep their label
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    """Autoencoder pretraining of the hidden layers (the seed's reconstruction entropy)."""
+
+    enabled: bool
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    patience: int
+    loss: ReconstructionLoss
+    freeze_epochs: int  # fine-tuning epochs with the pretrained layers frozen
+    noise: float  # std of Gaussian noise on the encoder's input (denoising); 0 = none
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,7 @@ class Params:
     train: TrainParams
     runtime: RuntimeParams
     evaluate: EvaluateParams
+    pretrain: PretrainParams
 
 
 def load_params(path: str | Path) -> Params:
@@ -164,11 +182,16 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         runtime = _parse_runtime(s)
     with root.section("evaluate") as s:
         evaluate = _parse_evaluate(s, data.task if data else None)
+    with root.section("pretrain") as s:
+        pretrain = _parse_pretrain(s, model, train)
     root.reject_unknown(allowed_extra=_UNCHECKED_TOP_LEVEL)
     if problems:
         raise ParamsError(source, problems)
-    assert data and model and train and evaluate  # no problems means every section parsed
-    return Params(data=data, model=model, train=train, runtime=runtime, evaluate=evaluate)
+    # no problems means every section parsed
+    assert data and model and train and evaluate and pretrain
+    return Params(
+        data=data, model=model, train=train, runtime=runtime, evaluate=evaluate, pretrain=pretrain
+    )
 
 
 # Top-level sections that other tools own (none yet); listed here so they are not rejected.
@@ -211,6 +234,9 @@ def _parse_data(s: _Section) -> DataParams | None:
                 "must not name the target column",
             )
             break
+    label_fraction = s.number("label_fraction", low=0.0, high=1.0)
+    if label_fraction == 0.0 and not s.failed({"label_fraction"}):
+        s.problem("label_fraction", label_fraction, "must be > 0 (some rows must keep labels)")
     delimiter = s.string("delimiter")
     if delimiter and delimiter != "auto" and len(delimiter) != 1:
         s.problem("delimiter", delimiter, "must be auto or a single character such as , ; or |")
@@ -226,6 +252,7 @@ def _parse_data(s: _Section) -> DataParams | None:
         exclude=exclude,
         missing=s.choice("missing", MISSING_POLICIES),
         delimiter=delimiter,
+        label_fraction=label_fraction,
     )
     return None if s.failed() else params
 
@@ -343,6 +370,44 @@ def _parse_evaluate(s: _Section, task: Task | None) -> EvaluateParams | None:
                 f"so use '{infer_direction(metric)}'",
             )
     return None if s.failed() else EvaluateParams(objective=Objective(metric, direction))
+
+
+def _parse_pretrain(
+    s: _Section, model: ModelParams | None, train: TrainParams | None
+) -> PretrainParams | None:
+    enabled = s.boolean("enabled")
+    freeze_epochs = s.integer("freeze_epochs", minimum=0)
+    params = PretrainParams(
+        enabled=enabled,
+        epochs=s.integer("epochs", minimum=1),
+        learning_rate=s.number("learning_rate", low=0.0, open_interval=True),
+        batch_size=s.integer("batch_size", minimum=1),
+        patience=s.integer("patience", minimum=0),
+        loss=s.choice("loss", RECONSTRUCTION_LOSSES),
+        freeze_epochs=freeze_epochs,
+        noise=s.number("noise", low=0.0),
+    )
+    if enabled and model is not None and model.hidden_layers == 0:
+        s.problem(
+            "enabled",
+            enabled,
+            "needs model.hidden_layers >= 1: the autoencoder pretrains the hidden layers, and "
+            "a model with none has nothing to pretrain; set pretrain.enabled: false or add a "
+            "hidden layer",
+        )
+    if (
+        enabled
+        and train is not None
+        and freeze_epochs >= train.max_epochs
+        and not s.failed({"freeze_epochs"})
+    ):
+        s.problem(
+            "freeze_epochs",
+            freeze_epochs,
+            f"must be < train.max_epochs ({train.max_epochs}): fine-tuning needs at least one "
+            "epoch with every layer trainable",
+        )
+    return None if s.failed() else params
 
 
 _T = TypeVar("_T")

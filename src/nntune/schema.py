@@ -155,8 +155,9 @@ def _type_failures(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> list[Fail
 
 
 def _column_failures(frame: pd.DataFrame, data: DataParams) -> list[Failure]:
-    """What the params ask of the columns: named ones exist, no missing values under
-    ``data.missing: error``, no infinities ever."""
+    """What the params ask of the columns: named ones exist, no missing feature values
+    under ``data.missing: error`` (a missing label only makes the row unlabeled), no
+    infinities ever."""
     failures = []
     for key, names in (("data.features", data.features or ()), ("data.exclude", data.exclude)):
         absent = [n for n in names if n not in frame.columns]
@@ -169,7 +170,7 @@ def _column_failures(frame: pd.DataFrame, data: DataParams) -> list[Failure]:
         array = _float_array(values)
         if array is not None and np.isfinite(array).all():
             continue  # one pass answers both questions for the common, clean case
-        if data.missing == "error" and values.isna().any():
+        if data.missing == "error" and column != data.target and values.isna().any():
             failures.append(_rows(values.isna(), column, "no missing values (data.missing: error)"))
         if array is not None and np.isinf(array).any():
             failures.append(_rows(pd.Series(np.isinf(array)), column, "finite values"))
@@ -225,6 +226,17 @@ def _warnings(frame: pd.DataFrame, data: DataParams) -> list[Failure]:
                     [{"row": None, "value": _plain(value)}],
                 )
             )
+    if data.target in frame.columns and 0 < frame[data.target].isna().sum() < len(frame):
+        unlabeled = frame[data.target].isna()
+        rows = np.flatnonzero(unlabeled.to_numpy())
+        warnings.append(
+            Failure(
+                data.target,
+                "rows without a label: left out of training and testing, used by pretraining",
+                len(rows),
+                [{"row": int(r), "value": None} for r in rows[:MAX_EXAMPLES]],
+            )
+        )
     if data.task != "regression" and data.target in frame.columns:
         shares = frame[data.target].value_counts(normalize=True)
         if len(shares) >= 2 and shares.min() < IMBALANCE_SHARE:

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+from dvclive.keras import DVCLiveCallback
 
 from nntune.data import Prepared
 from nntune.device import enable_determinism
 from nntune.metrics import Task, fit_metric_names, infer_direction
+from nntune.model import compile_model
 from nntune.params import RuntimeParams, TrainParams
 
 
@@ -58,11 +61,30 @@ class FitResult:
     samples_per_second: float
 
 
-def fit(net: keras.Model, data: Prepared, train: TrainParams, live_dir: str | Path) -> FitResult:
+class _LiveEpochs(DVCLiveCallback):  # type: ignore[misc]  # dvclive is untyped
+    """dvclive's Keras callback without the ``live.end()`` at the end of each ``fit``: a
+    fine-tuning run is two fits (frozen, then all layers) logged as one curve."""
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+
+def fit(
+    net: keras.Model,
+    data: Prepared,
+    train: TrainParams,
+    live_dir: str | Path,
+    frozen: Sequence[str] = (),
+    freeze_epochs: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> FitResult:
     """Train ``net`` on the train split, stop early on the validation split, and measure
-    the model that is kept (the best epoch's weights when ``restore_best_weights``)."""
+    the model that is kept (the best epoch's weights when ``restore_best_weights``).
+
+    With ``freeze_epochs``, the layers named in ``frozen`` (pretrained ones) stay fixed for
+    that many epochs first, then everything is fine-tuned with early stopping; the epochs
+    count as one run (``max_epochs`` includes the frozen ones)."""
     from dvclive import Live
-    from dvclive.keras import DVCLiveCallback
 
     x_train, y_train = data.xy("train")
     x_val, y_val = data.xy("val")
@@ -77,23 +99,39 @@ def fit(net: keras.Model, data: Prepared, train: TrainParams, live_dir: str | Pa
     guard = DivergenceGuard()
     # dvcyaml=False: dvc.yaml is ours and declares the plots; dvclive must not rewrite it.
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    logger = _LiveEpochs(live=live)
+    common = {
+        "x": x_train,
+        "y": y_train,
+        "validation_data": (x_val, y_val),
+        "batch_size": train.batch_size,
+        "shuffle": True,
+        "verbose": 2,
+    }
     started = time.perf_counter()
-    history = net.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=train.max_epochs,
-        batch_size=train.batch_size,
-        shuffle=True,
-        callbacks=[guard, stopper, DVCLiveCallback(live=live)],
-        verbose=2,
-    )
+    frozen_epochs = 0
+    tuned: list[float] = []  # the monitored metric over the fine-tuning epochs
+    if freeze_epochs and frozen:
+        _set_trainable(net, frozen, False, train, data.task)
+        first = net.fit(epochs=freeze_epochs, callbacks=[guard, logger, *callbacks], **common)
+        frozen_epochs = len(first.history.get("loss", []))
+        _set_trainable(net, frozen, True, train, data.task)
+    epochs = frozen_epochs
+    if not guard.diverged:
+        history = net.fit(
+            initial_epoch=frozen_epochs,
+            epochs=train.max_epochs,
+            callbacks=[guard, stopper, logger, *callbacks],
+            **common,
+        )
+        epochs += len(history.history.get("loss", []))
+        tuned = history.history.get(es.monitor, [])
+    live.end()
     seconds = time.perf_counter() - started
-    epochs = len(history.history.get("loss", []))
-    monitored = history.history.get(es.monitor, [])
-    any_finite = any(math.isfinite(v) for v in monitored)
+    any_finite = any(math.isfinite(v) for v in tuned)
     metrics: dict[str, Any] = {
         "epochs_trained": epochs,
+        # EarlyStopping counts epochs from the start of the whole run (initial_epoch).
         "best_epoch": int(stopper.best_epoch) + 1 if any_finite else None,
         "diverged": guard.diverged,
         "diverged_at_epoch": guard.epoch if guard.diverged else None,
@@ -106,6 +144,14 @@ def fit(net: keras.Model, data: Prepared, train: TrainParams, live_dir: str | Pa
         train_seconds=seconds,
         samples_per_second=len(x_train) * epochs / seconds if seconds > 0 else 0.0,
     )
+
+
+def _set_trainable(
+    net: keras.Model, names: Sequence[str], trainable: bool, train: TrainParams, task: Task
+) -> None:
+    for name in names:
+        net.get_layer(name).trainable = trainable
+    compile_model(net, train, task)  # Keras applies a change of `trainable` at compile
 
 
 def _measure(

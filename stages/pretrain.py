@@ -1,0 +1,37 @@
+"""pretrain: the hidden layers as an autoencoder's encoder (reconstruction loss), when
+pretrain.enabled; otherwise it only records that, without importing TensorFlow."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from nntune import artifacts
+from nntune.params import load_params
+from nntune.stage import run_stage
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    Path(args.live_dir).mkdir(parents=True, exist_ok=True)
+    if not params.pretrain.enabled:
+        artifacts.write_json(Path(args.out_dir) / "info.json", {"enabled": False})
+        artifacts.write_json(args.metrics, {"pretrain_epochs": 0})
+        return
+    from nntune import device, pretrain
+    from nntune.data import read_prepared
+    from nntune.training import seed_everything
+
+    used = device.configure(params.runtime)
+    print(f"pretraining on {used.name}", file=sys.stderr)
+    seed_everything(params.runtime)
+    data = read_prepared(args.prepared, splits=("train", "val", "unlabeled"))
+    result = pretrain.pretrain_encoder(data, params.model, params.pretrain, args.live_dir)
+    pretrain.save(args.out_dir, result.info, result.encoder)
+    artifacts.write_json(args.metrics, result.metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, "params", "prepared", "out_dir", "metrics", "live_dir")

@@ -103,6 +103,13 @@ def test_unvaried_keys_stay_out_of_names(raw_params: dict[str, Any]) -> None:
     assert trials[0].params.model.units == (32,)
 
 
+def test_pretraining_is_a_grid_dimension(raw_params: dict[str, Any]) -> None:
+    trials, _ = expand(parse_assignments(["pretrain.enabled=true,false"]), raw_params)
+    assert [t.name for t in trials] == ["pretrue", "prefalse"]
+    assert [t.params.pretrain.enabled for t in trials] == [True, False]
+    assert override_args(trials[0].overrides) == ["pretrain.enabled=true"]
+
+
 def test_override_args_and_apply(raw_params: dict[str, Any]) -> None:
     point = {"model.units": [64, 32], "train.learning_rate": 0.001, "runtime.deterministic": False}
     assert override_args(point) == [

@@ -37,7 +37,9 @@ def learning_curve_specs(root: str | Path, revs: list[str]) -> list[dict[str, An
     for entries in plots.values():
         for entry in entries:
             content = entry.get("content", {})
-            if entry.get("type") == "vega" and _x_field(content) == "step":
+            rows = content.get("data", {}).get("values")
+            # A curve no experiment logged (pretraining off everywhere) is left out.
+            if entry.get("type") == "vega" and _x_field(content) == "step" and rows:
                 specs.append(content)
     return specs
 

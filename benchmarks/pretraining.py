@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from nntune import device, pretrain  # noqa: E402
-from nntune.data import digits_frame, prepare  # noqa: E402
+from nntune.data import digits_frame  # noqa: E402
 from nntune.evaluate import evaluate_predictions  # noqa: E402
 from nntune.model import build_model  # noqa: E402
 from nntune.params import Params, load_params  # noqa: E402
+from nntune.preprocess import prepare  # noqa: E402
 from nntune.training import fit, seed_everything  # noqa: E402
 
 

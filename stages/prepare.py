@@ -2,8 +2,9 @@
 
 import argparse
 
-from nntune.data import check_validated, file_md5, prepare, read_table, write_prepared
+from nntune.data import check_validated, file_md5, read_table, write_prepared
 from nntune.params import load_params
+from nntune.preprocess import prepare
 from nntune.stage import run_stage
 
 

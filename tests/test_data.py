@@ -15,12 +15,12 @@ from nntune.data import (
     DataError,
     check_validated,
     digits_frame,
-    prepare,
     read_prepared,
     read_table,
     write_prepared,
 )
 from nntune.params import Params
+from nntune.preprocess import prepare
 
 
 def _original_uids(prepared_split: pd.DataFrame, prepared_meta: dict[str, list[float]]) -> set[int]:

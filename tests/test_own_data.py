@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nntune.data import SPLITS, UNLABELED, DataError, prepare, read_table
+from nntune.data import SPLITS, UNLABELED, DataError, read_table
 from nntune.params import DataParams, Params, ParamsError, parse_params
+from nntune.preprocess import prepare
 from nntune.schema import SchemaFileError, ValidationReport, check_data, infer_schema
 
 

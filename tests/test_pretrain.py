@@ -14,9 +14,10 @@ import pytest
 from conftest import make_table, repo_params_dict, shrink
 
 from nntune import pretrain
-from nntune.data import SPLITS, UNLABELED, DataError, Prepared, digits_frame, prepare
+from nntune.data import SPLITS, UNLABELED, DataError, Prepared, digits_frame
 from nntune.model import build_model
 from nntune.params import Params, ParamsError, parse_params
+from nntune.preprocess import prepare
 from nntune.training import fit, seed_everything
 
 

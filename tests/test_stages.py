@@ -89,3 +89,21 @@ def test_stages_import_tensorflow_only_when_they_train(stage: str) -> None:
 def test_stage_scripts_stay_thin(stage: str) -> None:
     lines = (REPO / "stages" / f"{stage}.py").read_text().splitlines()
     assert len(lines) <= 45
+
+
+def test_profile_record_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nntune.stage import PROFILE_ENV, run_stage
+
+    profile = tmp_path / "profile.jsonl"
+    monkeypatch.setattr(sys, "argv", ["stages/train.py", "params.yaml"])
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+    run_stage(lambda args: None, None, "params")
+    assert not profile.exists()  # off unless asked
+    monkeypatch.setenv(PROFILE_ENV, str(profile))
+    seen = []
+    run_stage(lambda args: seen.append(args.params), None, "params")
+    run_stage(lambda args: None, None, "params")
+    lines = [json.loads(line) for line in profile.read_text().splitlines()]
+    assert seen == ["params.yaml"] and len(lines) == 2
+    assert lines[0]["stage"] == "train" and lines[0]["workspace"] == str(Path.cwd())
+    assert lines[0]["process_start"] <= lines[0]["main_start"] <= lines[0]["main_end"]

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from conftest import make_table
 
-from nntune.data import prepare
 from nntune.evaluate import evaluate_predictions
 from nntune.model import build_model
 from nntune.params import Params
+from nntune.preprocess import prepare
 from nntune.training import fit, seed_everything
 
 

@@ -1,13 +1,24 @@
-"""What every stage script shares: argument parsing and turning user errors into a clear
-message and exit code 2 instead of a traceback."""
+"""What every stage script shares: argument parsing, turning user errors into a clear
+message and exit code 2 instead of a traceback, and an opt-in timing record.
+
+With ``NNTUNE_PROFILE=/abs/path.jsonl`` in the environment (``benchmarks/overhead.py`` sets
+it for the queue workers), each stage appends one JSON line: its name, working copy, when
+its process started, when ``main`` started (so imports are the difference) and ended.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from nntune.errors import NntuneError
+
+PROFILE_ENV = "NNTUNE_PROFILE"
 
 
 def run_stage(main: Callable[[argparse.Namespace], None], doc: str | None, *args: str) -> None:
@@ -16,8 +27,26 @@ def run_stage(main: Callable[[argparse.Namespace], None], doc: str | None, *args
     for name in args:
         parser.add_argument(name)
     namespace = parser.parse_args()
+    started = time.time()
     try:
         main(namespace)
     except NntuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if os.environ.get(PROFILE_ENV):
+            _record(Path(os.environ[PROFILE_ENV]), started)
+
+
+def _record(path: Path, main_start: float) -> None:
+    import psutil  # a DVC dependency; only needed when profiling
+
+    line = {
+        "stage": Path(sys.argv[0]).stem,
+        "workspace": str(Path.cwd()),
+        "process_start": psutil.Process().create_time(),
+        "main_start": main_start,
+        "main_end": time.time(),
+    }
+    with path.open("a", encoding="utf-8") as stream:  # one short line: appends do not mix
+        stream.write(json.dumps(line) + "\n")

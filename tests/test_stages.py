@@ -107,3 +107,4 @@ def test_profile_record_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert seen == ["params.yaml"] and len(lines) == 2
     assert lines[0]["stage"] == "train" and lines[0]["workspace"] == str(Path.cwd())
     assert lines[0]["process_start"] <= lines[0]["main_start"] <= lines[0]["main_end"]
+    assert lines[0]["max_rss_mb"] > 10  # this test process: Python, pandas, pytest

@@ -39,7 +39,9 @@ def run_stage(main: Callable[[argparse.Namespace], None], doc: str | None, *args
 
 
 def _record(path: Path, main_start: float) -> None:
-    import psutil  # a DVC dependency; only needed when profiling
+    import resource
+
+    import psutil  # only needed when profiling
 
     line = {
         "stage": Path(sys.argv[0]).stem,
@@ -47,6 +49,8 @@ def _record(path: Path, main_start: float) -> None:
         "process_start": psutil.Process().create_time(),
         "main_start": main_start,
         "main_end": time.time(),
+        # Peak resident memory of this stage's process (Linux reports KiB).
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     with path.open("a", encoding="utf-8") as stream:  # one short line: appends do not mix
         stream.write(json.dumps(line) + "\n")

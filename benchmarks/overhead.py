@@ -1,0 +1,118 @@
+"""Benchmark: where a trial's time goes when nntune runs a grid as DVC experiments.
+
+    .venv/bin/python benchmarks/overhead.py [--jobs 1]
+
+Builds the project of benchmarks/grid.py (nntune init on digits, 50 epochs, patience 5,
+baseline reproduced, untimed), queues its 16 points and runs them with `nntune run -j JOBS`
+with ``NNTUNE_PROFILE`` set, so every stage process records when it started, when its
+``main`` started (the difference is interpreter start plus imports) and when it ended. With
+``-j 1`` trials run one after another, so the wall time per trial is total / 16, and what
+no stage process accounts for is DVC's own work (temp workspace, checkout, git commit of the
+experiment, queue). The train stage's pure ``fit`` time comes from each experiment's
+``reports/train_run.json``. Model save and load are timed in this process on a model of the
+same shape. Prints one JSON object of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import BIN, ROOT, SPACE, make_project, sh
+
+
+def run_profiled(project: Path, space: Path, jobs: int, profile: Path) -> float:
+    import os
+
+    sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
+    os.environ["NNTUNE_PROFILE"] = str(profile)  # workers inherit it, stages write to it
+    try:
+        started = time.perf_counter()
+        sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs))
+        return time.perf_counter() - started
+    finally:
+        os.environ.pop("NNTUNE_PROFILE")
+
+
+def save_load_seconds(project: Path, tmp: Path) -> dict[str, float]:
+    sys.path.insert(0, str(ROOT / "src"))
+    import keras
+
+    from nntune.data import read_prepared
+    from nntune.model import build_model
+    from nntune.params import load_params
+
+    params = load_params(project / "params.yaml")
+    data = read_prepared(project / "data" / "prepared", splits=("train",))
+    net = build_model(params.model, params.train, len(data.features), data.task, 10)
+    x, y = data.xy("train")
+    net.fit(x, y, epochs=1, verbose=0)
+    saves, loads = [], []
+    for i in range(5):
+        path = tmp / f"m{i}.keras"
+        started = time.perf_counter()
+        net.save(path)
+        saves.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        keras.saving.load_model(path)
+        loads.append(time.perf_counter() - started)
+    return {"model_save_s": statistics.median(saves), "model_load_s": statistics.median(loads)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        project = make_project(tmp)
+        shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+        profile = tmp / "profile.jsonl"
+        wall = run_profiled(project, tmp / "space.yaml", args.jobs, profile)
+        records = [json.loads(line) for line in profile.read_text().splitlines()]
+        sys.path.insert(0, str(ROOT / "src"))
+        from nntune.experiments import list_experiments
+
+        experiments = [e for e in list_experiments(project, list(SPACE)) if e.succeeded]
+        fits = [float(e.metrics["train_seconds"]) for e in experiments]
+        extra = save_load_seconds(project, tmp)
+
+    by_stage: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    per_trial_in_stages: dict[str, float] = defaultdict(float)
+    for r in records:
+        by_stage[r["stage"]]["start_and_imports_s"].append(r["main_start"] - r["process_start"])
+        by_stage[r["stage"]]["main_s"].append(r["main_end"] - r["main_start"])
+        per_trial_in_stages[r["workspace"]] += r["main_end"] - r["process_start"]
+    trials = len(experiments)
+    per_trial = wall / trials
+    in_stages = statistics.median(per_trial_in_stages.values())
+    fit = statistics.median(fits)
+    result: dict[str, Any] = {
+        "jobs": args.jobs,
+        "trials": trials,
+        "wall_s": round(wall, 1),
+        "per_trial_wall_s": round(per_trial, 2),
+        "fit_s_median": round(fit, 2),
+        "overhead_per_trial_s": round(per_trial - fit, 2),
+        "stages_per_trial_s": round(in_stages, 2),
+        "dvc_and_queue_per_trial_s": round(per_trial - in_stages, 2),
+        "stages": {
+            stage: {name: round(statistics.median(values), 2) for name, values in parts.items()}
+            for stage, parts in by_stage.items()
+        },
+        **{k: round(v, 3) for k, v in extra.items()},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -38,6 +39,8 @@ def record_experiments(project: Path, start: int, stop: int) -> None:
     rng = random.Random(start)
     train = json.loads((project / "metrics/train.json").read_text())
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    here = Path.cwd()
+    os.chdir(project)  # DVC resolves the workspace's files from the working directory
     try:
         with open_repo(project) as repo:
             for i in range(start, stop):
@@ -55,6 +58,7 @@ def record_experiments(project: Path, start: int, stop: int) -> None:
                 )
                 repo.experiments.save(name=f"rec-{i:03d}", force=True)
     finally:
+        os.chdir(here)
         params_path.write_text(original)
         sh(project, "git", "checkout", "--", "metrics")
 

@@ -19,6 +19,8 @@ def main(args: argparse.Namespace) -> None:
     if not params.pretrain.enabled:
         artifacts.write_json(Path(args.out_dir) / "info.json", {"enabled": False})
         artifacts.write_json(args.metrics, {"pretrain_epochs": 0})
+        # DVC warns about an empty output folder: say why it holds no curves.
+        artifacts.write_text(Path(args.live_dir) / "OFF", "pretrain.enabled is false\n")
         return
     from nntune import device, pretrain
     from nntune.data import read_prepared

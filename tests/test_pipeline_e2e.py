@@ -161,6 +161,7 @@ def test_pretraining_switches_on_without_re_running_prepare(project: Path) -> No
     assert json.loads((project / "models/pretrained/info.json").read_text()) == {"enabled": False}
     assert json.loads((project / "metrics/pretrain.json").read_text()) == {"pretrain_epochs": 0}
     assert "pretraining on" not in off.stderr  # disabled: nothing trained, no TensorFlow
+    assert "is empty" not in off.stderr  # its curve folder says why it has no curves
 
     on = run(
         project,
@@ -177,6 +178,7 @@ def test_pretraining_switches_on_without_re_running_prepare(project: Path) -> No
     assert info["enabled"] is True and info["layers"] == ["hidden_1"]
     assert info["loss"] == "reconstruction_crossentropy" and info["input_scaling"]
     assert (project / "models/pretrained/encoder.keras").is_file()
+    assert not (project / "dvclive_pretrain/OFF").exists()
     assert json.loads((project / "metrics/evaluate.json").read_text())["test_accuracy"] > 0.5
     plots = json.loads(run(project, "dvc", "plots", "show", "--json").stdout)["data"]
     curve = plots["Reconstruction loss (pretrain)"][0]["content"]["data"]["values"]

@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT / "src"))
 from nntune import device, pretrain  # noqa: E402
 from nntune.data import digits_frame  # noqa: E402
 from nntune.evaluate import evaluate_predictions  # noqa: E402
-from nntune.model import build_model  # noqa: E402
 from nntune.params import Params, load_params  # noqa: E402
 from nntune.preprocess import prepare  # noqa: E402
 from nntune.training import fit, seed_everything  # noqa: E402
@@ -54,15 +53,7 @@ def one_run(
         result = pretrain.pretrain_encoder(data, params.model, params.pretrain, tmp / "ae")
         encoder = pretrain.Pretrained(result.info, result.encoder)
         pretrain_metrics = result.metrics
-    net = build_model(
-        params.model,
-        params.train,
-        len(data.features),
-        data.task,
-        len(data.classes),
-        input_scaling=encoder.scaling_layer(),
-    )
-    frozen = pretrain.transfer(encoder, net)
+    net, frozen = pretrain.initialised_model(params, data, encoder)
     fitted = fit(net, data, params.train, tmp / "live", frozen, params.pretrain.freeze_epochs)
     x_test, y_test = data.xy("test")
     metrics, _ = evaluate_predictions(data, y_test, net.predict(x_test, verbose=0))

@@ -9,7 +9,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from nntune import artifacts, device, lineage, pretrain
 from nntune.data import read_prepared
-from nntune.model import build_model
 from nntune.params import load_params
 from nntune.stage import run_stage
 from nntune.training import fit, seed_everything
@@ -23,15 +22,7 @@ def main(args: argparse.Namespace) -> None:
     data = read_prepared(args.prepared, splits=("train", "val"))
     encoder = pretrain.load(args.pretrained, params.model)
     with device.distribution_scope(params.runtime):
-        net = build_model(
-            params.model,
-            params.train,
-            len(data.features),
-            data.task,
-            len(data.classes),
-            input_scaling=encoder.scaling_layer(),
-        )
-    frozen = pretrain.transfer(encoder, net)
+        net, frozen = pretrain.initialised_model(params, data, encoder)
     result = fit(net, data, params.train, args.live_dir, frozen, params.pretrain.freeze_epochs)
     with artifacts.atomic_path(args.model) as tmp:
         net.save(tmp)

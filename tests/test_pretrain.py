@@ -103,9 +103,10 @@ def test_pretrained_layers_stay_frozen_for_freeze_epochs(tmp_path: Path) -> None
     )
     data = prepare(make_table(), params.data)
     encoder = _pretrained(params, data, tmp_path)
-    net = _classifier(params, data, encoder)
-    frozen = pretrain.transfer(encoder, net)
+    net, frozen = pretrain.initialised_model(params, data, encoder)  # what the stage runs
+    assert frozen == ["hidden_1"]
     start = _weights(net, "hidden_1")[0]
+    np.testing.assert_array_equal(start, _weights(encoder.encoder, "hidden_1")[0])
     start_head = _weights(net, "output")[0]
     snapshots = _Snapshots()
     result = fit(net, data, params.train, tmp_path / "live_train", frozen, 2, [snapshots])

@@ -26,8 +26,8 @@ import numpy as np
 from nntune import artifacts
 from nntune.data import UNLABELED, Prepared
 from nntune.errors import NntuneError
-from nntune.model import hidden_stack
-from nntune.params import ModelParams, PretrainParams
+from nntune.model import build_model, hidden_stack
+from nntune.params import ModelParams, Params, PretrainParams
 
 INFO_FILE = "info.json"
 ENCODER_FILE = "encoder.keras"
@@ -258,3 +258,20 @@ def transfer(pretrained: Pretrained, net: keras.Model) -> list[str]:
         for into, value in zip(target, source, strict=True):
             into.assign(value.value)
     return list(pretrained.info.layers)
+
+
+def initialised_model(
+    params: Params, data: Prepared, pretrained: Pretrained
+) -> tuple[keras.Model, list[str]]:
+    """The model ``params`` describe for ``data``: random weights, or, when pretrained, the
+    encoder's input scaling and hidden-layer weights; returns it with the names of the
+    pretrained layers (to keep frozen for ``pretrain.freeze_epochs``)."""
+    net = build_model(
+        params.model,
+        params.train,
+        len(data.features),
+        data.task,
+        len(data.classes),
+        input_scaling=pretrained.scaling_layer(),
+    )
+    return net, transfer(pretrained, net)

@@ -171,19 +171,27 @@ def test_bad_missing_file(project: Path, tiny_params: Params) -> None:
         check_data(data)
 
 
-def test_bad_empty_file(project: Path, tiny_params: Params) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param("", r"data\.csv: file is empty", id="empty_file"),
+        pytest.param(
+            "customer_id,size,colour,member,label\n",
+            "has a header but no data rows",
+            id="header_only",
+        ),
+        pytest.param(
+            "size,size,label\n1,2,yes\n",
+            r"duplicate column names \['size'\]",
+            id="duplicate_column_names",
+        ),
+    ],
+)
+def test_bad_file_contents(project: Path, tiny_params: Params, content: str, message: str) -> None:
     data = data_params(tiny_params)
     write_schema(data)
-    Path("data.csv").write_text("")
-    with pytest.raises(DataError, match=r"data\.csv: file is empty"):
-        check_data(data)
-
-
-def test_bad_header_only(project: Path, tiny_params: Params) -> None:
-    data = data_params(tiny_params)
-    write_schema(data)
-    Path("data.csv").write_text("customer_id,size,colour,member,label\n")
-    with pytest.raises(DataError, match="has a header but no data rows"):
+    Path("data.csv").write_text(content)
+    with pytest.raises(DataError, match=message):
         check_data(data)
 
 
@@ -200,14 +208,6 @@ def test_bad_missing_target_column(project: Path, tiny_params: Params) -> None:
     write_schema(data)
     mixed_table().drop(columns=["label"]).to_csv("data.csv", index=False)
     assert "label: target column present (data.target)" in checks(check_data(data))
-
-
-def test_bad_duplicate_column_names(project: Path, tiny_params: Params) -> None:
-    data = data_params(tiny_params)
-    write_schema(data)
-    Path("data.csv").write_text("size,size,label\n1,2,yes\n")
-    with pytest.raises(DataError, match=r"duplicate column names \['size'\]"):
-        check_data(data)
 
 
 def test_bad_strings_in_a_numeric_column(project: Path, tiny_params: Params) -> None:

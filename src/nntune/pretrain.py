@@ -160,8 +160,8 @@ def pretrain_encoder(
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
-    unlabeled = data.x(UNLABELED) if UNLABELED in data.splits else np.empty((0, 0))
-    x_fit = np.concatenate([data.x("train"), unlabeled]) if len(unlabeled) else data.x("train")
+    unlabeled = data.x(UNLABELED)  # prepare always writes it, empty when all rows have labels
+    x_fit = np.concatenate([data.x("train"), unlabeled])
     x_val = data.x("val")
     scaling = InputScaling.fit(x_fit) if pretrain.loss == "reconstruction_crossentropy" else None
     y_fit = scaling.apply(x_fit) if scaling is not None else x_fit

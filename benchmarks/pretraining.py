@@ -54,7 +54,15 @@ def one_run(
         encoder = pretrain.Pretrained(result.info, result.encoder)
         pretrain_metrics = result.metrics
     net, frozen = pretrain.initialised_model(params, data, encoder)
-    fitted = fit(net, data, params.train, tmp / "live", frozen, params.pretrain.freeze_epochs)
+    fitted = fit(
+        net,
+        data,
+        params.train,
+        tmp / "live",
+        seed=params.runtime.seed,
+        frozen=frozen,
+        freeze_epochs=params.pretrain.freeze_epochs,
+    )
     x_test, y_test = data.xy("test")
     metrics, _ = evaluate_predictions(data, y_test, net.predict(x_test, verbose=0))
     return {

@@ -1,5 +1,6 @@
 """train: the model from params (hidden layers from the pretrained encoder when
-pretrain.enabled), early stopping, dvclive curves; metrics and timings in separate files."""
+pretrain.enabled, or the parent's model continued when train.warm_start is set), early
+stopping, dvclive curves; metrics and timings in separate files."""
 
 import argparse
 import os
@@ -7,7 +8,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from nntune import artifacts, device, lineage, pretrain
+from nntune import artifacts, device, lineage, pretrain, warmstart
 from nntune.data import read_prepared
 from nntune.params import load_params
 from nntune.stage import run_stage
@@ -22,8 +23,17 @@ def main(args: argparse.Namespace) -> None:
     data = read_prepared(args.prepared, splits=("train", "val"))
     encoder = pretrain.load(args.pretrained, params.model)
     with device.distribution_scope(params.runtime):
-        net, frozen = pretrain.initialised_model(params, data, encoder)
-    result = fit(net, data, params.train, args.live_dir, frozen, params.pretrain.freeze_epochs)
+        net, frozen = warmstart.starting_model(args.init, params, data, encoder)
+    result = fit(
+        net,
+        data,
+        params.train,
+        args.live_dir,
+        seed=params.runtime.seed,
+        frozen=frozen,
+        freeze_epochs=params.pretrain.freeze_epochs,
+        initial_epoch=params.train.warm_start.epochs,
+    )
     with artifacts.atomic_path(args.model) as tmp:
         net.save(tmp)
     artifacts.write_json(args.metrics, result.metrics)
@@ -31,5 +41,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    paths = ("prepared", "pretrained", "model", "metrics", "run_info", "live_dir")
+    paths = ("prepared", "pretrained", "init", "model", "metrics", "run_info", "live_dir")
     run_stage(main, __doc__, "params", *paths)

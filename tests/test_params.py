@@ -59,6 +59,9 @@ BAD_VALUES = [
     ("train.early_stopping.patience", -1, "train.early_stopping.patience must be >= 0"),
     ("train.early_stopping.min_delta", -0.1, "train.early_stopping.min_delta must be >= 0"),
     ("train.early_stopping.restore_best_weights", "yes", "must be true or false, got 'yes'"),
+    ("train.early_stopping.enabled", "off", "train.early_stopping.enabled must be true or false"),
+    ("train.warm_start.epochs", 3, "train.warm_start.experiment is empty while"),
+    ("train.warm_start.model_md5", 5, "train.warm_start.model_md5 must be an md5"),
     ("train.lr_scaling.rule", "sqrt", "train.lr_scaling.rule must be one of none, linear"),
     ("train.lr_scaling.reference_batch_size", 0, "reference_batch_size must be >= 1"),
     ("model.hidden_layers", -1, "model.hidden_layers must be >= 0, got -1"),
@@ -98,6 +101,32 @@ def test_bad_value_is_rejected_naming_key_value_and_allowed(
     _set(raw_params, key, value)
     problems = _problems(raw_params)
     assert any(message in p for p in problems), problems
+
+
+WARM = {"experiment": "s-t3-e3", "model_md5": "0123456789abcdef0123456789abcdef", "epochs": 3}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model_md5": "not-a-hash"}, "model_md5 must be the md5 of s-t3-e3's models/model.keras"),
+        ({"epochs": 0}, "train.warm_start.epochs must be >= 1: the epochs the parent"),
+        ({"epochs": 200}, "train.warm_start.epochs must be < train.max_epochs (200)"),
+    ],
+)
+def test_warm_start_needs_an_md5_and_fewer_epochs_than_max(
+    raw_params: dict[str, Any], change: dict[str, Any], message: str
+) -> None:
+    raw_params["train"]["warm_start"] = {**WARM, **change}
+    assert any(message in p for p in _problems(raw_params)), _problems(raw_params)
+
+
+def test_warm_start_is_refused_with_frozen_pretrained_epochs(raw_params: dict[str, Any]) -> None:
+    raw_params["train"]["warm_start"] = dict(WARM)
+    raw_params["pretrain"].update(enabled=True, freeze_epochs=2)
+    assert any("pretrain.freeze_epochs must be 0 when" in p for p in _problems(raw_params))
+    raw_params["pretrain"].update(freeze_epochs=0)
+    assert parse_params(raw_params).train.warm_start.epochs == 3
 
 
 @pytest.mark.parametrize(

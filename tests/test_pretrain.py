@@ -109,7 +109,16 @@ def test_pretrained_layers_stay_frozen_for_freeze_epochs(tmp_path: Path) -> None
     np.testing.assert_array_equal(start, _weights(encoder.encoder, "hidden_1")[0])
     start_head = _weights(net, "output")[0]
     snapshots = _Snapshots()
-    result = fit(net, data, params.train, tmp_path / "live_train", frozen, 2, [snapshots])
+    result = fit(
+        net,
+        data,
+        params.train,
+        tmp_path / "live_train",
+        seed=params.runtime.seed,
+        frozen=frozen,
+        freeze_epochs=2,
+        callbacks=[snapshots],
+    )
     assert result.metrics["epochs_trained"] == 4
     assert len(snapshots.hidden) == 4
     for epoch in (0, 1):  # the two frozen epochs: encoder weights untouched, head learning

@@ -60,8 +60,8 @@ def stage_imports(script: str) -> tuple[frozenset[str], bool]:
     return files, found["tensorflow"]
 
 
-def test_pipeline_has_the_five_stages_in_order() -> None:
-    assert STAGES == ["validate", "prepare", "pretrain", "train", "evaluate"]
+def test_pipeline_has_the_six_stages_in_order() -> None:
+    assert STAGES == ["validate", "prepare", "pretrain", "warmstart", "train", "evaluate"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -79,7 +79,7 @@ def test_stage_declares_every_library_module_it_imports(stage: str) -> None:
     assert library_deps <= imported, f"{stage} declares unused deps: {library_deps - imported}"
 
 
-@pytest.mark.parametrize("stage", ["validate", "prepare", "pretrain"])
+@pytest.mark.parametrize("stage", ["validate", "prepare", "pretrain", "warmstart"])
 def test_stages_import_tensorflow_only_when_they_train(stage: str) -> None:
     _, tensorflow = stage_imports(f"stages/{stage}.py")
     assert tensorflow is False

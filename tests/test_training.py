@@ -19,7 +19,7 @@ def _train(params: Params, live: Path, table: pd.DataFrame | None = None):  # ty
     seed_everything(params.runtime)
     data = prepare(table if table is not None else make_table(), params.data)
     net = build_model(params.model, params.train, len(data.features), data.task, len(data.classes))
-    return net, data, fit(net, data, params.train, live)
+    return net, data, fit(net, data, params.train, live, seed=params.runtime.seed)
 
 
 def test_fit_records_epochs_and_the_kept_models_metrics(
@@ -31,6 +31,7 @@ def test_fit_records_epochs_and_the_kept_models_metrics(
     m = result.metrics
     assert set(m) == {
         "epochs_trained",
+        "epochs_run",
         "best_epoch",
         "diverged",
         "diverged_at_epoch",
@@ -81,3 +82,61 @@ def test_same_seed_same_weights(tmp_path: Path, tiny_params: Params) -> None:
     assert ra.metrics == rb.metrics
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
+
+
+def test_continuing_a_saved_model_equals_training_straight_through(
+    tmp_path: Path, tiny_params: Params
+) -> None:
+    """Warm start is exact: 3 epochs, save, load, 6 more epochs gives the metrics (and the
+    weights) of 9 epochs in one go, dropout included, because batch order and dropout are
+    keyed by (seed, epoch) and the .keras file carries the optimiser state."""
+    import keras
+
+    es = dataclasses.replace(tiny_params.train.early_stopping, enabled=False)
+    model = dataclasses.replace(tiny_params.model, dropout=0.3)
+    train = dataclasses.replace(tiny_params.train, max_epochs=9, early_stopping=es)
+    params = dataclasses.replace(tiny_params, model=model, train=train)
+    straight, data, whole = _train(params, tmp_path / "whole")
+
+    first_part = dataclasses.replace(params, train=dataclasses.replace(train, max_epochs=3))
+    partial, _, first = _train(first_part, tmp_path / "first")
+    assert first.metrics["epochs_trained"] == 3
+    partial.save(tmp_path / "parent.keras")
+    keras.utils.set_random_seed(12345)  # a different global state must not matter
+    loaded = keras.saving.load_model(tmp_path / "parent.keras")
+    rest = fit(loaded, data, train, tmp_path / "rest", seed=params.runtime.seed, initial_epoch=3)
+
+    assert rest.metrics["epochs_trained"] == 9 and rest.metrics["epochs_run"] == 6
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        assert rest.metrics[key] == whole.metrics[key], key
+    for mine, theirs in zip(loaded.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    curve = tmp_path / "{}" / "plots" / "metrics" / "eval" / "loss.tsv"
+    whole_curve = pd.read_csv(str(curve).format("whole"), sep="\t")
+    joined = pd.concat(
+        [pd.read_csv(str(curve).format(part), sep="\t") for part in ("first", "rest")]
+    )
+    assert joined["step"].tolist() == list(range(9))  # the continued curve goes on at step 3
+    assert joined["loss"].tolist() == whole_curve["loss"].tolist()
+
+
+def test_dropout_differs_between_epochs(tmp_path: Path, tiny_params: Params) -> None:
+    """The per-epoch reseeding must not give every epoch the same dropout masks: with the
+    same batches twice, two epochs would then repeat each other's updates exactly."""
+    from nntune.training import EpochSeeds
+
+    model = dataclasses.replace(tiny_params.model, dropout=0.5)
+    params = dataclasses.replace(tiny_params, model=model)
+    seed_everything(params.runtime)
+    data = prepare(make_table(), params.data)
+    net = build_model(params.model, params.train, len(data.features), data.task, len(data.classes))
+    reseed = EpochSeeds(params.runtime.seed)
+    reseed.set_model(net)
+    dropout = net.get_layer("dropout_1")
+    ones = np.ones((4, 16), dtype="float32")
+    masks = []
+    for epoch in (0, 1, 0):
+        reseed.on_epoch_begin(epoch)
+        masks.append(np.asarray(dropout(ones, training=True)))
+    assert not np.array_equal(masks[0], masks[1])
+    np.testing.assert_array_equal(masks[0], masks[2])  # keyed by the epoch alone

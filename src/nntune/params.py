@@ -93,6 +93,7 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class EarlyStoppingParams:
+    enabled: bool
     monitor: str
     patience: int
     min_delta: float
@@ -106,6 +107,21 @@ class LrScalingParams:
 
 
 @dataclass(frozen=True)
+class WarmStartParams:
+    """Continue the model a parent experiment saved instead of starting from random
+    weights (successive halving's promotions). The md5 is what makes the lineage exact: the
+    warmstart stage takes exactly that file from DVC's cache."""
+
+    experiment: str  # "" = train from scratch
+    model_md5: str
+    epochs: int  # epochs the parent trained: this run continues at that epoch
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.experiment)
+
+
+@dataclass(frozen=True)
 class TrainParams:
     optimizer: Optimizer
     learning_rate: float
@@ -114,6 +130,7 @@ class TrainParams:
     max_epochs: int
     early_stopping: EarlyStoppingParams
     lr_scaling: LrScalingParams
+    warm_start: WarmStartParams
 
     @property
     def effective_learning_rate(self) -> float:
@@ -321,6 +338,7 @@ def _parse_train(s: _Section, task: Task | None) -> TrainParams | None:
     with s.section("early_stopping") as es:
         allowed = validation_metric_names(task) if task else ()
         early_stopping = EarlyStoppingParams(
+            enabled=es.boolean("enabled"),
             monitor=es.choice("monitor", allowed) if task else es.string("monitor"),
             patience=es.integer("patience", minimum=0),
             min_delta=es.number("min_delta", low=0.0),
@@ -331,6 +349,8 @@ def _parse_train(s: _Section, task: Task | None) -> TrainParams | None:
             rule=lr.choice("rule", LR_SCALING_RULES),
             reference_batch_size=lr.integer("reference_batch_size", minimum=1),
         )
+    with s.section("warm_start") as ws:
+        warm_start = _parse_warm_start(ws, max_epochs, s.failed({"max_epochs"}))
     params = TrainParams(
         optimizer=optimizer,
         learning_rate=learning_rate,
@@ -339,8 +359,49 @@ def _parse_train(s: _Section, task: Task | None) -> TrainParams | None:
         max_epochs=max_epochs,
         early_stopping=early_stopping,
         lr_scaling=lr_scaling,
+        warm_start=warm_start,
     )
     return None if s.failed() else params
+
+
+def _parse_warm_start(s: _Section, max_epochs: int, max_epochs_bad: bool) -> WarmStartParams:
+    experiment = s.take("experiment")
+    md5 = s.take("model_md5")
+    epochs = s.integer("epochs", minimum=0)
+    experiment = "" if experiment is None else experiment
+    md5 = "" if md5 is None else md5
+    if not isinstance(experiment, str):
+        s.problem("experiment", experiment, 'must be an experiment name or "" (from scratch)')
+        experiment = ""
+    if not isinstance(md5, str):
+        s.problem("model_md5", md5, 'must be an md5 (32 hex digits) or ""')
+        md5 = ""
+    params = WarmStartParams(experiment=experiment.strip(), model_md5=md5.strip(), epochs=epochs)
+    if params.enabled:
+        if not re.fullmatch(r"[0-9a-f]{32}", params.model_md5) and not s.failed({"model_md5"}):
+            s.problem(
+                "model_md5",
+                md5,
+                f"must be the md5 of {params.experiment}'s models/model.keras (its dvc.lock "
+                "lists it) when warm_start.experiment is set",
+            )
+        if epochs < 1 and not s.failed({"epochs"}):
+            s.problem("epochs", epochs, "must be >= 1: the epochs the parent model trained")
+        elif epochs >= max_epochs and not max_epochs_bad and not s.failed({"epochs"}):
+            s.problem(
+                "epochs",
+                epochs,
+                f"must be < train.max_epochs ({max_epochs}): a continued run trains from "
+                "epoch warm_start.epochs up to max_epochs",
+            )
+    elif params.model_md5 or epochs:
+        s.problem(
+            "experiment",
+            "",
+            "is empty while warm_start.model_md5 or warm_start.epochs is set; set all three "
+            '(or leave model_md5 "" and epochs 0 to train from scratch)',
+        )
+    return params
 
 
 def _parse_runtime(s: _Section) -> RuntimeParams:
@@ -394,6 +455,13 @@ def _parse_pretrain(
             "needs model.hidden_layers >= 1: the autoencoder pretrains the hidden layers, and "
             "a model with none has nothing to pretrain; set pretrain.enabled: false or add a "
             "hidden layer",
+        )
+    if enabled and freeze_epochs and train is not None and train.warm_start.enabled:
+        s.problem(
+            "freeze_epochs",
+            freeze_epochs,
+            "must be 0 when train.warm_start continues a parent model: the parent already "
+            "ran the frozen epochs",
         )
     if (
         enabled

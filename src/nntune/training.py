@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,21 +69,73 @@ class _LiveEpochs(DVCLiveCallback):  # type: ignore[misc]  # dvclive is untyped
         pass
 
 
+def epoch_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, end_epoch: int
+) -> tuple[Any, int]:
+    """The training batches of epochs ``first_epoch`` to ``end_epoch - 1`` as one dataset,
+    and the steps per epoch. Each epoch's order is a permutation keyed by (seed, epoch), not
+    by a random state that advanced through earlier epochs: a run continued at epoch 3 sees
+    exactly the batches a run from scratch sees at epoch 3. One gather per epoch, then
+    slicing: measured as fast as Keras' own shuffling of in-memory arrays."""
+    import tensorflow as tf
+
+    n = len(x)
+
+    def orders() -> Iterator[np.ndarray]:
+        for epoch in range(first_epoch, end_epoch):
+            yield np.random.default_rng([seed, epoch]).permutation(n)
+
+    xs, ys = tf.constant(x), tf.constant(y)
+    spec = tf.TensorSpec(shape=(n,), dtype=tf.int64)
+    batches = tf.data.Dataset.from_generator(orders, output_signature=spec).flat_map(
+        lambda order: tf.data.Dataset.from_tensor_slices(
+            (tf.gather(xs, order), tf.gather(ys, order))
+        ).batch(batch_size)
+    )
+    return batches.prefetch(tf.data.AUTOTUNE), math.ceil(n / batch_size)
+
+
+class EpochSeeds(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    """Sets every random layer's seed state (dropout, noise) from (seed, epoch, layer) at
+    the start of each epoch, so that randomness, like the batch order, depends on the epoch
+    and not on how many steps ran before: what makes a continued run exact."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        for position, layer in enumerate(self.model._flatten_layers()):
+            for number, generator in enumerate(layer._seed_generators):
+                key = [self.seed, epoch, position, number]
+                value = int(np.random.default_rng(key).integers(0, 2**31 - 1))
+                state = generator.state
+                state.assign(
+                    np.array([value, 0], dtype=keras.backend.standardize_dtype(state.dtype))
+                )
+
+
 def fit(
     net: keras.Model,
     data: Prepared,
     train: TrainParams,
     live_dir: str | Path,
+    *,
+    seed: int,
     frozen: Sequence[str] = (),
     freeze_epochs: int = 0,
+    initial_epoch: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> FitResult:
-    """Train ``net`` on the train split, stop early on the validation split, and measure
-    the model that is kept (the best epoch's weights when ``restore_best_weights``).
+    """Train ``net`` on the train split, stop early on the validation split (when
+    ``train.early_stopping.enabled``), and measure the model that is kept (the best epoch's
+    weights when ``restore_best_weights``).
 
     With ``freeze_epochs``, the layers named in ``frozen`` (pretrained ones) stay fixed for
     that many epochs first, then everything is fine-tuned with early stopping; the epochs
-    count as one run (``max_epochs`` includes the frozen ones)."""
+    count as one run (``max_epochs`` includes the frozen ones). ``initial_epoch`` continues
+    a model that already trained that many epochs (warm start): batch order and dropout are
+    keyed by (seed, epoch), so 3 epochs then 6 more equal 9 epochs from scratch."""
     from dvclive import Live
 
     x_train, y_train = data.xy("train")
@@ -99,40 +151,48 @@ def fit(
     guard = DivergenceGuard()
     # dvcyaml=False: dvc.yaml is ours and declares the plots; dvclive must not rewrite it.
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    live.step = initial_epoch  # a continued run's curve goes on from the parent's last epoch
     logger = _LiveEpochs(live=live)
-    common = {
-        "x": x_train,
-        "y": y_train,
-        "validation_data": (x_val, y_val),
-        "batch_size": train.batch_size,
-        "shuffle": True,
-        "verbose": 2,
-    }
+    reseed = EpochSeeds(seed)
+
+    def run(first: int, end: int, extra: Sequence[keras.callbacks.Callback]) -> dict[str, Any]:
+        batches, steps = epoch_batches(x_train, y_train, train.batch_size, seed, first, end)
+        history = net.fit(
+            batches,
+            steps_per_epoch=steps,
+            initial_epoch=first,
+            epochs=end,
+            validation_data=(x_val, y_val),
+            shuffle=False,  # the batches are already in the (seed, epoch) order
+            verbose=2,
+            callbacks=[reseed, guard, *extra, logger, *callbacks],
+        )
+        return dict(history.history)
+
     started = time.perf_counter()
-    frozen_epochs = 0
+    epoch = initial_epoch
     tuned: list[float] = []  # the monitored metric over the fine-tuning epochs
     if freeze_epochs and frozen:
         _set_trainable(net, frozen, False, train, data.task)
-        first = net.fit(epochs=freeze_epochs, callbacks=[guard, logger, *callbacks], **common)
-        frozen_epochs = len(first.history.get("loss", []))
+        epoch += len(run(epoch, epoch + freeze_epochs, []).get("loss", []))
         _set_trainable(net, frozen, True, train, data.task)
-    epochs = frozen_epochs
     if not guard.diverged:
-        history = net.fit(
-            initial_epoch=frozen_epochs,
-            epochs=train.max_epochs,
-            callbacks=[guard, stopper, logger, *callbacks],
-            **common,
-        )
-        epochs += len(history.history.get("loss", []))
-        tuned = history.history.get(es.monitor, [])
+        history = run(epoch, train.max_epochs, [stopper] if es.enabled else [])
+        epoch += len(history.get("loss", []))
+        tuned = history.get(es.monitor, [])
     live.end()
     seconds = time.perf_counter() - started
+    ran = epoch - initial_epoch
     any_finite = any(math.isfinite(v) for v in tuned)
-    metrics: dict[str, Any] = {
-        "epochs_trained": epochs,
+    if not es.enabled:
+        best_epoch = epoch if any_finite else None  # the last epoch is the one kept
+    else:
         # EarlyStopping counts epochs from the start of the whole run (initial_epoch).
-        "best_epoch": int(stopper.best_epoch) + 1 if any_finite else None,
+        best_epoch = int(stopper.best_epoch) + 1 if any_finite else None
+    metrics: dict[str, Any] = {
+        "epochs_trained": epoch,  # in total, the parent's epochs included
+        "epochs_run": ran,  # by this run (what a search spends)
+        "best_epoch": best_epoch,
         "diverged": guard.diverged,
         "diverged_at_epoch": guard.epoch if guard.diverged else None,
         "learning_rate_effective": train.effective_learning_rate,
@@ -142,7 +202,7 @@ def fit(
     return FitResult(
         metrics=metrics,
         train_seconds=seconds,
-        samples_per_second=len(x_train) * epochs / seconds if seconds > 0 else 0.0,
+        samples_per_second=len(x_train) * ran / seconds if seconds > 0 else 0.0,
     )
 
 

@@ -1,0 +1,17 @@
+"""warmstart: the parent experiment's model (train.warm_start), copied out of DVC's cache
+by its md5, for train to continue; only {"enabled": false} when training from scratch."""
+
+import argparse
+
+from nntune import warmstart
+from nntune.params import load_params
+from nntune.stage import run_stage
+
+
+def main(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    warmstart.materialise(params.train.warm_start, args.out_dir)
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, "params", "out_dir")

@@ -55,6 +55,7 @@ def scaffold(dest: Path) -> Path:
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dest / ".gitignore").write_text(".nntune/\n")  # what `nntune init` ignores too
     run(dest, "git", "init", "--quiet", "--initial-branch=main")
     run(dest, "git", "config", "user.email", "e2e@nntune.invalid")
     run(dest, "git", "config", "user.name", "nntune e2e")

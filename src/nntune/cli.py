@@ -240,6 +240,122 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command("search")
+def search_command(
+    method: Annotated[
+        str, typer.Option("--method", help="tpe, asha or hyperband", show_default=True)
+    ] = "tpe",
+    trials: Annotated[
+        int, typer.Option("--trials", "-n", min=1, help="configurations to sample")
+    ] = 20,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="parallel experiments")] = 1,
+    space: Annotated[
+        Path | None,
+        typer.Option("--space", "-s", help="search space YAML (default: the seed's space)"),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="study name (default: the method)")
+    ] = None,
+    min_epochs: Annotated[
+        int, typer.Option("--min-epochs", min=1, help="first rung's epochs (asha, hyperband)")
+    ] = 3,
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-epochs", min=1, help="last rung's epochs (default 27; tpe: params.yaml's)"
+        ),
+    ] = None,
+    eta: Annotated[int, typer.Option("--eta", min=2, help="promote the best 1/eta")] = 3,
+    seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Adaptive search: TPE, or successive halving (ASHA / Hyperband) with promoted trials
+    continuing their own model; every trial is a DVC experiment. Killed or interrupted,
+    the same command continues the study."""
+    import re
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from nntune import experiments, search
+    from nntune.monitor import search_view
+    from nntune.study import Driver, Settings, open_study, study_lock
+
+    loaded, base = _load_with_mapping(params)
+    objective = loaded.evaluate.objective
+    console = Console()
+    try:
+        if method not in search.METHODS:
+            raise NntuneError(
+                f"--method must be one of {', '.join(search.METHODS)}, got {method!r}"
+            )
+        name = study or method
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            raise NntuneError(f"--study {name!r}: use letters, digits and _ (it prefixes names)")
+        chosen = search.load_search_space(space) if space else dict(search.DEFAULT_SPACE)
+        search.check_against(chosen, base)
+        top = max_epochs or (loaded.train.max_epochs if method == "tpe" else 27)
+        search.brackets(method, min_epochs, top, eta)  # checks the budgets
+        settings = Settings(
+            study=name,
+            method=method,  # checked against METHODS above
+            trials=trials,
+            min_epochs=min_epochs if method != "tpe" else top,
+            max_epochs=top,
+            eta=eta,
+            seed=seed,
+            space=search.describe_space(chosen),
+        )
+        root = Path()
+        with study_lock(root, name), experiments.open_repo(root) as repo:
+            experiments.use_this_python()
+            the_study = open_study(root, settings, objective, experiments.baseline_rev(repo))
+            driver = Driver(root, settings, chosen, base, objective, jobs)
+            with Live(console=console, refresh_per_second=2) as live:
+                result = driver.run(
+                    repo,
+                    the_study,
+                    lambda snap: live.update(search_view(snap, trials, objective, method)),
+                )
+            console.print()  # the live view leaves the cursor at the end of its last line
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted[/yellow]: queued experiments keep running in DVC's workers; "
+            "run the same command again to continue the study"
+        )
+        raise typer.Exit(130) from None
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_search_summary(console, result, settings, chosen, objective)
+
+
+def _print_search_summary(
+    console: Any, result: Any, settings: Any, space: Any, objective: Any
+) -> None:
+    from nntune import search
+
+    failed = [job.name for job in result.jobs if job.state == "failed"]
+    if result.best:
+        console.print(
+            f"best: [bold]{result.best[0]}[/bold] {objective.metric} = {result.best[1]:.4f}"
+        )
+    else:
+        console.print("[red]no trial finished its last rung[/red]")
+    full = settings.trials * settings.max_epochs
+    line = (
+        f"epochs spent: {result.epochs_spent}, against {full} to train all {settings.trials} "
+        f"sampled configurations for {settings.max_epochs} epochs"
+    )
+    size = search.grid_size(space)
+    if size is not None:
+        line += f" and {size * settings.max_epochs} for the full grid of {size} points"
+    console.print(line)
+    if failed:
+        typer.echo(f"{len(failed)} experiment(s) failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)
+
+
 def _gpu_list(text: str) -> list[str]:
     """``0,1,3`` -> ["0", "1", "3"]; ``all`` -> every GPU the backend sees."""
     if text.strip() == "all":

@@ -252,3 +252,51 @@ def promote(root: str | Path, name: str, branch: str | None) -> None:
             repo.experiments.branch(name, branch)
         else:
             repo.experiments.apply(name)
+
+
+def baseline_rev(repo: Any) -> str:
+    """The commit experiments are queued on (HEAD)."""
+    return str(repo.scm.get_rev())
+
+
+def experiment_commits(repo: Any, baseline: str) -> dict[str, str]:
+    """Every experiment of ``baseline`` that has a git ref, by name: its commit. A ref is
+    what survives DVC's queue clean-ups, so it is the record of a finished experiment."""
+    from dvc.repo.experiments.utils import exp_refs_by_baseline
+
+    refs = exp_refs_by_baseline(repo.scm, {baseline}).get(baseline, [])
+    return {ref.name: str(repo.scm.get_ref(str(ref))) for ref in refs}
+
+
+def queue_experiment(repo: Any, name: str, overrides: dict[str, Any]) -> None:
+    """``dvc exp run --queue -n NAME -S key=value ...`` for one experiment."""
+    repo.experiments.run(params=override_args(overrides), queue=True, name=name)
+
+
+def output_md5(repo: Any, rev: str, stage: str, path: str) -> str:
+    """The md5 dvc.lock records at commit ``rev`` for output ``path`` of ``stage``: how a
+    later experiment names, exactly, the file it builds on."""
+    fs = repo.scm.get_fs(rev)
+    lock_path = (Path(repo.root_dir).relative_to(repo.scm.root_dir) / "dvc.lock").as_posix()
+    try:
+        with fs.open(lock_path, encoding="utf-8") as stream:
+            lock = yaml.safe_load(stream) or {}
+    except FileNotFoundError:
+        raise ExperimentError(f"{rev[:7]}: no dvc.lock; the experiment did not run") from None
+    for out in lock.get("stages", {}).get(stage, {}).get("outs", []):
+        if out.get("path") == path and out.get("md5"):
+            return str(out["md5"])
+    raise ExperimentError(f"{rev[:7]}: dvc.lock records no md5 for {stage} output {path}")
+
+
+def collect_garbage(repo: Any) -> None:
+    """``dvc gc`` that keeps every object any branch, tag, commit, experiment or the
+    workspace still uses: only what the removed experiments alone used goes."""
+    repo.gc(
+        workspace=True,
+        all_branches=True,
+        all_tags=True,
+        all_commits=True,
+        all_experiments=True,
+        force=True,
+    )

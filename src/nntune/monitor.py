@@ -151,3 +151,37 @@ def _view(
         else "best so far: -"
     )
     return Group(progress, counts, table, best_line)
+
+
+def search_view(snapshot: Any, total: int, objective: Objective, method: str) -> Group:
+    """``nntune search``'s live view: the queue counts of ``nntune run`` plus the rung
+    (epoch budget) and bracket of each experiment, and the best finished trial."""
+    jobs = snapshot.jobs
+    counts = (
+        f"trials [bold]{snapshot.asked}[/bold]/{total} asked, {snapshot.finished} finished   "
+        f"running [cyan]{sum(j.state == 'running' for j in jobs)}[/cyan]  "
+        f"queued {sum(j.state == 'queued' for j in jobs)}  "
+        f"failed [red]{sum(j.state == 'failed' for j in jobs)}[/red]   "
+        f"epochs spent {snapshot.epochs_spent}"
+    )
+    table = Table(show_header=True, header_style="bold", box=None)
+    table.add_column("experiment")
+    if method != "tpe":
+        table.add_column("bracket", justify="right")
+        table.add_column("rung (epochs)", justify="right")
+    table.add_column("state")
+    table.add_column(f"{objective.metric} ({objective.direction})", justify="right")
+    shown = sorted(jobs, key=lambda j: (j.state not in ("running", "queued"), -j.trial, -j.epochs))
+    for job in shown[: RECENT + 4]:
+        value = f"{job.value:.4f}" if job.value is not None else ""
+        style = {"failed": "red", "running": "cyan", "success": "green"}.get(job.state, "")
+        state = f"[{style}]{job.state}[/{style}]" if style else job.state
+        rung = [str(job.bracket), str(job.epochs)] if method != "tpe" else []
+        table.add_row(job.name, *rung, state, value)
+    best = snapshot.best
+    best_line = (
+        f"best so far: [bold green]{best[0]}[/bold green] {objective.metric} = {best[1]:.4f}"
+        if best
+        else "best so far: - (no trial has finished its last rung yet)"
+    )
+    return Group(counts, table, best_line)

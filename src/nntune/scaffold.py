@@ -117,7 +117,7 @@ def _copy_pipeline(root: Path, project: Path) -> None:
     (project / "data").mkdir(exist_ok=True)
     gitignore = project / ".gitignore"
     lines = gitignore.read_text().splitlines() if gitignore.exists() else []
-    wanted = [".venv/", "__pycache__/", "plots/", "dvc_plots/"]
+    wanted = [".venv/", "__pycache__/", "plots/", "dvc_plots/", ".nntune/"]
     artifacts.write_text(gitignore, "\n".join(lines + [w for w in wanted if w not in lines]) + "\n")
 
 

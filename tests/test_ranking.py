@@ -78,3 +78,39 @@ def test_same_params_tolerates_exp_show_types() -> None:
     assert same_params({"data.exclude": "[]"}, {"data.exclude": []})
     assert same_params({"model.units": "[64, 32]"}, {"model.units": [64, 32]})
     assert not same_params({"data.exclude": "[]"}, {"data.exclude": ["id"]})
+
+
+def test_gc_keeps_the_best_the_promoted_and_their_warm_start_parents() -> None:
+    from nntune.ranking import select_garbage
+
+    def trial(
+        name: str, loss: float | None, parent: str = "", state: str = "Success"
+    ) -> Experiment:
+        return Experiment(
+            name=name,
+            rev=name,
+            state=state,
+            params={"train.warm_start.experiment": parent},
+            metrics={"val_loss": loss, "diverged": loss is None},
+        )
+
+    rows = [
+        trial("a-t0-e9", 0.10, parent="a-t0-e3"),  # best, continued from its rung-3 model
+        trial("a-t0-e3", 0.40, parent="a-t0-e1"),
+        trial("a-t0-e1", 0.90),
+        trial("a-t1-e1", 0.50),
+        trial("a-t2-e1", 0.60),  # promoted by the user to a branch
+        trial("a-t3-e1", None),  # diverged
+        trial("broken", 0.05, state="Failed"),  # baseline's metrics: never ranked, removed
+    ]
+    comparison = compare(rows, Objective("val_loss", "min"), "multiclass")
+    cleanup = select_garbage(comparison, 1, {"a-t2-e1": "on branch tuned"})
+    assert cleanup.keep == {
+        "a-t0-e9": "rank 1",
+        "a-t2-e1": "on branch tuned",
+        "a-t0-e3": "warm-start parent of a-t0-e9",
+        "a-t0-e1": "warm-start parent of a-t0-e3",
+    }
+    assert sorted(cleanup.remove) == ["a-t1-e1", "a-t3-e1", "broken"]
+    wider = select_garbage(comparison, 3, {})
+    assert "a-t1-e1" in wider.keep and "a-t2-e1" in wider.remove

@@ -186,8 +186,13 @@ class FakeDVC:
             }
 
 
-def _settings(method: search.Method = "asha", trials: int = 9) -> Settings:
-    space = {"train.learning_rate": Range(1e-4, 1e-1, log=True)}
+LR: dict[str, search.Dimension] = {"train.learning_rate": Range(1e-4, 1e-1, log=True)}
+
+
+def _settings(
+    method: search.Method = "asha", trials: int = 9, space: dict[str, Any] | None = None
+) -> Settings:
+    space = space or LR
     return Settings(
         study="s",
         method=method,
@@ -201,11 +206,16 @@ def _settings(method: search.Method = "asha", trials: int = 9) -> Settings:
 
 
 def _drive(
-    tmp_path: Path, raw: dict[str, Any], fake: FakeDVC, settings: Settings, jobs: int = 2
+    tmp_path: Path,
+    raw: dict[str, Any],
+    fake: FakeDVC,
+    settings: Settings,
+    jobs: int = 2,
+    space: dict[str, Any] | None = None,
 ) -> Any:
-    space = {"train.learning_rate": Range(1e-4, 1e-1, log=True)}
+    space = space or LR
     with study_lock(tmp_path, settings.study):
-        study = open_study(tmp_path, settings, MIN, "base")
+        study = open_study(tmp_path, settings, MIN, "base", space)
         driver = Driver(tmp_path, settings, space, raw, MIN, jobs)
         for _ in range(200):
             snapshot = driver.step(None, study, "base")
@@ -241,6 +251,32 @@ def test_asha_driver_promotes_from_the_top_third_and_continues_the_parent(
     assert snapshot.best is not None and snapshot.best[0].endswith("-e9")
     assert snapshot.epochs_spent == sum(m["epochs_run"] for m in fake.done.values())
     assert snapshot.epochs_spent < 9 * 9
+
+
+GRID: dict[str, search.Dimension] = {
+    "train.learning_rate": Choice((0.001, 0.003, 0.01)),
+    "model.units": Range(8, 10, integer=True),
+}
+
+
+@pytest.mark.parametrize("kill_at", [None, 2, 5])
+def test_asha_samples_a_finite_space_without_repeats_even_across_a_kill(
+    tmp_path: Path,
+    raw_params: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    kill_at: int | None,
+) -> None:
+    fake = FakeDVC(monkeypatch)
+    settings = _settings(trials=9, space=GRID)
+    fake.kill_at_queue = kill_at
+    if kill_at is not None:
+        with pytest.raises(DriverKilledError):
+            _drive(tmp_path, raw_params, fake, settings, space=GRID)
+        fake.kill_at_queue = None
+    _drive(tmp_path, raw_params, fake, settings, space=GRID)
+    first = [fake.params[n] for n in fake.params if n.endswith("-e1")]
+    points = {(p["train.learning_rate"], p["model.units"]) for p in first}
+    assert len(first) == 9 and len(points) == 9  # all 3 x 3 points, each once
 
 
 @pytest.mark.parametrize("kill_at", [1, 4, 7])
@@ -311,13 +347,13 @@ def test_one_driver_per_study_and_same_settings_to_resume(
         pass
     FakeDVC(monkeypatch)
     with study_lock(tmp_path, "s"):
-        open_study(tmp_path, _settings(), MIN, "base")
+        open_study(tmp_path, _settings(), MIN, "base", LR)
         with pytest.raises(StudyError, match=r"exists with other settings.*eta: 3 -> 2"):
-            open_study(tmp_path, Settings(**{**_settings().__dict__, "eta": 2}), MIN, "base")
+            open_study(tmp_path, Settings(**{**_settings().__dict__, "eta": 2}), MIN, "base", LR)
         with pytest.raises(StudyError, match="started on commit base, HEAD is other"):
-            open_study(tmp_path, _settings(), MIN, "other")
+            open_study(tmp_path, _settings(), MIN, "other", LR)
         more = Settings(**{**_settings().__dict__, "trials": 20})
-        assert open_study(tmp_path, more, MIN, "base").study_name == "s"  # may grow
+        assert open_study(tmp_path, more, MIN, "base", LR).study_name == "s"  # may grow
 
 
 def test_a_torn_last_journal_line_is_dropped(
@@ -325,14 +361,14 @@ def test_a_torn_last_journal_line_is_dropped(
 ) -> None:
     FakeDVC(monkeypatch)
     with study_lock(tmp_path, "s"):
-        study = open_study(tmp_path, _settings(), MIN, "base")
+        study = open_study(tmp_path, _settings(), MIN, "base", LR)
         study.ask()
     journal = tmp_path / ".nntune/studies/s.journal"
     with journal.open("ab") as stream:
         stream.write(b'{"op_code": 5, "worker_id": "x", "tria')  # kill -9 mid-append
     (tmp_path / ".nntune/studies/s.journal.lock").write_text("stale")
     with study_lock(tmp_path, "s"):
-        study = open_study(tmp_path, _settings(), MIN, "base")
+        study = open_study(tmp_path, _settings(), MIN, "base", LR)
         assert len(study.trials) == 1
         study.ask()
         assert len(study.trials) == 2

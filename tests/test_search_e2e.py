@@ -44,7 +44,18 @@ def _study(project: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def test_tpe_study_runs_one_experiment_per_trial(tmp_path: Path) -> None:
+def _model_md5s(project: Path, names: list[str]) -> dict[str, str]:
+    from nntune import experiments
+
+    with experiments.open_repo(project) as repo:
+        commits = experiments.experiment_commits(repo, experiments.baseline_rev(repo))
+        return {
+            n: experiments.output_md5(repo, commits[n], "train", "models/model.keras")
+            for n in names
+        }
+
+
+def test_tpe_study_runs_one_experiment_per_trial_and_gc_removes_the_losers(tmp_path: Path) -> None:
     project = _project(tmp_path)
     cmd = [NNTUNE, "search", "--method", "tpe", "-n", "6", "-j", "2", "--max-epochs", "2"]
     result = run(project, *cmd, "-s", "space.yaml")
@@ -55,6 +66,21 @@ def test_tpe_study_runs_one_experiment_per_trial(tmp_path: Path) -> None:
     shown = json.loads(run(project, NNTUNE, "compare", "--format", "json").stdout)
     assert len([r for r in shown["experiments"] if r["status"] == "ok"]) == 6
     assert shown["best"] == f"tpe-t{study.best_trial.number}"
+
+    # gc: keep the best 2 and the worst, promoted to a branch; the other 3 go, with the
+    # cache entries only they used (their models), while the kept models stay.
+    ranked = [r["experiment"] for r in shown["experiments"]]
+    models = _model_md5s(project, ranked)
+    run(project, "dvc", "exp", "branch", ranked[-1], "tuned")
+    dry = run(project, NNTUNE, "gc", "--keep", "2", "--dry-run")
+    assert f"would remove 3: {', '.join(ranked[2:5])}" in " ".join(dry.stdout.split())
+    assert _experiments(project) == sorted(ranked)
+    run(project, NNTUNE, "gc", "--keep", "2", "--yes")
+    assert _experiments(project) == sorted([*ranked[:2], ranked[-1]])
+    cache = project / ".dvc" / "cache" / "files" / "md5"
+    for name, md5 in models.items():
+        kept = name in (*ranked[:2], ranked[-1])
+        assert (cache / md5[:2] / md5[2:]).is_file() == kept, name
 
 
 def test_asha_driver_killed_and_restarted_finishes_the_study(tmp_path: Path) -> None:

@@ -309,7 +309,8 @@ def search_command(
         root = Path()
         with study_lock(root, name), experiments.open_repo(root) as repo:
             experiments.use_this_python()
-            the_study = open_study(root, settings, objective, experiments.baseline_rev(repo))
+            baseline = experiments.baseline_rev(repo)
+            the_study = open_study(root, settings, objective, baseline, chosen)
             driver = Driver(root, settings, chosen, base, objective, jobs)
             with Live(console=console, refresh_per_second=2) as live:
                 result = driver.run(
@@ -354,6 +355,60 @@ def _print_search_summary(
     if failed:
         typer.echo(f"{len(failed)} experiment(s) failed: {', '.join(failed)}", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def gc(
+    keep: Annotated[int, typer.Option("--keep", "-k", min=1, help="best experiments to keep")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list what would go, remove nothing")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Remove the losing experiments of HEAD (dvc exp remove) and the cache entries only
+    they used (dvc gc). Never the best K, one on a branch or applied to the workspace, or
+    the warm-start parent of a kept one."""
+    from rich.table import Table
+
+    from nntune import experiments, ranking
+    from nntune.grid import flatten
+
+    loaded, base = _load_with_mapping(params)
+    try:
+        rows = experiments.list_experiments(".", flatten(base))
+        comparison = ranking.compare(rows, loaded.evaluate.objective, loaded.data.task)
+        if comparison.pending:
+            names = ", ".join(e.name for e in comparison.pending)
+            raise NntuneError(f"experiments are queued or running ({names}); gc after they end")
+        with experiments.open_repo(".") as repo:
+            protected = experiments.protected_experiments(repo, rows, flatten(base))
+        cleanup = ranking.select_garbage(comparison, keep, protected)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    console = _wide_console()
+    table = Table(title="experiments kept", title_justify="left")
+    table.add_column("experiment")
+    table.add_column("why")
+    for name, why in cleanup.keep.items():
+        table.add_row(name, why)
+    console.print(table)
+    if not cleanup.remove:
+        console.print("nothing to remove")
+        return
+    verb = "would remove" if dry_run else "removing"
+    console.print(f"{verb} {len(cleanup.remove)}: {', '.join(cleanup.remove)}")
+    if dry_run:
+        return
+    if not yes and not typer.confirm(f"remove {len(cleanup.remove)} experiment(s)?"):
+        raise typer.Exit(1)
+    experiments.remove_experiments(".", cleanup.remove)
+    with experiments.open_repo(".") as repo:
+        experiments.collect_garbage(repo)
+    console.print(
+        f"removed {len(cleanup.remove)} experiment(s) and the cache entries only they used"
+    )
 
 
 def _gpu_list(text: str) -> list[str]:

@@ -300,3 +300,21 @@ def collect_garbage(repo: Any) -> None:
         all_experiments=True,
         force=True,
     )
+
+
+def protected_experiments(
+    repo: Any, rows: list[Experiment], workspace: dict[str, Any]
+) -> dict[str, str]:
+    """Experiments a user promoted: on a git branch (``dvc exp branch``, ``nntune best
+    --branch``) or applied to the workspace (its params are the workspace's)."""
+    protected: dict[str, str] = {}
+    for exp in rows:
+        if exp.rev and exp.rev != "None":
+            branches = repo.scm.get_refs_containing(exp.rev, "refs/heads")
+            names = sorted(str(b).removeprefix("refs/heads/") for b in branches)
+            if names:
+                protected[exp.name] = f"on branch {', '.join(names)}"
+                continue
+        if exp.params and same_params(exp.params, workspace):
+            protected[exp.name] = "applied to the workspace"
+    return protected

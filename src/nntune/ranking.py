@@ -144,3 +144,37 @@ def plain(value: Any) -> Any:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """What ``nntune gc`` keeps (with the reason) and removes."""
+
+    keep: dict[str, str]
+    remove: list[str]
+
+
+def select_garbage(comparison: Comparison, top: int, protected: dict[str, str]) -> Cleanup:
+    """Keep the best ``top`` experiments, every ``protected`` one (promoted to a branch or
+    applied to the workspace), and the warm-start parents of anything kept (a promoted
+    trial's lineage needs its parent's model); remove the other finished experiments.
+    Queued and running ones are not for the taking."""
+    keep: dict[str, str] = {}
+    for position, exp in enumerate(comparison.ranked[:top], start=1):
+        keep[exp.name] = f"rank {position}"
+    shown = comparison.ranked + comparison.diverged + comparison.failed
+    for exp in shown:
+        if exp.name in protected and exp.name not in keep:
+            keep[exp.name] = protected[exp.name]
+    by_name = {exp.name: exp for exp in shown}
+    for name in list(keep):
+        child = name
+        parent = by_name[child].params.get(WARM_START_KEY) if child in by_name else None
+        while parent and parent in by_name:
+            keep.setdefault(parent, f"warm-start parent of {child}")
+            child, parent = parent, by_name[parent].params.get(WARM_START_KEY)
+    remove = [exp.name for exp in shown if exp.name not in keep]
+    return Cleanup(keep=keep, remove=remove)
+
+
+WARM_START_KEY = "train.warm_start.experiment"

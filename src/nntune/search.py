@@ -172,6 +172,21 @@ def grid_size(space: Mapping[str, Dimension]) -> int | None:
     return size
 
 
+def grid_points(space: Mapping[str, Dimension]) -> dict[str, list[Any]] | None:
+    """Every value of every dimension, when the space is finite (for sampling the grid
+    without repeats); None when a dimension is continuous."""
+    if grid_size(space) is None:
+        return None
+    values: dict[str, list[Any]] = {}
+    for key, dim in space.items():
+        if isinstance(dim, Choice):
+            values[key] = list(dim.values)
+        else:
+            step = int(dim.step or 1)
+            values[key] = list(range(int(dim.low), int(dim.high) + 1, step))
+    return values
+
+
 def suggest(trial: optuna.Trial, space: Mapping[str, Dimension]) -> dict[str, Any]:
     """Sample one point: Optuna records the distributions with the trial."""
     point: dict[str, Any] = {}

@@ -137,7 +137,13 @@ def _journal(root: Path, study: str) -> Any:
     return optuna.storages.JournalStorage(backend)
 
 
-def open_study(root: Path, settings: Settings, objective: Objective, baseline: str) -> Any:
+def open_study(
+    root: Path,
+    settings: Settings,
+    objective: Objective,
+    baseline: str,
+    space: Mapping[str, search.Dimension],
+) -> Any:
     """Create the study, or load it and check it is the same study on the same commit."""
     import optuna
 
@@ -159,13 +165,31 @@ def open_study(root: Path, settings: Settings, objective: Objective, baseline: s
             study.set_user_attr(key, value)
     else:
         _check_same_study(settings.study, dict(study.user_attrs), identity)
-    # A resumed sampler must not replay the random numbers of the first run.
-    seed = settings.seed + len(study.trials)
-    if settings.method == "tpe":
-        study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    else:  # successive halving: promotions, not the sampler, do the adapting
-        study.sampler = optuna.samplers.RandomSampler(seed=seed)
+    study.sampler = _sampler(settings, space, len(study.trials))
     return study
+
+
+def _sampler(settings: Settings, space: Mapping[str, search.Dimension], done: int) -> Any:
+    """TPE for tpe. For successive halving, where promotions do the adapting: the grid in
+    a seeded random order without repeats when the space is finite and has room for every
+    trial, else random points."""
+    import optuna
+
+    # A resumed random sampler must not replay the numbers of the first run.
+    seed = settings.seed + done
+    if settings.method == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    grid = search.grid_points(space)
+    if grid is not None and settings.trials <= (search.grid_size(space) or 0):
+
+        class ShuffledGrid(optuna.samplers.GridSampler):
+            # Trial N takes point N of the seeded shuffle (so a resumed driver gets the
+            # same points: same seed); the driver, not the sampler, ends the study.
+            def after_trial(self, *args: Any) -> None:
+                pass
+
+        return ShuffledGrid(grid, seed=settings.seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _check_same_study(name: str, stored: dict[str, Any], wanted: dict[str, Any]) -> None:
@@ -227,7 +251,9 @@ class Driver:
         known = self._known(repo, baseline)
         states, jobs = self._sync(repo, study, known)
         pending = sum(job.state in ("queued", "running") for job in jobs)
-        free = self.jobs - pending
+        # Each worker gets one experiment waiting behind the one it runs, so that it never
+        # idles while the driver polls, reads results and queues the next.
+        free = 2 * self.jobs - pending
         queued_now = 0
         for trial in study.get_trials(deepcopy=False):  # asked, but no experiment yet
             state = states.get(trial.number)

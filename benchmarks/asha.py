@@ -1,0 +1,116 @@
+"""Benchmark: successive halving (`nntune search --method asha`) against the full grid over
+the same space, on digits, every trial a DVC experiment in both.
+
+    .venv/bin/python benchmarks/asha.py [--seeds 0 1 2] [--trials 16] [--jobs 2]
+
+The space is benchmarks/grid.py's 16 points: hidden_layers {1, 2} x units {64, 128} x
+learning_rate {0.001, 0.01} x batch_size {32, 64}, Adam. A temp project is made with
+`nntune init` on data/digits.csv and its baseline reproduced (not timed).
+
+- grid: `nntune grid` + `nntune run -j JOBS`, each point trained up to 50 epochs with early
+  stopping (patience 5, restore-best), the issue-7 budget. Run once: it has no sampler.
+- asha: per seed, `nntune search --method asha -n TRIALS --min-epochs 3 --max-epochs 27
+  --eta 3 --seed SEED -j JOBS` (rungs 3, 9, 27 epochs; promoted trials continue their model),
+  DVC's run cache cleared first so no rung is restored instead of trained.
+
+Epochs spent are the epochs each experiment trained (``epochs_run``: a promoted experiment
+counts only its own). The best trial of each is the lowest val_loss (asha: among trials that
+reached the last rung); its val and test accuracy are reported. One JSON line per run, then
+the medians over seeds and the ratios asha / grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import BIN, ROOT, SPACE, make_project, sh
+
+
+def rows(project: Path, prefix: str | None) -> list[Any]:
+    sys.path.insert(0, str(ROOT / "src"))
+    from nntune.experiments import list_experiments
+
+    found = [e for e in list_experiments(project, list(SPACE)) if e.succeeded]
+    if prefix is None:
+        return [e for e in found if "-t" not in e.name]
+    return [e for e in found if e.name.startswith(f"{prefix}-t")]
+
+
+def summary(kind: str, seconds: float, found: list[Any], best_pool: list[Any]) -> dict[str, Any]:
+    best = min(best_pool, key=lambda e: float(e.metrics["val_loss"]))
+    epochs = sum(int(e.metrics.get("epochs_run", e.metrics["epochs_trained"])) for e in found)
+    return {
+        "contender": kind,
+        "seconds": round(seconds, 1),
+        "experiments": len(found),
+        "epochs": epochs,
+        "best": best.name,
+        "best_val_accuracy": round(float(best.metrics["val_accuracy"]), 4),
+        "best_test_accuracy": round(float(best.metrics["test_accuracy"]), 4),
+    }
+
+
+def run_grid(project: Path, space: Path, jobs: int) -> dict[str, Any]:
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+    started = time.perf_counter()
+    sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
+    sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs))
+    found = rows(project, None)
+    return summary("grid", time.perf_counter() - started, found, found)
+
+
+def run_asha(project: Path, space: Path, jobs: int, seed: int, trials: int) -> dict[str, Any]:
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+    study = f"asha_s{seed}"
+    started = time.perf_counter()
+    sh(project, str(BIN / "nntune"), "search", "--method", "asha", "--study", study,
+       "-n", str(trials), "--min-epochs", "3", "--max-epochs", "27", "--eta", "3",
+       "--seed", str(seed), "-j", str(jobs), "--space", str(space))  # fmt: skip
+    seconds = time.perf_counter() - started
+    found = rows(project, study)
+    top = [e for e in found if e.name.endswith("-e27")]
+    result = summary("asha", seconds, found, top)
+    result["seed"] = seed
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="nntune-asha-") as name:
+        tmp = Path(name)
+        project = make_project(tmp)
+        grid = run_grid(project, tmp / "space.yaml", args.jobs)
+        print(json.dumps(grid), flush=True)
+        ashas = []
+        for seed in args.seeds:
+            ashas.append(run_asha(project, tmp / "space.yaml", args.jobs, seed, args.trials))
+            print(json.dumps(ashas[-1]), flush=True)
+    medians = {
+        key: statistics.median(a[key] for a in ashas)
+        for key in ("seconds", "epochs", "best_val_accuracy", "best_test_accuracy")
+    }
+    print(json.dumps({"asha_median": medians, "grid": grid}))
+    print(
+        f"epochs asha/grid {medians['epochs'] / grid['epochs']:.3f}, "
+        f"wall {medians['seconds'] / grid['seconds']:.3f}, "
+        f"best test accuracy asha {medians['best_test_accuracy']:.4f} "
+        f"vs grid {grid['best_test_accuracy']:.4f} "
+        f"({100 * (medians['best_test_accuracy'] - grid['best_test_accuracy']):+.2f} points)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -33,13 +33,13 @@ def main(args: argparse.Namespace) -> None:
         frozen=frozen,
         freeze_epochs=params.pretrain.freeze_epochs,
         initial_epoch=params.train.warm_start.epochs,
+        save_last=lambda last: artifacts.save_model(last, args.last),
     )
-    with artifacts.atomic_path(args.model) as tmp:
-        net.save(tmp)
+    artifacts.save_model(net, args.model)
     artifacts.write_json(args.metrics, result.metrics)
     artifacts.write_json(args.run_info, lineage.run_info(result, used, data))
 
 
 if __name__ == "__main__":
-    paths = ("prepared", "pretrained", "init", "model", "metrics", "run_info", "live_dir")
+    paths = ("prepared", "pretrained", "init", "model", "last", "metrics", "run_info", "live_dir")
     run_stage(main, __doc__, "params", *paths)

@@ -62,7 +62,9 @@ def in_project(empty_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return empty_project
 
 
-@pytest.mark.parametrize("command", ["grid", "run", "compare", "best", "check", "summary"])
+@pytest.mark.parametrize(
+    "command", ["grid", "run", "search", "gc", "compare", "best", "check", "summary"]
+)
 def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
@@ -107,6 +109,20 @@ def test_grid_rejects_an_empty_space_file(in_project: Path) -> None:
     assert "the search space is empty" in result.output
 
 
+def test_search_refuses_a_space_key_params_do_not_have(in_project: Path) -> None:
+    (in_project / "space.yaml").write_text("model.widht: [8, 16]\n")
+    result = runner.invoke(app, ["search", "--space", "space.yaml"])
+    assert result.exit_code == 2
+    assert "model.widht=8: model.widht is not a known key" in result.output
+    assert not (in_project / ".nntune").exists()  # refused before any study exists
+
+
+def test_gc_with_no_experiments_removes_nothing(in_project: Path) -> None:
+    result = runner.invoke(app, ["gc", "--keep", "3", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "nothing to remove" in result.output
+
+
 def test_compare_best_and_run_with_nothing_to_do(in_project: Path) -> None:
     result = runner.invoke(app, ["compare"])
     assert result.exit_code == 0
@@ -129,6 +145,12 @@ def test_compare_best_and_run_with_nothing_to_do(in_project: Path) -> None:
         (["run", "-j", "0"], "Invalid value"),
         (["run", "--gpus", "0,x"], "--gpus must be 'all' or distinct GPU numbers"),
         (["run", "--gpus", "1,1"], "--gpus must be 'all' or distinct GPU numbers"),
+        (["search", "--method", "bohb"], "--method must be one of tpe, asha, hyperband"),
+        (["search", "--study", "my study"], "--study 'my study': use letters, digits and _"),
+        (["search", "--space", "missing.yaml"], "missing.yaml: search-space file not found"),
+        (["search", "--method", "asha", "--min-epochs", "30"], "--min-epochs (30) must be"),
+        (["search", "--eta", "1"], "Invalid value"),
+        (["gc"], "Missing option '--keep'"),
     ],
 )
 def test_bad_arguments(in_project: Path, args: list[str], message: str) -> None:

@@ -216,7 +216,7 @@ def _drive(
     space = space or LR
     with study_lock(tmp_path, settings.study):
         study = open_study(tmp_path, settings, MIN, "base", space)
-        driver = Driver(tmp_path, settings, space, raw, MIN, jobs)
+        driver = Driver(settings, space, raw, MIN, jobs)
         for _ in range(200):
             snapshot = driver.step(None, study, "base")
             if snapshot.done:

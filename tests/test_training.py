@@ -92,7 +92,9 @@ def test_continuing_a_saved_model_equals_training_straight_through(
     keyed by (seed, epoch) and the .keras file carries the optimiser state."""
     import keras
 
-    es = dataclasses.replace(tiny_params.train.early_stopping, enabled=False)
+    es = dataclasses.replace(
+        tiny_params.train.early_stopping, enabled=False, restore_best_weights=False
+    )
     model = dataclasses.replace(tiny_params.model, dropout=0.3)
     train = dataclasses.replace(tiny_params.train, max_epochs=9, early_stopping=es)
     params = dataclasses.replace(tiny_params, model=model, train=train)
@@ -140,3 +142,32 @@ def test_dropout_differs_between_epochs(tmp_path: Path, tiny_params: Params) -> 
         masks.append(np.asarray(dropout(ones, training=True)))
     assert not np.array_equal(masks[0], masks[1])
     np.testing.assert_array_equal(masks[0], masks[2])  # keyed by the epoch alone
+
+
+def test_without_early_stopping_the_best_epoch_is_kept_and_the_last_saved(
+    tmp_path: Path, tiny_params: Params
+) -> None:
+    """restore_best_weights without early stopping: all max_epochs run, the kept model is the
+    best epoch's, and save_last sees the last epoch's state (what a warm start continues)."""
+    es = dataclasses.replace(tiny_params.train.early_stopping, enabled=False, min_delta=0.0)
+    train = dataclasses.replace(
+        tiny_params.train, max_epochs=8, learning_rate=0.5, early_stopping=es
+    )
+    params = dataclasses.replace(tiny_params, train=train)
+    seed_everything(params.runtime)
+    data = prepare(make_table(), params.data)
+    net = build_model(params.model, params.train, len(data.features), data.task, len(data.classes))
+    last: list[list[np.ndarray]] = []
+    result = fit(
+        net, data, train, tmp_path / "live", seed=params.runtime.seed,
+        save_last=lambda model: last.append(model.get_weights()),
+    )  # fmt: skip
+    curve = pd.read_csv(tmp_path / "live/plots/metrics/eval/loss.tsv", sep="\t")
+    assert result.metrics["epochs_trained"] == 8 == len(curve)
+    assert result.metrics["best_epoch"] == int(curve["loss"].idxmin()) + 1
+    assert result.metrics["val_loss"] == pytest.approx(curve["loss"].min(), rel=1e-4)
+    assert len(last) == 1
+    if result.metrics["best_epoch"] < 8:  # the rate of 0.5 makes the last epoch not the best
+        assert any(
+            not np.array_equal(a, b) for a, b in zip(last[0], net.get_weights(), strict=True)
+        )

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import make_table
+from project import run
 
 from nntune.model import build_model
 from nntune.params import Params, WarmStartParams
@@ -22,8 +22,8 @@ from nntune.warmstart import WarmStartError, file_md5, load, materialise
 def dvc_repo(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     root.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=root, check=True)
+    run(root, "git", "init", "-q")
+    run(root, "dvc", "init", "-q")
     return root
 
 
@@ -31,7 +31,7 @@ def _cache(root: Path, path: Path) -> str:
     """Put ``path`` into the repo's DVC cache (as `dvc add` would) and return its md5."""
     target = root / path.name
     shutil.copyfile(path, target)
-    subprocess.run(["dvc", "add", "-q", path.name], cwd=root, check=True)
+    run(root, "dvc", "add", "-q", path.name)
     return file_md5(target)
 
 
@@ -40,6 +40,7 @@ def _parent(tiny_params: Params, tmp_path: Path) -> tuple[Path, Params]:
     net = build_model(
         tiny_params.model, tiny_params.train, len(data.features), data.task, len(data.classes)
     )
+    net.fit(*data.xy("train"), epochs=1, verbose=0)  # a parent has trained: optimiser built
     path = tmp_path / "model.keras"
     net.save(path)
     return path, tiny_params

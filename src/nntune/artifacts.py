@@ -39,6 +39,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def save_model(net: Any, path: str | Path) -> None:
+    """A Keras model (weights and optimiser state) as a ``.keras`` file, atomically."""
+    with atomic_path(path) as tmp:
+        net.save(tmp)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

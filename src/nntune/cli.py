@@ -311,7 +311,7 @@ def search_command(
             experiments.use_this_python()
             baseline = experiments.baseline_rev(repo)
             the_study = open_study(root, settings, objective, baseline, chosen)
-            driver = Driver(root, settings, chosen, base, objective, jobs)
+            driver = Driver(settings, chosen, base, objective, jobs)
             with Live(console=console, refresh_per_second=2) as live:
                 result = driver.run(
                     repo,

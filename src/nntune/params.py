@@ -382,7 +382,7 @@ def _parse_warm_start(s: _Section, max_epochs: int, max_epochs_bad: bool) -> War
             s.problem(
                 "model_md5",
                 md5,
-                f"must be the md5 of {params.experiment}'s models/model.keras (its dvc.lock "
+                f"must be the md5 of {params.experiment}'s models/last.keras (its dvc.lock "
                 "lists it) when warm_start.experiment is set",
             )
         if epochs < 1 and not s.failed({"epochs"}):

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     pass
 
 STUDIES = Path(".nntune") / "studies"
-MODEL_OUT = ("train", "models/model.keras")  # the output a promoted trial continues
+MODEL_OUT = ("train", "models/last.keras")  # the last epoch's state: what a promotion continues
 
 
 class StudyError(NntuneError):
@@ -213,14 +213,12 @@ class Driver:
 
     def __init__(
         self,
-        root: Path,
         settings: Settings,
         space: Mapping[str, search.Dimension],
         base: Mapping[str, Any],
         objective: Objective,
         jobs: int,
     ) -> None:
-        self.root = root
         self.settings = settings
         self.space = space
         self.base = base
@@ -229,7 +227,6 @@ class Driver:
         self.brackets = search.brackets(
             settings.method, settings.min_epochs, settings.max_epochs, settings.eta
         )
-        self.full_epochs = settings.max_epochs if settings.method != "tpe" else None
 
     def run(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,30 @@ class FitResult:
     metrics: dict[str, Any]  # deterministic: goes to the metrics file
     train_seconds: float  # wall time of fit alone; varies run to run, kept apart
     samples_per_second: float
+
+
+class BestWeights(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    """The weights of the epoch with the best monitored value (an improvement must beat the
+    best by ``min_delta``, as in EarlyStopping). Unlike EarlyStopping's own restore, it
+    leaves the last epoch's state in place until the caller puts them back, so that state
+    can be saved first for a continued run."""
+
+    def __init__(self, monitor: str, min_delta: float) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.sign = 1.0 if infer_direction(monitor) == "min" else -1.0
+        self.min_delta = abs(min_delta)
+        self.best: float | None = None
+        self.epoch: int | None = None
+        self.weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        score = self.sign * float(value)
+        if self.best is None or score < self.best - self.min_delta:
+            self.best, self.epoch, self.weights = score, epoch, self.model.get_weights()
 
 
 class _LiveEpochs(DVCLiveCallback):  # type: ignore[misc]  # dvclive is untyped
@@ -126,6 +150,7 @@ def fit(
     freeze_epochs: int = 0,
     initial_epoch: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    save_last: Callable[[keras.Model], None] | None = None,
 ) -> FitResult:
     """Train ``net`` on the train split, stop early on the validation split (when
     ``train.early_stopping.enabled``), and measure the model that is kept (the best epoch's
@@ -135,7 +160,10 @@ def fit(
     that many epochs first, then everything is fine-tuned with early stopping; the epochs
     count as one run (``max_epochs`` includes the frozen ones). ``initial_epoch`` continues
     a model that already trained that many epochs (warm start): batch order and dropout are
-    keyed by (seed, epoch), so 3 epochs then 6 more equal 9 epochs from scratch."""
+    keyed by (seed, epoch), so 3 epochs then 6 more equal 9 epochs from scratch. That takes
+    the last epoch's state, not the best one: ``save_last`` receives the model in that state
+    before the best epoch's weights are put back (``restore_best_weights``, with or without
+    early stopping)."""
     from dvclive import Live
 
     x_train, y_train = data.xy("train")
@@ -146,8 +174,9 @@ def fit(
         mode=infer_direction(es.monitor),
         patience=es.patience,
         min_delta=es.min_delta,
-        restore_best_weights=es.restore_best_weights,
+        restore_best_weights=False,  # BestWeights does it, after the last state is saved
     )
+    keeper = BestWeights(es.monitor, es.min_delta)
     guard = DivergenceGuard()
     # dvcyaml=False: dvc.yaml is ours and declares the plots; dvclive must not rewrite it.
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -177,18 +206,22 @@ def fit(
         epoch += len(run(epoch, epoch + freeze_epochs, []).get("loss", []))
         _set_trainable(net, frozen, True, train, data.task)
     if not guard.diverged:
-        history = run(epoch, train.max_epochs, [stopper] if es.enabled else [])
+        history = run(epoch, train.max_epochs, [stopper, keeper] if es.enabled else [keeper])
         epoch += len(history.get("loss", []))
         tuned = history.get(es.monitor, [])
     live.end()
     seconds = time.perf_counter() - started
     ran = epoch - initial_epoch
+    if save_last is not None:
+        save_last(net)  # the state a continued run starts from: the last epoch's
+    if es.restore_best_weights and keeper.weights is not None:
+        net.set_weights(keeper.weights)
     any_finite = any(math.isfinite(v) for v in tuned)
-    if not es.enabled:
-        best_epoch = epoch if any_finite else None  # the last epoch is the one kept
+    if any_finite and keeper.epoch is not None:
+        # Keras counts epochs from the start of the whole run (initial_epoch).
+        best_epoch = keeper.epoch + 1 if es.restore_best_weights else epoch
     else:
-        # EarlyStopping counts epochs from the start of the whole run (initial_epoch).
-        best_epoch = int(stopper.best_epoch) + 1 if any_finite else None
+        best_epoch = None
     metrics: dict[str, Any] = {
         "epochs_trained": epoch,  # in total, the parent's epochs included
         "epochs_run": ran,  # by this run (what a search spends)

@@ -2,9 +2,10 @@
 trial by training its model further instead of from scratch).
 
 The parent is named in params (``train.warm_start``) by experiment and by the md5 of its
-``models/model.keras``. The warmstart stage copies exactly that file out of DVC's cache, so
-the continued experiment's lineage is a content hash (its dvc.lock records it as a
-dependency of train) and ``dvc repro`` rebuilds it from its params alone.
+``models/last.keras`` (its last epoch's state, optimiser included). The warmstart stage
+copies exactly that file out of DVC's cache, so the continued experiment's lineage is a
+content hash (its dvc.lock records it as a dependency of train) and ``dvc repro`` rebuilds
+it from its params alone.
 """
 
 from __future__ import annotations

@@ -74,13 +74,16 @@ def project_params(epochs: int, out: Path) -> None:
 def stage_run(tmp: Path) -> tuple[float, float]:
     (tmp / "pretrained").mkdir(exist_ok=True)
     (tmp / "pretrained" / "info.json").write_text('{"enabled": false}')
+    (tmp / "init").mkdir(exist_ok=True)
+    (tmp / "init" / "warm_start.json").write_text('{"enabled": false}')
     shutil.rmtree(tmp / "live", ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, str(ROOT / "stages" / "train.py"), str(tmp / "params.yaml"),
-         str(tmp / "prepared"), str(tmp / "pretrained"), str(tmp / "model.keras"),
-         str(tmp / "metrics.json"), str(tmp / "run.json"), str(tmp / "live")],
+         str(tmp / "prepared"), str(tmp / "pretrained"), str(tmp / "init"),
+         str(tmp / "model.keras"), str(tmp / "last.keras"), str(tmp / "metrics.json"),
+         str(tmp / "run.json"), str(tmp / "live")],
         cwd=tmp, env=env, check=True, capture_output=True,
     )  # fmt: skip
     wall = time.perf_counter() - started

@@ -109,7 +109,7 @@ WARM = {"experiment": "s-t3-e3", "model_md5": "0123456789abcdef0123456789abcdef"
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model_md5": "not-a-hash"}, "model_md5 must be the md5 of s-t3-e3's models/model.keras"),
+        ({"model_md5": "not-a-hash"}, "model_md5 must be the md5 of s-t3-e3's models/last.keras"),
         ({"epochs": 0}, "train.warm_start.epochs must be >= 1: the epochs the parent"),
         ({"epochs": 200}, "train.warm_start.epochs must be < train.max_epochs (200)"),
     ],

@@ -59,6 +59,12 @@ class Trial:
 
 def load_space(path: str | Path) -> dict[str, list[Any]]:
     """Read a search-space file: a mapping of dotted params keys to lists of values."""
+    return check_space(read_space_file(path), str(path))
+
+
+def read_space_file(path: str | Path) -> Mapping[Any, Any]:
+    """A search-space file as a YAML mapping, unchecked (``nntune search`` also allows
+    ranges in it)."""
     path = Path(path)
     if not path.is_file():
         raise GridError(f"{path}: search-space file not found; create it or pass --space")
@@ -67,8 +73,8 @@ def load_space(path: str | Path) -> dict[str, list[Any]]:
     except yaml.YAMLError as exc:
         raise GridError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, Mapping):
-        raise GridError(f"{path}: must map dotted params keys to lists of values")
-    return check_space(raw, str(path))
+        raise GridError(f"{path}: must map dotted params keys to lists of values (or ranges)")
+    return raw
 
 
 def parse_assignments(assignments: Iterable[str]) -> dict[str, list[Any]]:

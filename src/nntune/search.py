@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-
 from nntune.errors import NntuneError
-from nntune.grid import GridError, apply, check_space
+from nntune.grid import GridError, apply, check_space, read_space_file
 from nntune.metrics import Objective
 from nntune.params import ParamsError, parse_params
 
@@ -68,15 +66,7 @@ def load_search_space(path: str | Path) -> dict[str, Dimension]:
     """A YAML mapping of dotted params keys to a list of values (as for ``nntune grid``) or
     to a range ``{low: 1e-4, high: 0.1, log: true}`` (``step`` optional; integers when both
     bounds are integers)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SearchError(f"{path}: search-space file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SearchError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, Mapping):
-        raise SearchError(f"{path}: must map dotted params keys to value lists or ranges")
+    raw = read_space_file(path)
     return parse_space(raw, str(path))
 
 

@@ -245,7 +245,8 @@ class Driver:
 
     def step(self, repo: Any, study: Any, baseline: str) -> Snapshot:
         """One pass: read DVC, tell Optuna, queue what may run now."""
-        known = self._known(repo, baseline)
+        commits = experiments.experiment_commits(repo, baseline)
+        known = self._known(repo, commits)
         states, jobs = self._sync(repo, study, known)
         pending = sum(job.state in ("queued", "running") for job in jobs)
         # Each worker gets one experiment waiting behind the one it runs, so that it never
@@ -261,7 +262,7 @@ class Driver:
             for promotion in search.promotions(
                 states, self.brackets, self.objective, self.settings.eta
             )[:free]:
-                self._queue_promotion(repo, study, promotion, known)
+                self._queue_promotion(repo, study, promotion, commits)
                 free, queued_now = free - 1, queued_now + 1
         while free > 0 and len(study.trials) < self.settings.trials:
             trial = study.ask()
@@ -280,8 +281,9 @@ class Driver:
 
     # --- reading DVC ------------------------------------------------------------------
 
-    def _known(self, repo: Any, baseline: str) -> dict[str, str]:
-        """This study's experiments by name: success, failed, running or queued."""
+    def _known(self, repo: Any, commits: Mapping[str, str]) -> dict[str, str]:
+        """This study's experiments by name: success (``commits``: those with a ref),
+        failed, running or queued."""
         prefix = f"{self.settings.study}-t"
         state = experiments.queue_state(repo)
         known: dict[str, str] = {}
@@ -291,7 +293,7 @@ class Driver:
             known[name] = "running"
         for name in state.failed:
             known[name] = "failed"
-        for name in experiments.experiment_commits(repo, baseline):
+        for name in commits:
             known[name] = "success"
         return {k: v for k, v in known.items() if k.startswith(prefix)}
 
@@ -382,15 +384,14 @@ class Driver:
         experiments.queue_experiment(repo, self._name(frozen.number, bracket[0]), overrides)
 
     def _queue_promotion(
-        self, repo: Any, study: Any, promotion: search.Promotion, known: dict[str, str]
+        self, repo: Any, study: Any, promotion: search.Promotion, commits: Mapping[str, str]
     ) -> None:
         frozen = study.trials[promotion.trial]
         point = self._point(study, frozen)
         if point is None:
             return
         parent = self._name(promotion.trial, promotion.from_epochs)
-        commit = experiments.experiment_commits(repo, experiments.baseline_rev(repo))[parent]
-        md5 = experiments.output_md5(repo, commit, *MODEL_OUT)
+        md5 = experiments.output_md5(repo, commits[parent], *MODEL_OUT)
         overrides = {
             **point,
             **self._budget(promotion.to_epochs),
@@ -400,7 +401,6 @@ class Driver:
         }
         name = self._name(promotion.trial, promotion.to_epochs)
         experiments.queue_experiment(repo, name, overrides)
-        known[name] = "queued"
 
     def _budget(self, epochs: int) -> dict[str, Any]:
         if self.settings.method == "tpe":

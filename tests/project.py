@@ -25,7 +25,7 @@ PIPELINE_DIRS = ["stages", "src/nntune"]
 NNTUNE = str(Path(sys.executable).parent / "nntune")
 
 
-def _env() -> dict[str, str]:
+def project_env() -> dict[str, str]:
     env = dict(os.environ)
     # Stage commands call `python`: make it this interpreter, with its packages.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -37,7 +37,7 @@ def _env() -> dict[str, str]:
 
 def run(project: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        list(cmd), cwd=project, env=_env(), capture_output=True, text=True, timeout=600
+        list(cmd), cwd=project, env=project_env(), capture_output=True, text=True, timeout=600
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -64,6 +64,39 @@ def scaffold(dest: Path) -> Path:
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "--quiet", "-m", "scaffold")
     return dest
+
+
+def shared_project(
+    tmp_path: Path, repro: bool = False, max_epochs: int | None = None
+) -> tuple[Path, Path]:
+    """A scaffolded project whose remotes are a bare git repo and a DVC folder, pushed."""
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", "-b", "main", str(remote)], check=True)
+    project = scaffold(tmp_path / "project")
+    if max_epochs is not None:
+        raw = yaml.safe_load((project / "params.yaml").read_text())
+        raw["train"]["max_epochs"] = max_epochs
+        (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(project, NNTUNE, "remote", "setup", str(remote), str(tmp_path / "dvc-store"))
+    if repro:
+        run(project, "dvc", "repro", "--quiet")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "--quiet", "-m", "shared remotes and baseline")
+    run(project, "git", "push", "--quiet", "-u", "origin", "main")
+    run(project, "dvc", "push", "--quiet")
+    return project, remote
+
+
+def remote_experiments(remote: Path) -> dict[str, str]:
+    out = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"],
+        cwd=remote,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pairs = (line.split() for line in out.stdout.splitlines())
+    return {ref.rsplit("/", 1)[-1]: sha for ref, sha in pairs}
 
 
 def chromium_dom(page: Path) -> str:

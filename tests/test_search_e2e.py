@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from project import NNTUNE, _env, run, scaffold
+from project import NNTUNE, project_env, run, scaffold
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +88,7 @@ def test_asha_driver_killed_and_restarted_finishes_the_study(tmp_path: Path) -> 
     cmd = [NNTUNE, "search", "--method", "asha", "-n", "4", "-j", "2", "-s", "space.yaml"]
     cmd += ["--min-epochs", "1", "--max-epochs", "3", "--eta", "3"]
     driver = subprocess.Popen(
-        cmd, cwd=project, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, cwd=project, env=project_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
     while not _experiments(project):  # kill it once a first experiment has finished

@@ -202,21 +202,55 @@ def run(
         str | None,
         typer.Option("--gpus", help="one worker per GPU: a list like 0,1,3 or 'all'; overrides -j"),
     ] = None,
+    backend: Annotated[
+        str, typer.Option(help="local (DVC's queue on this machine) or ray (a Ray cluster)")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (ray backend; default: RAY_ADDRESS or a local Ray)"),
+    ] = None,
+    num_cpus: Annotated[
+        float, typer.Option("--num-cpus", min=0, help="CPUs each trial reserves on Ray")
+    ] = 1.0,
+    num_gpus: Annotated[
+        float, typer.Option("--num-gpus", min=0, help="GPUs each trial reserves on Ray")
+    ] = 0.0,
+    retries: Annotated[
+        int, typer.Option(min=0, help="re-runs of a Ray trial whose node or worker was lost")
+    ] = 3,
+    remote: Annotated[
+        str, typer.Option(help="git remote trials clone from and push to (ray backend)")
+    ] = "origin",
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(help="clone and DVC cache folder on each Ray node (~/.cache/nntune)"),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Run DVC's experiment queue with a live view until it drains."""
+    """Run DVC's experiment queue with a live view until it drains: on this machine's DVC
+    queue workers, or with --backend ray as Ray tasks on a cluster, each experiment pushed
+    to the git and DVC remotes and pulled back here."""
     from rich.console import Console
 
     from nntune.experiments import queue_log_tail
-    from nntune.monitor import run_queue
 
     objective = _load(params).evaluate.objective
     console = Console()
     try:
-        pinned = _gpu_list(gpus) if gpus else None
-        if pinned:
-            console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
-        outcome = run_queue(".", len(pinned) if pinned else jobs, objective, console, pinned)
+        if backend == "ray":
+            from nntune.cluster import RayOptions, run_on_ray
+
+            options = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
+            outcome = run_on_ray(".", options, objective, console)
+        elif backend == "local":
+            from nntune.monitor import run_queue
+
+            pinned = _gpu_list(gpus) if gpus else None
+            if pinned:
+                console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
+            outcome = run_queue(".", len(pinned) if pinned else jobs, objective, console, pinned)
+        else:
+            raise NntuneError(f"--backend must be local or ray, got {backend!r}")
     except NntuneError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -224,20 +258,124 @@ def run(
         console.print("the queue is empty: queue trials with `nntune grid` first")
         return
     if outcome.interrupted:
+        resume = "nntune run" + (" --backend ray" if backend == "ray" else "")
         console.print(
-            f"[yellow]interrupted[/yellow]: running trials finish, {outcome.still_queued} stay "
-            "queued; resume with `nntune run` (or `dvc queue start`)"
+            f"[yellow]interrupted[/yellow]: {outcome.still_queued} trial(s) stay queued; resume "
+            f"with `{resume}`"
         )
         raise typer.Exit(130)
     best = outcome.best(objective)
     if best:
         console.print(f"best: [bold]{best.name}[/bold] {objective.metric} = {best.objective:.4f}")
     for name in outcome.failed:
-        console.print(f"[red]failed[/red]: {name}; last lines of `dvc queue logs {name}`:")
-        console.print(queue_log_tail(".", name), markup=False, highlight=False)
+        if name in outcome.errors:
+            console.print(f"[red]failed[/red]: {name} (it stays queued):")
+            console.print(outcome.errors[name], markup=False, highlight=False)
+        else:
+            console.print(f"[red]failed[/red]: {name}; last lines of `dvc queue logs {name}`:")
+            console.print(queue_log_tail(".", name), markup=False, highlight=False)
     if outcome.failed:
         typer.echo(f"{len(outcome.failed)} trial(s) failed: {', '.join(outcome.failed)}", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def trial(
+    git_url: Annotated[str, typer.Argument(help="the project's git remote (URL or path)")],
+    rev: Annotated[str, typer.Option(help="baseline commit, all 40 hex digits")],
+    name: Annotated[str, typer.Option(help="experiment name")],
+    set_param: Annotated[
+        list[str] | None,
+        typer.Option("--set-param", "-S", help="KEY=VALUE override, as dvc exp run -S"),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="clones and DVC cache on this machine (~/.cache/nntune)"),
+    ] = None,
+) -> None:
+    """Run one trial anywhere: clone the commit, dvc pull, dvc exp run, dvc exp push, and
+    check the experiment reached the remote. Skipped if the remote already has it. What
+    Ray tasks and Slurm array elements call; prints one JSON line for them."""
+    from nntune.remote import TrialSpec, parse_overrides, run_trial, watch_parent
+
+    watch_parent()
+    try:
+        spec = TrialSpec(git_url, rev, name, parse_overrides(set_param or []))
+        result = run_trial(spec, cache_dir)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{name}: {result.status} {result.commit[:7]} on {result.host}", err=True)
+    typer.echo(result.to_json())
+
+
+@app.command("slurm-script")
+def slurm_script(
+    output: Annotated[Path, typer.Option("--output", "-o", help="script to write")] = Path(
+        "nntune-trials.sbatch"
+    ),
+    cpus: Annotated[int, typer.Option(help="--cpus-per-task of each element")] = 1,
+    gpus: Annotated[int, typer.Option(help="GPUs per element (--gres=gpu:N)")] = 0,
+    time_limit: Annotated[str, typer.Option("--time", help="--time of each element")] = "01:00:00",
+    partition: Annotated[str | None, typer.Option(help="Slurm partition")] = None,
+    max_parallel: Annotated[
+        int | None, typer.Option(help="elements running at once (the %N of --array)")
+    ] = None,
+    remote: Annotated[str, typer.Option(help="git remote the elements clone and push to")] = (
+        "origin"
+    ),
+    cache_dir: Annotated[
+        str | None, typer.Option(help="clone and DVC cache folder on the nodes")
+    ] = None,
+) -> None:
+    """Write the queued trials as an sbatch --array script: element i runs trial i with
+    `nntune trial`. Submit it with sbatch; collect with `nntune compare --remote origin`."""
+    from nntune import artifacts
+    from nntune.cluster import trial_specs
+    from nntune.slurm import SlurmOptions
+    from nntune.slurm import slurm_script as write_script
+
+    options = SlurmOptions(cpus, gpus, time_limit, partition, max_parallel, "nntune", cache_dir)
+    try:
+        specs = trial_specs(".", remote)
+        text = write_script(specs, options)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    artifacts.write_text(output, text)
+    output.chmod(0o755)
+    typer.echo(
+        f"wrote {output}: {len(specs)} trial(s) as a job array; submit it with `sbatch {output}`"
+        ", then collect with `nntune compare --remote origin`"
+    )
+
+
+remote_app = typer.Typer(help="Share experiments through a git remote and a DVC remote.")
+app.add_typer(remote_app, name="remote")
+
+
+@remote_app.command("setup")
+def remote_setup(
+    git_url: Annotated[str, typer.Argument(help="git remote for code and experiment refs")],
+    dvc_url: Annotated[str, typer.Argument(help="DVC remote for data and models")],
+    git_remote: Annotated[str, typer.Option(help="name of the git remote")] = "origin",
+    dvc_remote: Annotated[str, typer.Option(help="name of the DVC remote")] = "storage",
+) -> None:
+    """Point the project at a shared git remote and DVC remote (the DVC remote becomes the
+    default in .dvc/config). Commit .dvc/config and push so every machine sees both."""
+    from nntune.experiments import setup_remotes
+
+    try:
+        changed = setup_remotes(".", git_remote, git_url, dvc_remote, dvc_url)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"git remote {git_remote} -> {git_url}; DVC remote {dvc_remote} -> {dvc_url}")
+    if changed:
+        typer.echo(
+            "next: git add .dvc/config && git commit -m 'nntune: shared remotes' && "
+            f"git push -u {git_remote} HEAD && dvc push"
+        )
 
 
 @app.command("search")
@@ -441,11 +579,17 @@ def compare(
         bool, typer.Option("--all", help="experiments of every commit, not only HEAD's")
     ] = False,
     fmt: Format = "table",
+    remote: Annotated[
+        str | None,
+        typer.Option(help="pull HEAD's experiments from this git remote first (e.g. origin)"),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Rank experiments by the objective; failed and diverged ones are listed apart."""
     from nntune import ranking
 
+    if remote:
+        _pull_remote(remote, quiet=fmt != "table")
     comparison = _comparison(params, metric, all_commits)
     rows = ranking.records(comparison, top)
     if fmt == "csv":
@@ -515,6 +659,23 @@ def plots(
     specs += report.objective_specs(comparison, comparison.ranked)
     report.write_page(out, comparison, rows, specs)
     typer.echo(f"wrote {out} ({len(specs)} charts, {len(shown)} experiments)")
+
+
+def _pull_remote(remote: str, quiet: bool) -> None:
+    from nntune.experiments import sync_remote
+
+    try:
+        pulled, dequeued = sync_remote(".", remote)
+    except NntuneError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # DVC's own errors: an unreachable remote, a bad URL
+        typer.echo(f"error: could not pull experiments from {remote}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    message = f"pulled {len(pulled)} new experiment(s) from {remote}"
+    if dequeued:
+        message += f"; {len(dequeued)} of them were queued here and left the queue"
+    typer.echo(message, err=quiet)
 
 
 def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:

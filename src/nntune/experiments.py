@@ -119,13 +119,23 @@ def list_experiments(
             Experiment(
                 name=str(name),
                 rev=str(row.get("rev")),
-                state=str(row.get("State")),
+                state=_state(row),
                 params={k: v for k, v in row.items() if k in keys},
                 metrics={k: v for k, v in row.items() if k not in keys and not _meta(k)},
                 created=row.get("Created"),
             )
         )
     return experiments
+
+
+def _state(row: dict[str, Any]) -> str:
+    """DVC knows Queued / Running / Success / Failed only for experiments its queue ran
+    here. One pulled from a remote (``dvc exp pull``, a Ray or Slurm trial) comes back with
+    no State; it is an experiment commit, and DVC commits only experiments that finished."""
+    state = row.get("State")
+    if state is None and row.get("typ") in ("branch_commit", "branch_base"):
+        return "Success"
+    return str(state)
 
 
 def _meta(column: str) -> bool:
@@ -326,3 +336,144 @@ def protected_experiments(
         if exp.params and same_params(exp.params, workspace):
             protected[exp.name] = "applied to the workspace"
     return protected
+
+
+def queued_trials(repo: Any) -> list[tuple[str, list[str]]]:
+    """The entries of DVC's local queue as (name, ``-S`` overrides), for executors that run
+    them elsewhere (Ray, Slurm). A remote trial clones the baseline commit and sets params
+    only, so an entry must be named, queued on HEAD and change nothing but params.yaml."""
+    head = baseline_rev(repo)
+    trials = []
+    for entry in repo.experiments.celery_queue.iter_queued():
+        label = _label(entry)
+        if not entry.name:
+            raise ExperimentError(
+                f"queued experiment {label} has no name; remove it (dvc queue remove {label}) "
+                "and queue it with -n NAME (nntune grid names every point)"
+            )
+        if entry.baseline_rev != head:
+            raise ExperimentError(
+                f"queued experiment {label} is based on commit {entry.baseline_rev[:7]}, not "
+                f"HEAD ({head[:7]}); check that commit out or remove it: dvc queue remove {label}"
+            )
+        extra = [p for p in _changed_paths(repo, head, entry.stash_rev) if p != "params.yaml"]
+        if extra:
+            raise ExperimentError(
+                f"queued experiment {label} carries uncommitted changes to {', '.join(extra)}; "
+                "a remote trial runs the commit with its params only: commit the changes, "
+                f"then queue it again (dvc queue remove {label})"
+            )
+        trials.append((label, _param_changes(repo, head, entry.stash_rev, label)))
+    return trials
+
+
+def _changed_paths(repo: Any, base: str, rev: str) -> list[str]:
+    out = subprocess.run(
+        ["git", "diff", "--name-only", base, rev, "--", "."],
+        cwd=repo.root_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # DVC stashes its own bookkeeping (.dvc/tmp/repro.dat) with every queued entry.
+    paths = [Path(repo.scm.root_dir, p).relative_to(repo.root_dir) for p in out.stdout.split()]
+    return [p.as_posix() for p in paths if p.parts[:2] != (".dvc", "tmp")]
+
+
+def _param_changes(repo: Any, base: str, rev: str, label: str) -> list[str]:
+    before, after = (flatten(_params_at(repo, r)) for r in (base, rev))
+    dropped = sorted(set(before) - set(after))
+    if dropped:
+        raise ExperimentError(f"queued experiment {label} removes params {', '.join(dropped)}")
+    return override_args({k: v for k, v in after.items() if k not in before or before[k] != v})
+
+
+def _params_at(repo: Any, rev: str) -> dict[str, Any]:
+    path = (Path(repo.root_dir).relative_to(repo.scm.root_dir) / "params.yaml").as_posix()
+    with repo.scm.get_fs(rev).open(path, encoding="utf-8") as stream:
+        loaded = yaml.safe_load(stream) or {}
+    return dict(loaded)
+
+
+def remove_queued(repo: Any, names: list[str]) -> None:
+    """``dvc queue remove NAME ...``: entries that ran elsewhere and were pulled back."""
+    if names:
+        repo.experiments.celery_queue.remove(names)
+
+
+def git_remote_url(root: str | Path, remote: str) -> str:
+    out = subprocess.run(
+        ["git", "remote", "get-url", remote], cwd=root, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise ExperimentError(
+            f"this project has no git remote {remote!r}; set one up with "
+            "`nntune remote setup GIT_URL DVC_URL`"
+        )
+    return out.stdout.strip()
+
+
+def check_pushed(root: str | Path, remote: str, rev: str) -> None:
+    """Remote trials clone ``rev`` from ``remote``: it must be on one of its branches."""
+    subprocess.run(["git", "fetch", "--quiet", remote], cwd=root, check=False)
+    out = subprocess.run(
+        ["git", "branch", "--remotes", "--contains", rev, "--list", f"{remote}/*"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if not out.stdout.strip():
+        raise ExperimentError(
+            f"commit {rev[:7]} is not on {remote} yet, and remote trials clone it from there; "
+            f"push it first: git push {remote} HEAD (and `dvc push` for the baseline's data)"
+        )
+
+
+def pull_experiments(
+    repo: Any, remote: str, names: list[str] | None = None, cache: bool = True
+) -> list[str]:
+    """``dvc exp pull REMOTE NAME ...`` (every experiment of HEAD when ``names`` is None):
+    git refs and, with ``cache``, the outputs from the DVC remote. Returns the names that
+    were new or updated."""
+    if names == []:
+        return []
+    pulled = repo.experiments.pull(remote, exp_names=names, pull_cache=cache)
+    return [str(name) for name in pulled]
+
+
+def default_dvc_remote(root: str | Path) -> str | None:
+    with open_repo(root) as repo:
+        name = repo.config["core"].get("remote")
+    return str(name) if name else None
+
+
+def setup_remotes(
+    root: str | Path, git_remote: str, git_url: str, dvc_remote: str, dvc_url: str
+) -> bool:
+    """``git remote add`` (or ``set-url``) and ``dvc remote add --default --force``.
+    Returns whether .dvc/config changed (it must be committed for clones to see it)."""
+    known = subprocess.run(
+        ["git", "remote", "get-url", git_remote], cwd=root, capture_output=True, check=False
+    )
+    verb = "set-url" if known.returncode == 0 else "add"
+    subprocess.run(["git", "remote", verb, git_remote, git_url], cwd=root, check=True)
+    config = Path(root, ".dvc", "config")
+    before = config.read_text(encoding="utf-8") if config.is_file() else ""
+    with open_repo(root) as repo, repo.config.edit("repo") as conf:
+        conf["remote"][dvc_remote] = {"url": dvc_url}
+        conf["core"]["remote"] = dvc_remote
+    return config.read_text(encoding="utf-8") != before
+
+
+def sync_remote(root: str | Path, remote: str) -> tuple[list[str], list[str]]:
+    """Pull every experiment of HEAD from ``remote`` (git refs only: metrics and params
+    live in git; ``dvc exp pull REMOTE NAME`` fetches one's models), then drop local queue
+    entries that ran elsewhere meanwhile (a Slurm array). Returns (pulled, dequeued)."""
+    with open_repo(root) as repo:
+        pulled = pull_experiments(repo, remote, None, cache=False)
+        done = set(experiment_commits(repo, baseline_rev(repo)))
+        queued = repo.experiments.celery_queue.iter_queued()
+        dequeued = [e.name for e in queued if e.name and e.name in done]
+        remove_queued(repo, dequeued)
+    return pulled, dequeued

@@ -85,7 +85,7 @@ def parse_assignments(assignments: Iterable[str]) -> dict[str, list[Any]]:
         key, sep, values = text.partition("=")
         if not sep or not key.strip() or not values.strip():
             raise GridError(f"-p {text!r}: expected KEY=V1,V2,... e.g. model.units=64,128")
-        space[key.strip()] = [_typed(v) for v in _split_values(values)]
+        space[key.strip()] = [typed_value(v) for v in _split_values(values)]
     return check_space(space, "-p")
 
 
@@ -241,7 +241,8 @@ def _split_values(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _typed(text: str) -> Any:
+def typed_value(text: str) -> Any:
+    """A ``-p`` / ``-S`` value as YAML reads it, with 1e-3 as a number."""
     value = yaml.safe_load(text)
     if isinstance(value, str):
         try:

@@ -45,6 +45,8 @@ class RunOutcome:
     finished: list[Finished] = field(default_factory=list)
     interrupted: bool = False
     still_queued: int = 0
+    errors: dict[str, str] = field(default_factory=dict)  # name -> why (remote executors)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> phase -> s
 
     @property
     def failed(self) -> list[str]:
@@ -77,25 +79,18 @@ def run_queue(
             return outcome
         seen = _done_keys(before)
         start_workers(repo, jobs, gpus)
-        progress = Progress(
-            TextColumn("[bold]trials"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        progress = trials_progress(console)
         task = progress.add_task("trials", total=outcome.total)
         state = before
         try:
-            with Live(_view(progress, state, outcome, objective), console=console) as live:
+            with Live(trials_view(progress, state, outcome, objective), console=console) as live:
                 while True:
                     state = queue_state(repo)
                     for key in sorted(_done_keys(state) - seen):
                         seen.add(key)
                         outcome.finished.append(_finished(repo, key, objective))
                     progress.update(task, completed=len(outcome.finished))
-                    live.update(_view(progress, state, outcome, objective))
+                    live.update(trials_view(progress, state, outcome, objective))
                     if state.pending == 0:
                         break
                     time.sleep(poll_seconds)
@@ -107,6 +102,27 @@ def run_queue(
     return outcome
 
 
+def trials_progress(console: Console) -> Progress:
+    """The progress bar of ``nntune run`` (every backend): trials done of total, and ETA."""
+    return Progress(
+        TextColumn("[bold]trials"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def finished_trial(repo: Any, name: str, objective: Objective) -> Finished:
+    """A succeeded trial with the objective its experiment commit recorded."""
+    metrics = experiment_metrics(repo, name)
+    value = metrics.get(objective.metric)
+    value = float(value) if isinstance(value, int | float) else None
+    diverged = bool(metrics.get("diverged")) or value is None or not math.isfinite(value)
+    return Finished(name=name, ok=True, objective=value, diverged=diverged)
+
+
 def _done_keys(state: QueueState) -> set[tuple[str, str, bool]]:
     return {(n, rev, True) for n, rev in state.succeeded.items()} | {
         (n, rev, False) for n, rev in state.failed.items()
@@ -115,16 +131,10 @@ def _done_keys(state: QueueState) -> set[tuple[str, str, bool]]:
 
 def _finished(repo: Any, key: tuple[str, str, bool], objective: Objective) -> Finished:
     name, _, ok = key
-    if not ok:
-        return Finished(name=name, ok=False)
-    metrics = experiment_metrics(repo, name)
-    value = metrics.get(objective.metric)
-    value = float(value) if isinstance(value, int | float) else None
-    diverged = bool(metrics.get("diverged")) or value is None or not math.isfinite(value)
-    return Finished(name=name, ok=True, objective=value, diverged=diverged)
+    return finished_trial(repo, name, objective) if ok else Finished(name=name, ok=False)
 
 
-def _view(
+def trials_view(
     progress: Progress, state: QueueState, outcome: RunOutcome, objective: Objective
 ) -> Group:
     failed = len(outcome.failed)

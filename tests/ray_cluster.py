@@ -4,7 +4,9 @@ optionally losing its worker node mid-run. Run by the Ray tests (and the benchma
 advertises or listens on is reachable from outside, and a PID namespace that reaps every
 Ray process when this script ends.
 
-    python tests/ray_cluster.py PROJECT CACHE_DIR OUT_JSON [--kill] [-- extra nntune run args]
+    python tests/ray_cluster.py PROJECT CACHE_DIR OUT_JSON [--kill] [-- NNTUNE ARGS]
+
+NNTUNE ARGS default to ``run``; ``--backend ray --address ... --cache-dir ...`` follow them.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _alive(process: psutil.Process) -> bool:
 def main() -> int:
     project, cache, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     kill = "--kill" in sys.argv
-    extra = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
+    args = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else ["run"]
     if os.getpid() != 1:
         raise SystemExit("run me with unshare -n -p -f --mount-proc (I must be PID 1)")
     loopback_up()
@@ -75,9 +77,9 @@ def main() -> int:
     cluster.wait_for_nodes()
     up = time.perf_counter() - start
     nntune = str(Path(sys.executable).parent / "nntune")
-    command = [nntune, "run", "--backend", "ray", "--address", cluster.address, "--cache-dir"]
+    ray = ["--backend", "ray", "--address", cluster.address, "--cache-dir", cache]
     driver = subprocess.Popen(
-        [*command, cache, *extra], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [nntune, *args, *ray], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
     killed_at, lost, survivors, commands = None, [], [], []

@@ -91,3 +91,38 @@ def test_ray_cluster_runs_the_grid_and_survives_a_lost_node(tmp_path: Path) -> N
     assert {r["experiment"] for r in rows} == names
     assert all(r["status"] == "ok" and math.isfinite(r["val_loss"]) for r in rows)
     assert {r["epochs_trained"] for r in rows} == {2}
+
+
+@pytest.mark.e2e
+def test_asha_search_on_ray_promotes_through_the_remotes(tmp_path: Path) -> None:
+    """A promoted trial on another node continues its parent's model, which that node
+    gets from the DVC remote (the parent ran elsewhere)."""
+    require_isolation()
+    project, remote = shared_project(tmp_path, repro=True)
+    report = tmp_path / "ray.json"
+    # The space file stays outside the project: a queued experiment must change params only.
+    space = tmp_path / "space.yaml"
+    space.write_text("model.units: [8, 16]\ntrain.learning_rate: [0.003, 0.01]\n")
+    search = ["search", "--method", "asha", "-n", "4", "-j", "2", "--min-epochs", "1",
+              "--max-epochs", "3", "--eta", "3", "-s", str(space)]  # fmt: skip
+    subprocess.run(
+        [*UNSHARE, sys.executable, str(SCENARIO), str(project), str(tmp_path / "c"), str(report),
+         "--", *search],
+        env=project_env(), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    result = json.loads(report.read_text())
+    assert result["returncode"] == 0, result["stdout"] + result["stderr"]
+    assert "epochs spent: 6, against 12" in result["stdout"]
+
+    first_rung = {f"asha-t{n}-e1" for n in range(4)}
+    on_remote = set(remote_experiments(remote))
+    promoted = on_remote - first_rung
+    assert first_rung <= on_remote and len(promoted) == 1  # floor(4 / eta) promoted
+    child = promoted.pop()
+    parent = child.replace("-e3", "-e1")
+    # Pulled back here: the promoted experiment names its parent and trained 2 more epochs.
+    run(project, "dvc", "exp", "apply", child)
+    params = (project / "params.yaml").read_text()
+    assert f"experiment: {parent}" in params
+    recorded = json.loads((project / "metrics/train.json").read_text())
+    assert recorded["epochs_trained"] == 3 and recorded["epochs_run"] == 2

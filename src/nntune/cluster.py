@@ -69,9 +69,17 @@ def trial_specs(root: str | Path, remote: str) -> list[TrialSpec]:
     """The queued entries as trial specs, once the remotes they need are checked."""
     with experiments.open_repo(root) as repo:
         trials = experiments.queued_trials(repo)
-        rev = experiments.baseline_rev(repo)
     if not trials:
         return []
+    url, rev = check_remotes(root, remote)
+    return [TrialSpec(url, rev, name, tuple(overrides)) for name, overrides in trials]
+
+
+def check_remotes(root: str | Path, remote: str) -> tuple[str, str]:
+    """What trials on other machines need: a git remote holding HEAD, and a default DVC
+    remote to share models through. Returns (git URL, HEAD)."""
+    with experiments.open_repo(root) as repo:
+        rev = experiments.baseline_rev(repo)
     url = experiments.git_remote_url(root, remote)
     experiments.check_pushed(root, remote, rev)
     if experiments.default_dvc_remote(root) is None:
@@ -79,7 +87,96 @@ def trial_specs(root: str | Path, remote: str) -> list[TrialSpec]:
             "this project has no default DVC remote, so trials on other machines could not "
             "share models; run `nntune remote setup GIT_URL DVC_URL`"
         )
-    return [TrialSpec(url, rev, name, tuple(overrides)) for name, overrides in trials]
+    return url, rev
+
+
+class RayExecutor:
+    """Runs the entries of DVC's local queue as Ray tasks and pulls finished ones back.
+
+    ``start`` submits every queued entry not submitted yet; ``refresh`` collects finished
+    tasks: a success is pulled (``dvc exp pull``) and leaves the queue, a failure stays
+    queued and is remembered in ``failed``; ``state`` is the queue as a local worker pool
+    would show it. ``nntune run`` and ``nntune search`` drive it the same way.
+    """
+
+    def __init__(self, root: str | Path, options: RayOptions) -> None:
+        self.options = options
+        self.url, self.rev = check_remotes(root, options.remote)
+        self.ray = _import_ray()
+        self.ray.init(address=options.address, log_to_driver=False, logging_level="WARNING")
+        self.events = _event_queue(self.ray)
+        self.task = self.ray.remote(ray_trial).options(
+            num_cpus=options.num_cpus,
+            num_gpus=options.num_gpus,
+            max_retries=options.retries,
+            retry_exceptions=False,
+        )
+        self.pending: dict[Any, TrialSpec] = {}
+        self.started: dict[str, str] = {}  # name -> host, as tasks report their start
+        self.failed: dict[str, str] = {}  # name -> error
+        self.timings: dict[str, dict[str, float]] = {}  # name -> phase -> seconds
+        self.succeeded: list[str] = []  # pulled back, models not fetched yet
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+    def start(self, repo: Any) -> None:
+        busy = {spec.name for spec in self.pending.values()} | set(self.failed)
+        for name, overrides in experiments.queued_trials(repo, skip=busy):
+            spec = TrialSpec(self.url, self.rev, name, tuple(overrides))
+            self.pending[self.task.remote(spec, self.options.cache_dir, self.events)] = spec
+
+    def refresh(self, repo: Any, timeout: float = 0.0) -> list[tuple[str, bool]]:
+        """Wait up to ``timeout`` for a task to finish; collect every finished one."""
+        done: list[Any] = []
+        if self.pending:
+            refs = list(self.pending)
+            first, _ = self.ray.wait(refs, num_returns=1, timeout=timeout)
+            if first:
+                done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
+        self.started.update(_drain(self.events))
+        finished = []
+        for ref in done:
+            spec = self.pending.pop(ref)
+            self.started.pop(spec.name, None)
+            try:
+                result = TrialResult(**self.ray.get(ref))
+            except Exception as exc:  # RayTaskError wraps the trial's own error
+                self.failed[spec.name] = str(getattr(exc, "cause", None) or exc).strip()
+                finished.append((spec.name, False))
+                continue
+            self.timings[spec.name] = dict(result.seconds)
+            # Refs only (params, metrics): fast enough to do while trials run. The models
+            # follow in one batch at the end (fetch_models).
+            experiments.pull_experiments(repo, self.options.remote, [spec.name], cache=False)
+            experiments.remove_queued(repo, [spec.name])
+            self.succeeded.append(spec.name)
+            finished.append((spec.name, True))
+        return finished
+
+    def fetch_models(self, repo: Any) -> int:
+        """``dvc exp pull`` of the finished experiments' outputs from the DVC remote, so
+        ``dvc exp apply`` / ``nntune best --apply`` work here. Returns how many."""
+        names, self.succeeded = self.succeeded, []
+        if names:
+            experiments.pull_experiments(repo, self.options.remote, names, cache=True)
+        return len(names)
+
+    def state(self, repo: Any) -> experiments.QueueState:
+        """DVC's queue as the search driver reads it: entries failed on Ray are failed."""
+        local = experiments.queue_state(repo)
+        running = [s.name for s in self.pending.values() if s.name in self.started]
+        return experiments.QueueState(
+            queued=[n for n in local.queued if n not in self.failed and n not in running],
+            running=running,
+            failed={**local.failed, **dict.fromkeys(self.failed, "")},
+            succeeded=local.succeeded,
+        )
+
+    def cancel(self) -> int:
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)
+        return len(self.pending)
 
 
 def run_on_ray(
@@ -90,87 +187,57 @@ def run_on_ray(
     poll_seconds: float = 1.0,
 ) -> RunOutcome:
     """Run every queued trial on Ray and block until all have finished (or Ctrl-C)."""
-    specs = trial_specs(root, options.remote)
-    outcome = RunOutcome(total=len(specs))
-    if not specs:
-        return outcome
-    ray = _import_ray()
-    ray.init(address=options.address, log_to_driver=False, logging_level="WARNING")
+    with experiments.open_repo(root) as repo:
+        if not experiments.queued_trials(repo):
+            return RunOutcome(total=0)
+    executor = RayExecutor(root, options)
     try:
-        events = _event_queue(ray)
-        task = ray.remote(ray_trial).options(
-            num_cpus=options.num_cpus,
-            num_gpus=options.num_gpus,
-            max_retries=options.retries,
-            retry_exceptions=False,
-        )
-        pending = {task.remote(spec, options.cache_dir, events): spec for spec in specs}
         with experiments.open_repo(root) as repo:
-            _watch(ray, repo, pending, events, outcome, options, objective, console, poll_seconds)
+            executor.start(repo)
+            outcome = RunOutcome(total=len(executor.pending))
+            _watch(executor, repo, outcome, objective, console, poll_seconds)
+            if executor.succeeded:
+                console.print(f"fetching the models of {len(executor.succeeded)} experiment(s)")
+                executor.fetch_models(repo)
     finally:
-        ray.shutdown()
+        executor.close()
     return outcome
 
 
 def _watch(
-    ray: Any,
+    executor: RayExecutor,
     repo: Any,
-    pending: dict[Any, TrialSpec],
-    events: Any,
     outcome: RunOutcome,
-    options: RayOptions,
     objective: Objective,
     console: Console,
     poll_seconds: float,
 ) -> None:
     progress = trials_progress(console)
     bar = progress.add_task("trials", total=outcome.total)
-    running: dict[str, str] = {}  # name -> host, as the tasks report their start
 
     def view() -> Any:
-        names = [s.name for s in pending.values()]
+        names = [s.name for s in executor.pending.values()]
+        hosts = executor.started
         state = experiments.QueueState(
-            queued=[n for n in names if n not in running],
-            running=[f"{n} ({running[n]})" for n in names if n in running],
+            queued=[n for n in names if n not in hosts],
+            running=[f"{n} ({hosts[n]})" for n in names if n in hosts],
         )
         return trials_view(progress, state, outcome, objective)
 
     try:
         with Live(view(), console=console) as live:
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=poll_seconds)
-                running.update(_drain(events))
-                for ref in done:
-                    spec = pending.pop(ref)
-                    running.pop(spec.name, None)
-                    outcome.finished.append(_collect(ray, ref, spec, repo, outcome, options))
-                    finished = outcome.finished[-1]
-                    if finished.ok:
-                        outcome.finished[-1] = finished_trial(repo, spec.name, objective)
+            while executor.pending:
+                for name, ok in executor.refresh(repo, poll_seconds):
+                    done = finished_trial(repo, name, objective) if ok else Finished(name, False)
+                    outcome.finished.append(done)
                 progress.update(bar, completed=len(outcome.finished))
                 live.update(view())
     except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref, force=True)
         outcome.interrupted = True
-        outcome.still_queued = len(pending)
+        outcome.still_queued = executor.cancel()
+    outcome.errors = dict(executor.failed)
+    outcome.timings = dict(executor.timings)
     console.print()
-
-
-def _collect(
-    ray: Any, ref: Any, spec: TrialSpec, repo: Any, outcome: RunOutcome, options: RayOptions
-) -> Finished:
-    """The task's result; a success is pulled back and leaves the local queue."""
-    try:
-        result = TrialResult(**ray.get(ref))
-    except Exception as exc:  # RayTaskError wraps the trial's own error
-        cause = getattr(exc, "cause", None) or exc
-        outcome.errors[spec.name] = str(cause).strip()
-        return Finished(name=spec.name, ok=False)
-    outcome.timings[spec.name] = {**result.seconds}
-    experiments.pull_experiments(repo, options.remote, [spec.name])
-    experiments.remove_queued(repo, [spec.name])
-    return Finished(name=spec.name, ok=True)
 
 
 def _drain(events: Any) -> dict[str, str]:

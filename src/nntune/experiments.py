@@ -338,14 +338,18 @@ def protected_experiments(
     return protected
 
 
-def queued_trials(repo: Any) -> list[tuple[str, list[str]]]:
+def queued_trials(repo: Any, skip: Iterable[str] = ()) -> list[tuple[str, list[str]]]:
     """The entries of DVC's local queue as (name, ``-S`` overrides), for executors that run
-    them elsewhere (Ray, Slurm). A remote trial clones the baseline commit and sets params
-    only, so an entry must be named, queued on HEAD and change nothing but params.yaml."""
+    them elsewhere (Ray, Slurm), leaving out ``skip``. A remote trial clones the baseline
+    commit and sets params only, so an entry must be named, queued on HEAD and change
+    nothing but params.yaml."""
     head = baseline_rev(repo)
+    skipped = set(skip)
     trials = []
     for entry in repo.experiments.celery_queue.iter_queued():
         label = _label(entry)
+        if label in skipped:
+            continue
         if not entry.name:
             raise ExperimentError(
                 f"queued experiment {label} has no name; remove it (dvc queue remove {label}) "

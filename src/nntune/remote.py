@@ -123,6 +123,9 @@ def run_trial(spec: TrialSpec, cache_dir: Path | None = None) -> TrialResult:
                 _clone(spec, work, cache, shell)
             with _timed(seconds, "pull"):
                 _pull_baseline(shell, cache)
+                for parent in _warm_start_parents(spec):
+                    # Its models/last.keras, which the warmstart stage copies by md5.
+                    shell("dvc", "exp", "pull", GIT_REMOTE, parent)
             with _timed(seconds, "run"):
                 overrides = [arg for o in spec.overrides for arg in ("-S", o)]
                 shell("dvc", "exp", "run", "--name", spec.name, *overrides)
@@ -261,6 +264,13 @@ def _pull_baseline(shell: _Shell, cache: Path) -> None:
         )
     shell("dvc", "config", "--local", "cache.dir", str(cache / "dvc-cache"))
     shell("dvc", "pull", "--allow-missing", "--quiet")
+
+
+def _warm_start_parents(spec: TrialSpec) -> list[str]:
+    """The experiment a promoted trial continues (``train.warm_start.experiment``)."""
+    key = "train.warm_start.experiment="
+    names = [o.removeprefix(key).strip("'\"") for o in spec.overrides if o.startswith(key)]
+    return [name for name in names if name]
 
 
 def _verify_push(spec: TrialSpec, ref: str, local: str, shell: _Shell) -> Status:

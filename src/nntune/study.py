@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from nntune import experiments, search
 from nntune.errors import NntuneError
@@ -208,8 +208,38 @@ def _check_same_study(name: str, stored: dict[str, Any], wanted: dict[str, Any])
         )
 
 
+class Executor(Protocol):
+    """What runs the experiments the driver queues in DVC's queue."""
+
+    def refresh(self, repo: Any) -> Any:
+        """Collect what finished elsewhere (before the driver reads the refs)."""
+
+    def state(self, repo: Any) -> experiments.QueueState:
+        """Queued, running and failed experiments."""
+
+    def start(self, repo: Any) -> None:
+        """Make the queued experiments run."""
+
+
+@dataclass
+class LocalQueue:
+    """DVC's own queue workers on this machine."""
+
+    jobs: int
+
+    def refresh(self, repo: Any) -> None:
+        return None  # DVC's workers commit finished experiments here themselves
+
+    def state(self, repo: Any) -> experiments.QueueState:
+        return experiments.queue_state(repo)
+
+    def start(self, repo: Any) -> None:
+        experiments.start_workers(repo, self.jobs)
+
+
 class Driver:
-    """Keeps ``jobs`` experiments in DVC's queue until the study has its trials."""
+    """Keeps ``jobs`` experiments in DVC's queue until the study has its trials; the
+    executor (DVC's local workers, or Ray) runs them."""
 
     def __init__(
         self,
@@ -218,12 +248,14 @@ class Driver:
         base: Mapping[str, Any],
         objective: Objective,
         jobs: int,
+        executor: Executor | None = None,
     ) -> None:
         self.settings = settings
         self.space = space
         self.base = base
         self.objective = objective
         self.jobs = jobs
+        self.executor = executor or LocalQueue(jobs)
         self.brackets = search.brackets(
             settings.method, settings.min_epochs, settings.max_epochs, settings.eta
         )
@@ -245,6 +277,7 @@ class Driver:
 
     def step(self, repo: Any, study: Any, baseline: str) -> Snapshot:
         """One pass: read DVC, tell Optuna, queue what may run now."""
+        self.executor.refresh(repo)
         commits = experiments.experiment_commits(repo, baseline)
         known = self._known(repo, commits)
         states, jobs = self._sync(repo, study, known)
@@ -271,7 +304,7 @@ class Driver:
             free, queued_now = free - 1, queued_now + 1
         running = sum(job.state == "running" for job in jobs)
         if queued_now or (pending and not running):  # workers stop when the queue idles
-            experiments.start_workers(repo, self.jobs)
+            self.executor.start(repo)
         snapshot = self._snapshot(study, jobs)
         if not queued_now and not pending and len(study.trials) >= self.settings.trials:
             self._finish(study)
@@ -285,7 +318,7 @@ class Driver:
         """This study's experiments by name: success (``commits``: those with a ref),
         failed, running or queued."""
         prefix = f"{self.settings.study}-t"
-        state = experiments.queue_state(repo)
+        state = self.executor.state(repo)
         known: dict[str, str] = {}
         for name in state.queued:
             known[name] = "queued"

@@ -87,10 +87,18 @@ def test_slurm_options_are_checked(options: SlurmOptions, message: str) -> None:
         slurm_script(_specs(), options)
 
 
-def test_run_refuses_an_unknown_backend() -> None:
-    result = CliRunner().invoke(app, ["run", "--backend", "spark"])
+@pytest.mark.parametrize("command", ["run", "search"])
+def test_run_and_search_refuse_an_unknown_backend(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--backend", "spark"])
     assert result.exit_code == 2
     assert "--backend must be local or ray" in result.output
+
+
+def test_trial_refuses_a_bad_override(tmp_path: Path) -> None:
+    args = ["trial", str(tmp_path), "--rev", REV, "--name", "x", "-S", "units"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "-S 'units': expected KEY=VALUE" in result.output
 
 
 def test_trial_reports_an_unreachable_remote(tmp_path: Path) -> None:

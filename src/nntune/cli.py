@@ -488,7 +488,7 @@ def search_command(
                 from nntune.cluster import RayExecutor, RayOptions
 
                 options = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
-                executor = RayExecutor(root, options)
+                executor = RayExecutor.connect(root, options)
             driver = Driver(settings, chosen, base, objective, jobs, executor)
             with Live(console=console, refresh_per_second=2) as live:
                 result = driver.run(

@@ -99,13 +99,12 @@ class RayExecutor:
     would show it. ``nntune run`` and ``nntune search`` drive it the same way.
     """
 
-    def __init__(self, root: str | Path, options: RayOptions) -> None:
+    def __init__(self, ray: Any, events: Any, url: str, rev: str, options: RayOptions) -> None:
+        self.ray = ray
+        self.events = events
+        self.url, self.rev = url, rev
         self.options = options
-        self.url, self.rev = check_remotes(root, options.remote)
-        self.ray = _import_ray()
-        self.ray.init(address=options.address, log_to_driver=False, logging_level="WARNING")
-        self.events = _event_queue(self.ray)
-        self.task = self.ray.remote(ray_trial).options(
+        self.task = ray.remote(ray_trial).options(
             num_cpus=options.num_cpus,
             num_gpus=options.num_gpus,
             max_retries=options.retries,
@@ -116,6 +115,14 @@ class RayExecutor:
         self.failed: dict[str, str] = {}  # name -> error
         self.timings: dict[str, dict[str, float]] = {}  # name -> phase -> seconds
         self.succeeded: list[str] = []  # pulled back, models not fetched yet
+
+    @classmethod
+    def connect(cls, root: str | Path, options: RayOptions) -> RayExecutor:
+        """Check the remotes, then connect to Ray (``options.address``)."""
+        url, rev = check_remotes(root, options.remote)
+        ray = _import_ray()
+        ray.init(address=options.address, log_to_driver=False, logging_level="WARNING")
+        return cls(ray, _event_queue(ray), url, rev, options)
 
     def close(self) -> None:
         self.ray.shutdown()
@@ -190,7 +197,7 @@ def run_on_ray(
     with experiments.open_repo(root) as repo:
         if not experiments.queued_trials(repo):
             return RunOutcome(total=0)
-    executor = RayExecutor(root, options)
+    executor = RayExecutor.connect(root, options)
     try:
         with experiments.open_repo(root) as repo:
             executor.start(repo)

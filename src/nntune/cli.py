@@ -497,9 +497,10 @@ def search_command(
                     lambda snap: live.update(search_view(snap, trials, objective, method)),
                 )
             console.print()  # the live view leaves the cursor at the end of its last line
-            if executor is not None and executor.succeeded:
-                console.print(f"fetching the models of {len(executor.succeeded)} experiment(s)")
-                executor.fetch_models(repo)
+            if executor is not None:
+                from nntune.cluster import fetch_models
+
+                fetch_models(executor, repo, console)
     except KeyboardInterrupt:
         if executor is not None:
             executor.cancel()

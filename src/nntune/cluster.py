@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -203,12 +204,22 @@ def run_on_ray(
             executor.start(repo)
             outcome = RunOutcome(total=len(executor.pending))
             _watch(executor, repo, outcome, objective, console, poll_seconds)
-            if executor.succeeded:
-                console.print(f"fetching the models of {len(executor.succeeded)} experiment(s)")
-                executor.fetch_models(repo)
+            fetch_models(executor, repo, console)
     finally:
         executor.close()
     return outcome
+
+
+def fetch_models(executor: RayExecutor, repo: Any, console: Console) -> None:
+    """The finished experiments' models, from the DVC remote, in one batch."""
+    if not executor.succeeded:
+        return
+    start = time.perf_counter()
+    count = executor.fetch_models(repo)
+    seconds = time.perf_counter() - start
+    console.print(
+        f"fetched the models of {count} experiment(s) from the DVC remote ({seconds:.1f} s)"
+    )
 
 
 def _watch(

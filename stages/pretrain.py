@@ -22,6 +22,9 @@ def main(args: argparse.Namespace) -> None:
         # DVC warns about an empty output folder: say why it holds no curves.
         artifacts.write_text(Path(args.live_dir) / "OFF", "pretrain.enabled is false\n")
         return
+    from nntune.stage import import_keras_without_sklearn
+
+    import_keras_without_sklearn()
     from nntune import device, pretrain
     from nntune.data import read_prepared
     from nntune.training import seed_everything

@@ -8,11 +8,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from nntune import artifacts, device, lineage, pretrain, warmstart
-from nntune.data import read_prepared
-from nntune.params import load_params
-from nntune.stage import run_stage
-from nntune.training import fit, seed_everything
+from nntune.stage import import_keras_without_sklearn, run_stage
+
+import_keras_without_sklearn()  # before any module that imports Keras
+from nntune import artifacts, device, lineage, pretrain, warmstart  # noqa: E402
+from nntune.data import read_prepared  # noqa: E402
+from nntune.params import load_params  # noqa: E402
+from nntune.training import fit, seed_everything  # noqa: E402
 
 
 def main(args: argparse.Namespace) -> None:
@@ -25,16 +27,10 @@ def main(args: argparse.Namespace) -> None:
     with device.distribution_scope(params.runtime):
         net, frozen = warmstart.starting_model(args.init, params, data, encoder)
     result = fit(
-        net,
-        data,
-        params.train,
-        args.live_dir,
-        seed=params.runtime.seed,
-        frozen=frozen,
-        freeze_epochs=params.pretrain.freeze_epochs,
-        initial_epoch=params.train.warm_start.epochs,
+        net, data, params.train, args.live_dir, seed=params.runtime.seed, frozen=frozen,
+        freeze_epochs=params.pretrain.freeze_epochs, initial_epoch=params.train.warm_start.epochs,
         save_last=lambda last: artifacts.save_model(last, args.last),
-    )
+    )  # fmt: skip
     artifacts.save_model(net, args.model)
     artifacts.write_json(args.metrics, result.metrics)
     artifacts.write_json(args.run_info, lineage.run_info(result, used, data))

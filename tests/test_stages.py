@@ -108,3 +108,37 @@ def test_profile_record_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert lines[0]["stage"] == "train" and lines[0]["workspace"] == str(Path.cwd())
     assert lines[0]["process_start"] <= lines[0]["main_start"] <= lines[0]["main_end"]
     assert lines[0]["max_rss_mb"] > 10  # this test process: Python, pandas, pytest
+
+
+def test_train_stage_does_not_load_scikit_learn() -> None:
+    """`import keras` would load its scikit-learn wrappers, scikit-learn and SciPy's stats
+    (about 1.3 s of each trial); the train stage hides scikit-learn while Keras loads."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "stages" / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line]
+    assert "keras" in imported and "nntune.training" in imported
+    assert not [m for m in imported if m.startswith(("sklearn.", "scipy.stats"))]
+
+
+def test_scikit_learn_still_imports_after_keras_loaded_without_it() -> None:
+    code = (
+        "from nntune.stage import import_keras_without_sklearn as load\n"
+        "load()\n"
+        "import sys, keras\n"
+        "assert 'sklearn' not in sys.modules\n"
+        "from sklearn.metrics import accuracy_score\n"
+        "print(accuracy_score([1, 0], [1, 1]), keras.layers.Dense(2).units)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert out.stdout.split() == ["0.5", "2"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -113,6 +114,7 @@ def main() -> int:
     }
     out.write_text(json.dumps(result, indent=1))
     cluster.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)  # Ray's session logs and sockets
     return 0
 
 

@@ -63,7 +63,7 @@ def ray_trial(spec: TrialSpec, cache_dir: str | None, events: Any) -> dict[str, 
     if out.returncode != 0:
         tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-LOG_TAIL:])
         raise TrialError(tail or f"nntune trial exited {out.returncode}")
-    return dict(asdict(TrialResult.from_json(out.stdout.strip().splitlines()[-1])))
+    return asdict(TrialResult.from_json(out.stdout.strip().splitlines()[-1]))
 
 
 def trial_specs(root: str | Path, remote: str) -> list[TrialSpec]:
@@ -196,7 +196,7 @@ def run_on_ray(
 ) -> RunOutcome:
     """Run every queued trial on Ray and block until all have finished (or Ctrl-C)."""
     with experiments.open_repo(root) as repo:
-        if not experiments.queued_trials(repo):
+        if not experiments.queue_state(repo).queued:  # nothing to do: do not start Ray
             return RunOutcome(total=0)
     executor = RayExecutor.connect(root, options)
     try:

@@ -196,7 +196,7 @@ def run_on_ray(
 ) -> RunOutcome:
     """Run every queued trial on Ray and block until all have finished (or Ctrl-C)."""
     with experiments.open_repo(root) as repo:
-        if not experiments.queue_state(repo).queued:  # nothing to do: do not start Ray
+        if not experiments.queued_trials(repo):  # checks every entry before Ray starts
             return RunOutcome(total=0)
     executor = RayExecutor.connect(root, options)
     try:

@@ -8,6 +8,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from nntune.warm import handoff
+
+if __name__ == "__main__":
+    handoff()  # under `nntune run`: the warm runner runs this stage, TensorFlow imported once
+
 from nntune import artifacts
 from nntune.params import load_params
 from nntune.stage import run_stage

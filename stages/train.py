@@ -8,6 +8,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from nntune.warm import handoff
+
+if __name__ == "__main__":
+    handoff()  # under `nntune run`: the warm runner runs this stage, TensorFlow imported once
+
 from nntune.stage import import_keras_without_sklearn, run_stage
 
 import_keras_without_sklearn()  # before any module that imports Keras

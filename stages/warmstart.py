@@ -3,6 +3,11 @@ by its md5, for train to continue; only {"enabled": false} when training from sc
 
 import argparse
 
+from nntune.warm import handoff
+
+if __name__ == "__main__":
+    handoff()  # under `nntune run`: the warm runner runs this stage, TensorFlow imported once
+
 from nntune import warmstart
 from nntune.params import load_params
 from nntune.stage import run_stage

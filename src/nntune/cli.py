@@ -3,6 +3,8 @@ imported inside them so that ``nntune --help`` stays fast."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -218,6 +220,15 @@ CacheDirOption = Annotated[
     typer.Option(help="clone and DVC cache folder on each Ray node (~/.cache/nntune)"),
 ]
 
+WarmOption = Annotated[
+    bool,
+    typer.Option(
+        "--warm/--cold",
+        help="local backend: fork each trial's stages from one process that imported "
+        "TensorFlow once (--cold: every stage starts a fresh Python)",
+    ),
+]
+
 
 def _check_backend(backend: str) -> None:
     if backend not in ("local", "ray"):
@@ -240,6 +251,7 @@ def run(
     retries: RetriesOption = 3,
     remote: RemoteOption = "origin",
     cache_dir: CacheDirOption = None,
+    warm: WarmOption = True,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Run DVC's experiment queue with a live view until it drains: on this machine's DVC
@@ -264,7 +276,9 @@ def run(
             pinned = _gpu_list(gpus) if gpus else None
             if pinned:
                 console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
-            outcome = run_queue(".", len(pinned) if pinned else jobs, objective, console, pinned)
+            workers = len(pinned) if pinned else jobs
+            with _warm_runner(warm, console):
+                outcome = run_queue(".", workers, objective, console, pinned)
     except NntuneError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -437,6 +451,7 @@ def search_command(
     retries: RetriesOption = 3,
     remote: RemoteOption = "origin",
     cache_dir: CacheDirOption = None,
+    warm: WarmOption = True,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Adaptive search: TPE, or successive halving (ASHA / Hyperband) with promoted trials
@@ -490,7 +505,10 @@ def search_command(
                 options = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
                 executor = RayExecutor.connect(root, options)
             driver = Driver(settings, chosen, base, objective, jobs, executor)
-            with Live(console=console, refresh_per_second=2) as live:
+            with (
+                _warm_runner(warm and executor is None, console),
+                Live(console=console, refresh_per_second=2) as live,
+            ):
                 result = driver.run(
                     repo,
                     the_study,
@@ -521,6 +539,16 @@ def search_command(
         for name, error in executor.failed.items():
             console.print(f"[red]failed on Ray[/red]: {name} (it stays queued):")
             console.print(error, markup=False, highlight=False)
+
+
+@contextmanager
+def _warm_runner(enabled: bool, console: Any) -> Iterator[None]:
+    from nntune.warm import warm_runner
+
+    with warm_runner(enabled) as socket:
+        if enabled and socket is None:
+            console.print("[yellow]the warm runner did not start[/yellow]: stages start cold")
+        yield
 
 
 def _print_search_summary(

@@ -3,7 +3,9 @@ message and exit code 2 instead of a traceback, and an opt-in timing record.
 
 With ``NNTUNE_PROFILE=/abs/path.jsonl`` in the environment (``benchmarks/overhead.py`` sets
 it for the queue workers), each stage appends one JSON line: its name, working copy, when
-its process started, when ``main`` started (so imports are the difference) and ended.
+its process started (the stage's own process, also under the warm runner of
+``nntune.warm``), when ``main`` started (so start-up and imports are the difference) and
+ended.
 """
 
 from __future__ import annotations
@@ -57,10 +59,14 @@ def _record(path: Path, main_start: float) -> None:
 
     import psutil  # only needed when profiling
 
+    client = os.environ.get("NNTUNE_PROFILE_CLIENT_PID")  # set by nntune.warm
+
     line = {
         "stage": Path(sys.argv[0]).stem,
         "workspace": str(Path.cwd()),
-        "process_start": psutil.Process().create_time(),
+        # Under the warm runner this process is a fork: its stage started with the client.
+        "process_start": psutil.Process(int(client) if client else None).create_time(),
+        "warm": bool(client),
         "main_start": main_start,
         "main_end": time.time(),
         # Peak resident memory of this stage's process (Linux reports KiB).

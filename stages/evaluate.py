@@ -7,8 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from nntune.warm import handoff
 
-if __name__ == "__main__":
-    handoff()  # under `nntune run`: the warm runner runs this stage, TensorFlow imported once
+handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
 
 import keras
 

@@ -10,12 +10,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from nntune.warm import handoff
 
-if __name__ == "__main__":
-    handoff()  # under `nntune run`: the warm runner runs this stage, TensorFlow imported once
+handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
 
 from nntune import artifacts
 from nntune.params import load_params
-from nntune.stage import run_stage
+from nntune.stage import import_keras_without_sklearn, run_stage
 
 
 def main(args: argparse.Namespace) -> None:
@@ -27,8 +26,6 @@ def main(args: argparse.Namespace) -> None:
         # DVC warns about an empty output folder: say why it holds no curves.
         artifacts.write_text(Path(args.live_dir) / "OFF", "pretrain.enabled is false\n")
         return
-    from nntune.stage import import_keras_without_sklearn
-
     import_keras_without_sklearn()
     from nntune import device, pretrain
     from nntune.data import read_prepared

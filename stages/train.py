@@ -10,16 +10,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from nntune.warm import handoff
 
-if __name__ == "__main__":
-    handoff()  # under `nntune run`: the warm runner runs this stage, TensorFlow imported once
+handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
 
 from nntune.stage import import_keras_without_sklearn, run_stage
 
 import_keras_without_sklearn()  # before any module that imports Keras
-from nntune import artifacts, device, lineage, pretrain, warmstart  # noqa: E402
-from nntune.data import read_prepared  # noqa: E402
-from nntune.params import load_params  # noqa: E402
-from nntune.training import fit, seed_everything  # noqa: E402
+from nntune import artifacts, device, lineage, pretrain, warmstart
+from nntune.data import read_prepared
+from nntune.params import load_params
+from nntune.training import fit, seed_everything
 
 
 def main(args: argparse.Namespace) -> None:

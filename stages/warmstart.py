@@ -5,8 +5,7 @@ import argparse
 
 from nntune.warm import handoff
 
-if __name__ == "__main__":
-    handoff()  # under `nntune run`: the warm runner runs this stage, TensorFlow imported once
+handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
 
 from nntune import warmstart
 from nntune.params import load_params

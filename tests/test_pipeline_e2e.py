@@ -4,12 +4,17 @@ driven by the real ``dvc`` commands. Never touches this repository's git history
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
-from project import run, scaffold
+from project import NNTUNE, run, scaffold
+
+from nntune.warm import warm_runner
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +38,20 @@ def project(tmp_path: Path) -> Path:
     return scaffold(tmp_path / "project")
 
 
+@contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+
+
 def _snapshot(project: Path) -> dict[str, bytes]:
     return {name: (project / name).read_bytes() for name in DETERMINISTIC}
 
@@ -54,6 +73,18 @@ def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project:
     after = _snapshot(project)
     changed = [name for name in DETERMINISTIC if before[name] != after[name]]
     assert not changed, f"not reproducible: {changed}"
+
+    # The same bytes when the stages are forked from the warm runner of `nntune run`, which
+    # imported TensorFlow before forking (the profile says which stages it ran).
+    profile = project.parent / "profile.jsonl"
+    with warm_runner() as socket, _environ(NNTUNE_PROFILE=str(profile)):
+        assert socket is not None
+        warm = run(project, "dvc", "repro", "--force")
+    assert "cold" not in warm.stderr, warm.stderr
+    forked = {r["stage"] for r in map(json.loads, profile.read_text().splitlines()) if r["warm"]}
+    assert forked == {"pretrain", "warmstart", "train", "evaluate"}
+    changed = [name for name in DETERMINISTIC if before[name] != (project / name).read_bytes()]
+    assert not changed, f"not reproducible under the warm runner: {changed}"
     # Lineage: what produced these numbers, down to the data file's DVC hash.
     lineage = json.loads((project / "reports" / "train_run.json").read_text())
     assert lineage["train_seconds"] > 0 and lineage["versions"]["nntune"]
@@ -106,7 +137,10 @@ def test_bad_data_stops_the_pipeline_with_a_report(project: Path) -> None:
     assert not (project / "data" / "prepared").exists()
 
 
-def test_queued_experiments_run_their_own_snapshot_of_the_library(project: Path) -> None:
+@pytest.mark.parametrize("launcher", ["dvc queue start", "nntune run"])
+def test_queued_experiments_run_their_own_snapshot_of_the_library(
+    project: Path, launcher: str
+) -> None:
     run(project, "dvc", "repro")
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "--quiet", "-m", "baseline results")
@@ -120,8 +154,15 @@ def test_queued_experiments_run_their_own_snapshot_of_the_library(project: Path)
     init.write_text(original)
     assert run(project, "git", "status", "--porcelain").stdout == ""
 
-    run(project, "dvc", "queue", "start", "-j", "1")
-    _wait_for_queue(project, timeout=420)
+    if launcher == "dvc queue start":  # every stage a fresh Python
+        run(project, "dvc", "queue", "start", "-j", "1")
+        _wait_for_queue(project, timeout=420)
+    else:  # stages forked from the warm runner, which imported the installed nntune
+        profile = project.parent / "profile.jsonl"
+        with _environ(NNTUNE_PROFILE=str(profile)):
+            run(project, NNTUNE, "run", "-j", "1")
+        records = [json.loads(line) for line in profile.read_text().splitlines()]
+        assert [r["warm"] for r in records if r["stage"] == "train"] == [True, True]
 
     rows = json.loads(run(project, "dvc", "exp", "show", "--json", "--no-pager").stdout)
     experiments = _experiments(rows)

@@ -86,14 +86,15 @@ def load_time_env(env: dict[str, str]) -> dict[str, str]:
 # -- client: the first call of every stage script ---------------------------------------
 
 
-def handoff() -> None:
-    """Run this stage in the warm runner when ``nntune run`` started one.
+def handoff(module: str = "__main__") -> None:
+    """Run this stage in the warm runner when ``nntune run`` started one. A stage script
+    calls it first, with its ``__name__`` (imported as a module, it hands nothing off).
 
     Does not return when the warm runner ran the stage: the process exits with the stage's
     exit code. Returns (and the script goes on cold) when there is no runner, it cannot be
     reached or it refuses; the reason goes to stderr."""
     path = os.environ.get(SOCKET_ENV)
-    if not path:
+    if not path or module != "__main__":
         return
     request = {
         "protocol": PROTOCOL,
@@ -148,7 +149,7 @@ class Job:
     def run(self) -> None:
         """Become the stage's process, then run its script as ``__main__``."""
         import importlib
-        import runpy
+        import types
 
         os.setsid()  # the server kills this group if the stage's client goes away
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
@@ -171,7 +172,11 @@ class Job:
             del sys.modules[name]
         importlib.invalidate_caches()
         sys.argv = argv
-        runpy.run_path(str(script), run_name="__main__")
+        # What `python SCRIPT` does: a fresh __main__ with an absolute __file__.
+        main = types.ModuleType("__main__")
+        main.__file__ = str(script)
+        sys.modules["__main__"] = main
+        exec(compile(script.read_bytes(), str(script), "exec"), main.__dict__)
 
 
 def _reopen_stdio() -> None:
@@ -232,7 +237,7 @@ class Server:
         selector.register(self.listener, selectors.EVENT_READ, None)
         selector.register(wake_r, selectors.EVENT_READ, None)
         while True:
-            if self.owner is not None and os.getppid() != self.owner:
+            if self.owner is not None and not _alive(self.owner):
                 self._stop()
             if self.stopping and self.listener.fileno() != -1:
                 selector.unregister(self.listener)
@@ -361,7 +366,9 @@ def warm_runner(enabled: bool = True, preload: Sequence[str] = PRELOAD) -> Itera
 
     Yields the socket's path, or ``None`` when disabled or when the server did not start
     (the stages then run cold). On leaving, the server stops accepting and exits once the
-    stages it runs have finished; stages that start later run cold."""
+    stages it runs have finished; stages that start later run cold. The server is a daemon
+    (it outlives the run while stages it started still run) and stops by itself if the run's
+    process dies."""
     if not enabled:
         yield None
         return
@@ -370,20 +377,22 @@ def warm_runner(enabled: bool = True, preload: Sequence[str] = PRELOAD) -> Itera
     import time
 
     folder = Path(tempfile.mkdtemp(prefix="nntune-warm-"))
-    path = folder / "socket"
-    log = (folder / "server.log").open("wb")
+    path, pid_file = folder / "socket", folder / "pid"
     command = [sys.executable, "-m", "nntune.warm", str(path), "--owner", str(os.getpid())]
-    server = subprocess.Popen(
-        [*command, "--preload", ",".join(preload)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=folder,
-        start_new_session=True,  # Ctrl-C stops the run, not the stages already running
-    )
-    log.close()
+    with (folder / "server.log").open("wb") as log:
+        subprocess.run(
+            [*command, "--preload", ",".join(preload), "--daemon"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+            start_new_session=True,  # Ctrl-C stops the run, not the stages already running
+            check=False,
+        )
     deadline = time.monotonic() + 30
-    while not path.exists() and server.poll() is None and time.monotonic() < deadline:
+    while not path.exists() and time.monotonic() < deadline:
+        if pid_file.exists() and not _alive(int(pid_file.read_text())):
+            break  # it died before listening: its log says why
         time.sleep(0.02)
     saved = os.environ.get(SOCKET_ENV)
     if path.exists():
@@ -395,7 +404,18 @@ def warm_runner(enabled: bool = True, preload: Sequence[str] = PRELOAD) -> Itera
             os.environ.pop(SOCKET_ENV, None)
         else:
             os.environ[SOCKET_ENV] = saved
-        server.send_signal(signal.SIGTERM)  # drains: running stages finish, then it exits
+        with suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)  # drains, then exits
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -403,15 +423,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("socket", help="the Unix socket to listen on")
     parser.add_argument("--owner", type=int, help="stop when this process is gone")
     parser.add_argument("--preload", default=",".join(PRELOAD), help="modules to import")
+    parser.add_argument("--daemon", action="store_true", help="detach; pid in SOCKET's folder")
     args = parser.parse_args(argv)
+    folder = Path(args.socket).parent
+    if args.daemon:
+        if os.fork() > 0:
+            os._exit(0)  # the starter's subprocess returns; init reaps the server
+        (folder / "pid.tmp").write_text(str(os.getpid()))
+        (folder / "pid.tmp").replace(folder / "pid")  # whole or absent for the starter
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # what the stage scripts set
     server = Server(args.socket, args.owner)
     failed = server.preload([name for name in args.preload.split(",") if name])
     print(f"nntune warm runner on {args.socket}; not preloaded: {failed or 'none'}", flush=True)
     job = server.serve()
     if job is None:
-        folder = Path(args.socket).parent
-        if folder.name.startswith("nntune-warm-"):
+        if args.daemon:
             for leftover in folder.iterdir():
                 leftover.unlink()
             folder.rmdir()

@@ -12,6 +12,7 @@ user would see them (fresh processes, imports included):
 
 - nntune: `nntune grid` + `nntune run -j JOBS`, after removing the previous repeat's
   experiments and DVC's run cache (or a repeat would restore results without training);
+  `--only ... nntune-cold` adds the same with `nntune run --cold` (no warm runner);
 - Keras Tuner: GridSearch over the same points in one Python process, on the prepared
   splits of the same project, each trial seeded and built by nntune's own code;
 - bare Keras: a plain loop over the points in one Python process, likewise.
@@ -82,13 +83,13 @@ def make_project(tmp: Path) -> Path:
     return project
 
 
-def time_nntune(project: Path, space: Path, jobs: int) -> dict[str, Any]:
+def time_nntune(project: Path, space: Path, jobs: int, mode: str = "warm") -> dict[str, Any]:
     sh(project, "dvc", "queue", "remove", "--all")
     sh(project, "dvc", "exp", "remove", "--all-commits")
     shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
     started = time.perf_counter()
     sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
-    sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs))
+    sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs), f"--{mode}")
     seconds = time.perf_counter() - started
     sys.path.insert(0, str(ROOT / "src"))
     from nntune.experiments import list_experiments
@@ -96,7 +97,7 @@ def time_nntune(project: Path, space: Path, jobs: int) -> dict[str, Any]:
     rows = [e for e in list_experiments(project, list(SPACE)) if e.succeeded]
     best = min(rows, key=lambda e: float(e.metrics["val_loss"]))
     return {
-        "contender": "nntune",
+        "contender": "nntune" if mode == "warm" else "nntune-cold",
         "seconds": round(seconds, 1),
         "trials": len(rows),
         "best": best.name,
@@ -250,8 +251,9 @@ def main() -> None:
         project = make_project(tmp)
         for repeat in range(args.repeats):
             for name in args.only:
-                if name == "nntune":
-                    row = time_nntune(project, tmp / "space.yaml", args.jobs)
+                if name in ("nntune", "nntune-cold"):
+                    mode = "warm" if name == "nntune" else "cold"
+                    row = time_nntune(project, tmp / "space.yaml", args.jobs, mode)
                 else:
                     row = time_in_process(project, name, tmp)
                 row["repeat"] = repeat

@@ -1,10 +1,12 @@
 """Benchmark: where a trial's time goes when nntune runs a grid as DVC experiments.
 
-    .venv/bin/python benchmarks/overhead.py [--jobs 1]
+    .venv/bin/python benchmarks/overhead.py [--jobs 1] [--repeats 1] [--modes warm cold]
 
 Builds the project of benchmarks/grid.py (nntune init on digits, 50 epochs, patience 5,
 baseline reproduced, untimed), queues its 16 points and runs them with `nntune run -j JOBS`
-with ``NNTUNE_PROFILE`` set, so every stage process records when it started, when its
+(``--warm``, the default: stages forked from the warm runner, and ``--cold``: every stage a
+fresh Python, side by side, the queue and DVC's run cache emptied before each) with
+``NNTUNE_PROFILE`` set, so every stage process records when it started, when its
 ``main`` started (the difference is interpreter start plus imports) and when it ended. With
 ``-j 1`` trials run one after another, so the wall time per trial is total / 16, and what
 no stage process accounts for is DVC's own work (temp workspace, checkout, git commit of the
@@ -30,14 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import BIN, ROOT, SPACE, make_project, sh
 
 
-def run_profiled(project: Path, space: Path, jobs: int, profile: Path) -> float:
+def run_profiled(project: Path, space: Path, jobs: int, profile: Path, mode: str) -> float:
     import os
 
+    sh(project, "dvc", "queue", "remove", "--all")
+    sh(project, "dvc", "exp", "remove", "--all-commits")
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
     sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
     os.environ["NNTUNE_PROFILE"] = str(profile)  # workers inherit it, stages write to it
     try:
         started = time.perf_counter()
-        sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs))
+        sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs), f"--{mode}")
         return time.perf_counter() - started
     finally:
         os.environ.pop("NNTUNE_PROFILE")
@@ -68,36 +73,22 @@ def save_load_seconds(project: Path, tmp: Path) -> dict[str, float]:
     return {"model_save_s": statistics.median(saves), "model_load_s": statistics.median(loads)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=1)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        project = make_project(tmp)
-        shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
-        profile = tmp / "profile.jsonl"
-        wall = run_profiled(project, tmp / "space.yaml", args.jobs, profile)
-        records = [json.loads(line) for line in profile.read_text().splitlines()]
-        sys.path.insert(0, str(ROOT / "src"))
-        from nntune.experiments import list_experiments
-
-        experiments = [e for e in list_experiments(project, list(SPACE)) if e.succeeded]
-        fits = [float(e.metrics["train_seconds"]) for e in experiments]
-        extra = save_load_seconds(project, tmp)
-
+def summarise(
+    records: list[dict[str, Any]], fits: list[float], wall: float, jobs: int, mode: str
+) -> dict[str, Any]:
     by_stage: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     per_trial_in_stages: dict[str, float] = defaultdict(float)
     for r in records:
         by_stage[r["stage"]]["start_and_imports_s"].append(r["main_start"] - r["process_start"])
         by_stage[r["stage"]]["main_s"].append(r["main_end"] - r["main_start"])
         per_trial_in_stages[r["workspace"]] += r["main_end"] - r["process_start"]
-    trials = len(experiments)
+    trials = len(fits)
     per_trial = wall / trials
     in_stages = statistics.median(per_trial_in_stages.values())
     fit = statistics.median(fits)
-    result: dict[str, Any] = {
-        "jobs": args.jobs,
+    return {
+        "mode": mode,
+        "jobs": jobs,
         "trials": trials,
         "wall_s": round(wall, 1),
         "per_trial_wall_s": round(per_trial, 2),
@@ -105,13 +96,52 @@ def main() -> None:
         "overhead_per_trial_s": round(per_trial - fit, 2),
         "stages_per_trial_s": round(in_stages, 2),
         "dvc_and_queue_per_trial_s": round(per_trial - in_stages, 2),
+        "forked_stages": sorted({r["stage"] for r in records if r.get("warm")}),
         "stages": {
             stage: {name: round(statistics.median(values), 2) for name, values in parts.items()}
             for stage, parts in by_stage.items()
         },
-        **{k: round(v, 3) for k, v in extra.items()},
     }
-    print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--modes", nargs="+", default=["warm", "cold"], choices=["warm", "cold"])
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        project = make_project(tmp)
+        sys.path.insert(0, str(ROOT / "src"))
+        from nntune.experiments import list_experiments
+
+        for repeat in range(args.repeats):
+            for mode in args.modes:  # side by side: each repeat runs every mode in turn
+                profile = tmp / f"profile-{mode}-{repeat}.jsonl"
+                wall = run_profiled(project, tmp / "space.yaml", args.jobs, profile, mode)
+                records = [json.loads(line) for line in profile.read_text().splitlines()]
+                done = [e for e in list_experiments(project, list(SPACE)) if e.succeeded]
+                fits = [float(e.metrics["train_seconds"]) for e in done]
+                row = summarise(records, fits, wall, args.jobs, mode)
+                row["repeat"] = repeat
+                print(json.dumps(row), flush=True)
+                runs[mode].append(row)
+        extra = save_load_seconds(project, tmp)
+    keys = ("per_trial_wall_s", "fit_s_median", "overhead_per_trial_s", "dvc_and_queue_per_trial_s")
+    summary: dict[str, Any] = {
+        mode: {key: statistics.median(r[key] for r in rows) for key in keys}
+        for mode, rows in runs.items()
+    }
+    if "warm" in runs and "cold" in runs:
+        ratios = [
+            w["overhead_per_trial_s"] / c["overhead_per_trial_s"]
+            for w, c in zip(runs["warm"], runs["cold"], strict=True)
+        ]
+        summary["warm_over_cold_overhead"] = round(statistics.median(ratios), 3)
+    summary.update({k: round(v, 3) for k, v in extra.items()})
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from nntune.warm import handoff
 
-handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
+handoff(__name__, "sklearn")  # under `nntune run`: the warm runner (TF, scikit-learn)
 
 import keras
 

@@ -1,8 +1,9 @@
 """The warm runner (nntune.warm): a stage handed to it runs in a forked child with the
 stage's own argv, working copy, environment, streams and library snapshot, and exits with
-the stage's code; anything it cannot do falls back to a cold start. The server here preloads
-only `wave` (a stdlib module nothing else imports), so a probe can tell where it ran; the
-real preload (TensorFlow) is covered by the pipeline's end-to-end determinism test."""
+the stage's code; anything it cannot do falls back to a cold start. The servers here preload
+only `wave` (and one also `colorsys`: stdlib modules nothing else imports), so a probe can
+tell where it ran; the real preload (TensorFlow) is covered by the pipeline's end-to-end
+determinism test."""
 
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ PROBE = """
 import json, os, sys, time
 from nntune.warm import handoff
 
-handoff(__name__)
+handoff(__name__, os.environ.get("PROBE_FLAVOUR", ""))
 import nntune
 
 mode = sys.argv[1]
 print(json.dumps({
     "preloaded": "wave" in sys.modules,
+    "extra": "colorsys" in sys.modules,
     "nntune": nntune.__file__,
     "marker": getattr(nntune, "MARKER", None),
     "argv": sys.argv,
@@ -67,7 +69,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runner() -> Iterator[str]:
-    with warm_runner(preload=["wave"]) as socket:
+    with warm_runner(flavours={"": ("wave",), "extra": ("wave", "colorsys")}) as socket:
         assert socket is not None, "the warm runner did not start"
         yield socket
 
@@ -120,6 +122,16 @@ def test_cold_run_sees_the_same_as_the_warm_one(workspace: Path, runner: str) ->
     assert {k: warm[k] for k in keys} == {k: cold[k] for k in keys}
 
 
+def test_a_stage_picks_the_server_of_its_flavour(workspace: Path, runner: str) -> None:
+    plain = report(probe(workspace, runner, "exit", "0"))
+    extra = report(probe(workspace, runner, "exit", "0", PROBE_FLAVOUR="extra"))
+    assert plain["preloaded"] and not plain["extra"]
+    assert extra["preloaded"] and extra["extra"]
+    unknown = probe(workspace, runner, "exit", "0", PROBE_FLAVOUR="nope")
+    assert report(unknown)["preloaded"] is False
+    assert "warm runner not reachable" in unknown.stderr
+
+
 def test_uncaught_exception_and_signal_exit_as_in_a_cold_process(
     workspace: Path, runner: str
 ) -> None:
@@ -169,7 +181,7 @@ def test_stage_dies_with_its_client(workspace: Path, runner: str) -> None:
 
 
 def test_runner_drains_running_stages_then_cleans_up(workspace: Path) -> None:
-    with warm_runner(preload=["wave"]) as socket:
+    with warm_runner(flavours={"": ("wave",)}) as socket:
         assert socket is not None
         env = {**os.environ, "PYTHONPATH": "src", SOCKET_ENV: socket}
         running = subprocess.Popen(

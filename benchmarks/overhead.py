@@ -118,7 +118,9 @@ def main() -> None:
         from nntune.experiments import list_experiments
 
         for repeat in range(args.repeats):
-            for mode in args.modes:  # side by side: each repeat runs every mode in turn
+            # Side by side: each repeat runs every mode, in the other order every other repeat
+            # (the machine's speed drifts within minutes).
+            for mode in args.modes if repeat % 2 == 0 else args.modes[::-1]:
                 profile = tmp / f"profile-{mode}-{repeat}.jsonl"
                 wall = run_profiled(project, tmp / "space.yaml", args.jobs, profile, mode)
                 records = [json.loads(line) for line in profile.read_text().splitlines()]

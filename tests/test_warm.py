@@ -160,53 +160,47 @@ def test_unreachable_runner_means_a_cold_start(workspace: Path, tmp_path: Path) 
     assert "warm runner not reachable" in out.stderr
 
 
-def test_stage_dies_with_its_client(workspace: Path, runner: str) -> None:
-    env = {**os.environ, "PYTHONPATH": "src", SOCKET_ENV: runner}
-    with subprocess.Popen(
-        [sys.executable, "stages/probe.py", "sleep", "60"],
+def start_probe(workspace: Path, socket: str, seconds: str) -> subprocess.Popen[str]:
+    """A probe that sleeps, started in the background; its first stdout line is its report."""
+    return subprocess.Popen(
+        [sys.executable, "stages/probe.py", "sleep", seconds],
         cwd=workspace,
-        env=env,
+        env={**os.environ, "PYTHONPATH": "src", SOCKET_ENV: socket},
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-    ) as client:
+    )
+
+
+def gone(path: Path, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not path.exists()
+
+
+def test_stage_dies_with_its_client(workspace: Path, runner: str) -> None:
+    with start_probe(workspace, runner, "60") as client:
         assert client.stdout is not None
         child = int(json.loads(client.stdout.readline())["pid"])
         assert child != client.pid and Path(f"/proc/{child}").exists()
         client.kill()  # what happens to a stage when DVC kills the trial
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not Path(f"/proc/{child}").exists(), "the stage outlived its client"
+    assert gone(Path(f"/proc/{child}")), "the stage outlived its client"
 
 
 def test_runner_drains_running_stages_then_cleans_up(workspace: Path) -> None:
     with warm_runner(flavours={"": ("wave",)}) as socket:
         assert socket is not None
-        env = {**os.environ, "PYTHONPATH": "src", SOCKET_ENV: socket}
-        running = subprocess.Popen(
-            [sys.executable, "stages/probe.py", "sleep", "3"],
-            cwd=workspace,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        running = start_probe(workspace, socket, "3")
         assert running.stdout is not None
         assert json.loads(running.stdout.readline())["preloaded"] is True
     assert SOCKET_ENV not in os.environ or os.environ[SOCKET_ENV] != socket
-    deadline = time.monotonic() + 10
-    while Path(socket).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not Path(socket).exists(), "the runner still accepts stages after its run"
+    assert gone(Path(socket)), "the runner still accepts stages after its run"
     after = probe(workspace, socket, "exit", "0")  # a stage that starts after the run
     assert report(after)["preloaded"] is False
     _, err = running.communicate(timeout=30)
     assert running.returncode == 0, err  # the stage it was running still finished
-    deadline = time.monotonic() + 10
-    while Path(socket).parent.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not Path(socket).parent.exists()
+    assert gone(Path(socket).parent)
 
 
 def test_disabled_runner_changes_nothing() -> None:

@@ -224,3 +224,34 @@ def test_load_time_env_keeps_what_imports_read() -> None:
         "KERAS_BACKEND": "tensorflow",
         "PYTHONHASHSEED": "0",
     }
+
+
+def test_a_run_that_ends_while_the_runner_imports_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nntune run` can end within seconds, while its servers still import TensorFlow: the
+    stop is kept for after the imports, and the folder is removed."""
+    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(2)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with warm_runner(flavours={"": ("slow_import",)}) as socket:
+        assert socket is not None
+    assert gone(Path(socket).parent, timeout=20), "a server killed in its imports left its folder"
+
+
+def test_an_empty_queue_starts_no_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nntune import monitor
+
+    started = []
+    monkeypatch.setattr(monitor, "warm_runner", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(monitor, "open_repo", lambda root: _Nothing())
+    monkeypatch.setattr(monitor, "queue_state", lambda repo: monitor.QueueState())
+    outcome = monitor.run_queue(tmp_path, 2, None, None)  # type: ignore[arg-type]
+    assert outcome.total == 0 and not started
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None

@@ -277,8 +277,7 @@ def run(
             if pinned:
                 console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
             workers = len(pinned) if pinned else jobs
-            with _warm_runner(warm, console):
-                outcome = run_queue(".", workers, objective, console, pinned)
+            outcome = run_queue(".", workers, objective, console, pinned, warm=warm)
     except NntuneError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

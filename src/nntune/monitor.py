@@ -27,6 +27,7 @@ from nntune.experiments import (
     stop_workers,
 )
 from nntune.metrics import Objective
+from nntune.warm import warm_runner
 
 RECENT = 8  # finished trials listed in the live view
 
@@ -69,36 +70,55 @@ def run_queue(
     console: Console,
     gpus: list[str] | None = None,
     poll_seconds: float = 2.0,
+    warm: bool = True,
 ) -> RunOutcome:
     """Start ``jobs`` workers (or one per GPU in ``gpus``) and block until the queue is
-    empty (or Ctrl-C)."""
+    empty (or Ctrl-C); with ``warm``, the workers' stages use a warm runner."""
     with open_repo(root) as repo:
         before = queue_state(repo)
         outcome = RunOutcome(total=before.pending)
         if outcome.total == 0:
             return outcome
-        seen = _done_keys(before)
-        start_workers(repo, jobs, gpus)
-        progress = trials_progress(console)
-        task = progress.add_task("trials", total=outcome.total)
-        state = before
-        try:
-            with Live(trials_view(progress, state, outcome, objective), console=console) as live:
-                while True:
-                    state = queue_state(repo)
-                    for key in sorted(_done_keys(state) - seen):
-                        seen.add(key)
-                        outcome.finished.append(_finished(repo, key, objective))
-                    progress.update(task, completed=len(outcome.finished))
-                    live.update(trials_view(progress, state, outcome, objective))
-                    if state.pending == 0:
-                        break
-                    time.sleep(poll_seconds)
-        except KeyboardInterrupt:
-            stop_workers(repo)
-            outcome.interrupted = True
-            outcome.still_queued = len(queue_state(repo).queued)
-        console.print()  # the live view leaves the cursor at the end of its last line
+        with warm_runner(warm) as socket:
+            if warm and socket is None:
+                console.print("[yellow]the warm runner did not start[/yellow]: stages start cold")
+            return _run_started_queue(
+                repo, jobs, objective, console, gpus, poll_seconds, outcome, before
+            )
+
+
+def _run_started_queue(
+    repo: Any,
+    jobs: int,
+    objective: Objective,
+    console: Console,
+    gpus: list[str] | None,
+    poll_seconds: float,
+    outcome: RunOutcome,
+    before: QueueState,
+) -> RunOutcome:
+    seen = _done_keys(before)
+    start_workers(repo, jobs, gpus)
+    progress = trials_progress(console)
+    task = progress.add_task("trials", total=outcome.total)
+    state = before
+    try:
+        with Live(trials_view(progress, state, outcome, objective), console=console) as live:
+            while True:
+                state = queue_state(repo)
+                for key in sorted(_done_keys(state) - seen):
+                    seen.add(key)
+                    outcome.finished.append(_finished(repo, key, objective))
+                progress.update(task, completed=len(outcome.finished))
+                live.update(trials_view(progress, state, outcome, objective))
+                if state.pending == 0:
+                    break
+                time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        stop_workers(repo)
+        outcome.interrupted = True
+        outcome.still_queued = len(queue_state(repo).queued)
+    console.print()  # the live view leaves the cursor at the end of its last line
     return outcome
 
 

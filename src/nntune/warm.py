@@ -216,6 +216,10 @@ class Server:
         self.listener.listen(128)
         self.children: dict[int, socket.socket] = {}
         self.stopping = False
+        # From here on a stop request is remembered, also while the imports run, so that a
+        # run that ends during them still gets its folder cleaned up.
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
         own = set(_pythonpath())  # sys.path[0] is the server's folder (python -m)
         self.base_path = [p for p in sys.path[1:] if str(Path(p).absolute()) not in own]
         self.env = load_time_env(dict(os.environ))
@@ -244,8 +248,6 @@ class Server:
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
         selector = selectors.DefaultSelector()
         selector.register(self.listener, selectors.EVENT_READ, None)
         selector.register(wake_r, selectors.EVENT_READ, None)

@@ -3,8 +3,6 @@ imported inside them so that ``nntune --help`` stays fast."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -463,7 +461,7 @@ def search_command(
     from rich.live import Live
 
     from nntune import experiments, search
-    from nntune.monitor import search_view
+    from nntune.monitor import announced_warm_runner, search_view
     from nntune.study import Driver, Settings, open_study, study_lock
 
     loaded, base = _load_with_mapping(params)
@@ -505,7 +503,7 @@ def search_command(
                 executor = RayExecutor.connect(root, options)
             driver = Driver(settings, chosen, base, objective, jobs, executor)
             with (
-                _warm_runner(warm and executor is None, console),
+                announced_warm_runner(warm and executor is None, console),
                 Live(console=console, refresh_per_second=2) as live,
             ):
                 result = driver.run(
@@ -538,16 +536,6 @@ def search_command(
         for name, error in executor.failed.items():
             console.print(f"[red]failed on Ray[/red]: {name} (it stays queued):")
             console.print(error, markup=False, highlight=False)
-
-
-@contextmanager
-def _warm_runner(enabled: bool, console: Any) -> Iterator[None]:
-    from nntune.warm import warm_runner
-
-    with warm_runner(enabled) as socket:
-        if enabled and socket is None:
-            console.print("[yellow]the warm runner did not start[/yellow]: stages start cold")
-        yield
 
 
 def _print_search_summary(

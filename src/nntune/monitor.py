@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,12 +81,20 @@ def run_queue(
         outcome = RunOutcome(total=before.pending)
         if outcome.total == 0:
             return outcome
-        with warm_runner(warm) as socket:
-            if warm and socket is None:
-                console.print("[yellow]the warm runner did not start[/yellow]: stages start cold")
+        with announced_warm_runner(warm, console):
             return _run_started_queue(
                 repo, jobs, objective, console, gpus, poll_seconds, outcome, before
             )
+
+
+@contextmanager
+def announced_warm_runner(enabled: bool, console: Console) -> Iterator[None]:
+    """The warm runner of ``nntune run`` and ``nntune search``; says so when it did not
+    start (the stages then start cold)."""
+    with warm_runner(enabled) as socket:
+        if enabled and socket is None:
+            console.print("[yellow]the warm runner did not start[/yellow]: stages start cold")
+        yield
 
 
 def _run_started_queue(

@@ -117,10 +117,16 @@ class DriverKilledError(Exception):
 
 class FakeDVC:
     """DVC's queue and experiment refs in memory. Queuing a name DVC already knows fails
-    the test: that is the duplicate the driver must never create."""
+    the test: that is the duplicate the driver must never create.
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    With ``racy``, the world moves on *during* a pass, as DVC's real workers do: after every
+    read of the queue or of the refs, running experiments finish (ref written, task done)
+    and queued ones start, so a pass's two reads see two different moments."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, racy: bool = False) -> None:
+        self.racy = racy
         self.queued: dict[str, dict[str, Any]] = {}
+        self.running: dict[str, dict[str, Any]] = {}
         self.done: dict[str, dict[str, Any]] = {}
         self.params: dict[str, dict[str, Any]] = {}
         self.rung_results_at_promotion: dict[str, list[float]] = {}
@@ -140,16 +146,29 @@ class FakeDVC:
 
     def queue_state(self, repo: Any) -> QueueState:
         failed = {n: "rev" for n in self.done if n in self.fail}
-        return QueueState(queued=list(self.queued), failed=failed)
+        succeeded = {n: f"commit-{n}" for n in self.done if n not in self.fail}
+        state = QueueState(
+            queued=list(self.queued), running=list(self.running), failed=failed, succeeded=succeeded
+        )
+        self._moment_passes()
+        return state
 
     def experiment_commits(self, repo: Any, baseline: str) -> dict[str, str]:
-        return {n: f"commit-{n}" for n in self.done if n not in self.fail}
+        commits = {n: f"commit-{n}" for n in self.done if n not in self.fail}
+        self._moment_passes()
+        return commits
+
+    def _moment_passes(self) -> None:
+        if self.racy:
+            self.finish(len(self.running))
+            self.begin(2)
 
     def queue_experiment(self, repo: Any, name: str, overrides: dict[str, Any]) -> None:
         self.queue_calls += 1
         if self.kill_at_queue == self.queue_calls:
             raise DriverKilledError
-        assert name not in self.queued and name not in self.done, f"{name} queued twice"
+        known = (*self.queued, *self.running, *self.done)
+        assert name not in known, f"{name} queued twice"
         self.queued[name] = overrides
         parent = overrides.get("train.warm_start.experiment")
         if parent:
@@ -171,10 +190,19 @@ class FakeDVC:
         return "base"
 
     def work(self, n: int) -> None:
-        """Run the first ``n`` queued experiments: val_loss from the learning rate (best
-        near 0.01) shrinking with the epochs trained."""
+        """Run the first ``n`` queued experiments from start to end."""
+        self.begin(n)
+        self.finish(n)
+
+    def begin(self, n: int) -> None:
         for name in list(self.queued)[:n]:
-            overrides = self.queued.pop(name)
+            self.running[name] = self.queued.pop(name)
+
+    def finish(self, n: int) -> None:
+        """The first ``n`` running experiments end: val_loss from the learning rate (best
+        near 0.01) shrinking with the epochs trained."""
+        for name in list(self.running)[:n]:
+            overrides = self.running.pop(name)
             self.params[name] = overrides
             epochs = overrides["train.max_epochs"]
             start = overrides.get("train.warm_start.epochs", 0)
@@ -221,7 +249,8 @@ def _drive(
             snapshot = driver.step(None, study, "base")
             if snapshot.done:
                 return study, snapshot
-            fake.work(jobs)
+            if not fake.racy:
+                fake.work(jobs)
     raise AssertionError("the study did not finish in 200 passes")
 
 
@@ -296,6 +325,32 @@ def test_a_driver_killed_mid_pass_continues_without_losing_or_duplicating(
     assert sorted(n for n in fake.done if n.endswith("-e1")) == sorted(
         f"s-t{n}-e1" for n in range(9)
     )
+
+
+@pytest.mark.parametrize("method", ["asha", "hyperband", "tpe"])
+@pytest.mark.parametrize("kill_at", [None, 3, 6])
+def test_trials_that_finish_between_a_passs_reads_are_never_queued_again(
+    tmp_path: Path,
+    raw_params: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    method: search.Method,
+    kill_at: int | None,
+) -> None:
+    # Experiments start and finish between the driver's read of the queue and its read of
+    # the refs (the race a fresh-clone CI run hit): FakeDVC fails on any name queued twice.
+    fake = FakeDVC(monkeypatch, racy=True)
+    settings = _settings(method, trials=6)
+    fake.kill_at_queue = kill_at
+    if kill_at is not None:
+        with pytest.raises(DriverKilledError):
+            _drive(tmp_path, raw_params, fake, settings)
+        fake.kill_at_queue = None
+    study, _ = _drive(tmp_path, raw_params, fake, settings)
+    assert len(study.trials) == 6
+    assert all(t.state.is_finished() for t in study.trials)
+    assert not fake.queued and not fake.running
+    first = [n for n in fake.done if n.startswith("s-t") and n.count("-e") <= 1]
+    assert len({n.split("-e")[0] for n in first}) == 6  # every trial ran, each name once
 
 
 def test_failed_and_diverged_experiments_fail_their_trial(

@@ -4,10 +4,11 @@ imported inside them so that ``nntune --help`` stays fast."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
+from nntune.error_boundary import ErrorBoundary
 from nntune.errors import NntuneError
 from nntune.params import Params, parse_params, read_params_mapping
 
@@ -15,7 +16,23 @@ app = typer.Typer(
     help="Declarative, reproducible neural-network tuning as a DVC pipeline.",
     no_args_is_help=True,
     add_completion=False,
+    cls=ErrorBoundary,  # the one place errors become messages (nntune.error_boundary)
 )
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="show tracebacks instead of one-line errors (or NNTUNE_DEBUG=1)"
+        ),
+    ] = False,
+) -> None:
+    """Declarative, reproducible neural-network tuning as a DVC pipeline."""
+    ctx.meta["nntune.debug"] = debug
+
 
 DEFAULT_SPACE = "grid.yaml"
 
@@ -30,12 +47,8 @@ def _load(path: Path) -> Params:
 
 def _load_with_mapping(path: Path) -> tuple[Params, dict[str, Any]]:
     """The checked params and the plain mapping they came from, from one read of the file."""
-    try:
-        raw = read_params_mapping(path)
-        return parse_params(raw, source=str(path)), raw
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    raw = read_params_mapping(path)
+    return parse_params(raw, source=str(path)), raw
 
 
 @app.command()
@@ -116,20 +129,16 @@ def grid(
     from nntune.grid import expand, flatten, load_space, parse_assignments
 
     _, base = _load_with_mapping(params)  # the base must be valid before any point is
-    try:
-        dimensions: dict[str, list[Any]] = {}
-        space_file = space or Path(DEFAULT_SPACE)
-        if space is not None or (space_file.is_file() and not param):
-            dimensions.update(load_space(space_file))
-        if param:
-            dimensions.update(parse_assignments(param))
-        if not dimensions:
-            raise NntuneError(f"no search space: create {DEFAULT_SPACE} or pass -p KEY=V1,V2")
-        trials, dropped = expand(dimensions, base, random_points, seed)
-        existing = _existing(base)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    dimensions: dict[str, list[Any]] = {}
+    space_file = space or Path(DEFAULT_SPACE)
+    if space is not None or (space_file.is_file() and not param):
+        dimensions.update(load_space(space_file))
+    if param:
+        dimensions.update(parse_assignments(param))
+    if not dimensions:
+        raise NntuneError(f"no search space: create {DEFAULT_SPACE} or pass -p KEY=V1,V2")
+    trials, dropped = expand(dimensions, base, random_points, seed)
+    existing = _existing(base)
     keys = list(dimensions)
     to_queue, skipped, clashes = [], [], []
     for trial in trials:
@@ -144,13 +153,11 @@ def grid(
             to_queue.append(trial)
     _print_points(to_queue, skipped, dropped, keys, dry_run)
     if clashes:
-        typer.echo(
-            f"error: experiments named {', '.join(clashes)} already exist with other params "
+        raise NntuneError(
+            f"experiments named {', '.join(clashes)} already exist with other params "
             "(params.yaml changed since?); commit the change to start a new baseline, "
-            "or pass --force to replace them",
-            err=True,
+            "or pass --force to replace them"
         )
-        raise typer.Exit(2)
     if dry_run or not to_queue:
         return
     if force:
@@ -194,8 +201,9 @@ def _print_points(
 
 
 # Where trials run: `nntune run` and `nntune search` take the same options.
+Backend = Literal["local", "ray"]
 BackendOption = Annotated[
-    str, typer.Option(help="local (DVC's queue on this machine) or ray (a Ray cluster)")
+    Backend, typer.Option(help="local (DVC's queue on this machine) or ray (a Ray cluster)")
 ]
 AddressOption = Annotated[
     str | None,
@@ -228,11 +236,6 @@ WarmOption = Annotated[
 ]
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in ("local", "ray"):
-        raise NntuneError(f"--backend must be local or ray, got {backend!r}")
-
-
 @app.command()
 def run(
     jobs: Annotated[
@@ -261,24 +264,19 @@ def run(
 
     objective = _load(params).evaluate.objective
     console = Console()
-    try:
-        _check_backend(backend)
-        if backend == "ray":
-            from nntune.cluster import RayOptions, run_on_ray
+    if backend == "ray":
+        from nntune.cluster import RayOptions, run_on_ray
 
-            options = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
-            outcome = run_on_ray(".", options, objective, console)
-        else:
-            from nntune.monitor import run_queue
+        options = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
+        outcome = run_on_ray(".", options, objective, console)
+    else:
+        from nntune.monitor import run_queue
 
-            pinned = _gpu_list(gpus) if gpus else None
-            if pinned:
-                console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
-            workers = len(pinned) if pinned else jobs
-            outcome = run_queue(".", workers, objective, console, pinned, warm=warm)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        pinned = _gpu_list(gpus) if gpus else None
+        if pinned:
+            console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
+        workers = len(pinned) if pinned else jobs
+        outcome = run_queue(".", workers, objective, console, pinned, warm=warm)
     if outcome.total == 0:
         console.print("the queue is empty: queue trials with `nntune grid` first")
         return
@@ -335,12 +333,8 @@ def trial(
     from nntune.remote import TrialSpec, parse_overrides, run_trial, watch_parent
 
     watch_parent()
-    try:
-        spec = TrialSpec(git_url, rev, name, parse_overrides(set_param or []))
-        result = run_trial(spec, cache_dir)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    spec = TrialSpec(git_url, rev, name, parse_overrides(set_param or []))
+    result = run_trial(spec, cache_dir)
     typer.echo(f"{name}: {result.status} {result.commit[:7]} on {result.host}", err=True)
     typer.echo(result.to_json())
 
@@ -372,12 +366,8 @@ def slurm_script(
     from nntune.slurm import slurm_script as write_script
 
     options = SlurmOptions(cpus, gpus, time_limit, partition, max_parallel, "nntune", cache_dir)
-    try:
-        specs = trial_specs(".", remote)
-        text = write_script(specs, options)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    specs = trial_specs(".", remote)
+    text = write_script(specs, options)
     artifacts.write_text(output, text)
     output.chmod(0o755)
     typer.echo(
@@ -401,11 +391,7 @@ def remote_setup(
     default in .dvc/config). Commit .dvc/config and push so every machine sees both."""
     from nntune.experiments import setup_remotes
 
-    try:
-        changed = setup_remotes(".", git_remote, git_url, dvc_remote, dvc_url)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    changed = setup_remotes(".", git_remote, git_url, dvc_remote, dvc_url)
     typer.echo(f"git remote {git_remote} -> {git_url}; DVC remote {dvc_remote} -> {dvc_url}")
     if changed:
         typer.echo(
@@ -417,7 +403,8 @@ def remote_setup(
 @app.command("search")
 def search_command(
     method: Annotated[
-        str, typer.Option("--method", help="tpe, asha or hyperband", show_default=True)
+        Literal["tpe", "asha", "hyperband"],
+        typer.Option("--method", help="TPE, or successive halving (ASHA, Hyperband)"),
     ] = "tpe",
     trials: Annotated[
         int, typer.Option("--trials", "-n", min=1, help="configurations to sample")
@@ -469,11 +456,6 @@ def search_command(
     console = Console()
     executor = None
     try:
-        _check_backend(backend)
-        if method not in search.METHODS:
-            raise NntuneError(
-                f"--method must be one of {', '.join(search.METHODS)}, got {method!r}"
-            )
         name = study or method
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             raise NntuneError(f"--study {name!r}: use letters, digits and _ (it prefixes names)")
@@ -483,7 +465,7 @@ def search_command(
         search.brackets(method, min_epochs, top, eta)  # checks the budgets
         settings = Settings(
             study=name,
-            method=method,  # checked against METHODS above
+            method=method,
             trials=trials,
             min_epochs=min_epochs if method != "tpe" else top,
             max_epochs=top,
@@ -525,9 +507,6 @@ def search_command(
             "run the same command again to continue the study"
         )
         raise typer.Exit(130) from None
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     finally:
         if executor is not None:
             executor.close()
@@ -582,18 +561,14 @@ def gc(
     from nntune.grid import flatten
 
     loaded, base = _load_with_mapping(params)
-    try:
-        rows = experiments.list_experiments(".", flatten(base))
-        comparison = ranking.compare(rows, loaded.evaluate.objective, loaded.data.task)
-        if comparison.pending:
-            names = ", ".join(e.name for e in comparison.pending)
-            raise NntuneError(f"experiments are queued or running ({names}); gc after they end")
-        with experiments.open_repo(".") as repo:
-            protected = experiments.protected_experiments(repo, rows, flatten(base))
-        cleanup = ranking.select_garbage(comparison, keep, protected)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    rows = experiments.list_experiments(".", flatten(base))
+    comparison = ranking.compare(rows, loaded.evaluate.objective, loaded.data.task)
+    if comparison.pending:
+        names = ", ".join(e.name for e in comparison.pending)
+        raise NntuneError(f"experiments are queued or running ({names}); gc after they end")
+    with experiments.open_repo(".") as repo:
+        protected = experiments.protected_experiments(repo, rows, flatten(base))
+    cleanup = ranking.select_garbage(comparison, keep, protected)
     console = _wide_console()
     table = Table(title="experiments kept", title_justify="left")
     table.add_column("experiment")
@@ -634,7 +609,7 @@ def _gpu_list(text: str) -> list[str]:
 
 
 Format = Annotated[
-    str, typer.Option("--format", "-f", help="table, csv, json or md", show_default=True)
+    Literal["table", "csv", "json", "md"], typer.Option("--format", "-f", show_default=True)
 ]
 
 
@@ -667,11 +642,8 @@ def compare(
         typer.echo(ranking.to_json(comparison, rows))
     elif fmt == "md":
         typer.echo(ranking.to_markdown(rows), nl=False)
-    elif fmt == "table":
-        _print_comparison(comparison, rows)
     else:
-        typer.echo(f"error: --format must be table, csv, json or md, got {fmt!r}", err=True)
-        raise typer.Exit(2)
+        _print_comparison(comparison, rows)
 
 
 @app.command()
@@ -687,8 +659,7 @@ def best(
     from nntune.ranking import format_value, plain
 
     if apply and branch:
-        typer.echo("error: use --apply or --branch, not both", err=True)
-        raise typer.Exit(2)
+        raise NntuneError("use --apply or --branch, not both")
     comparison = _comparison(params, None, False)
     winner = comparison.best
     if winner is None:
@@ -735,12 +706,13 @@ def _pull_remote(remote: str, quiet: bool) -> None:
 
     try:
         pulled, dequeued = sync_remote(".", remote)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except NntuneError:
+        raise
     except Exception as exc:  # DVC's own errors: an unreachable remote, a bad URL
-        typer.echo(f"error: could not pull experiments from {remote}: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise NntuneError(
+            f"could not pull experiments from {remote}: {' '.join(str(exc).split())}; check "
+            f"`git remote get-url {remote}` and that it is reachable"
+        ) from exc
     message = f"pulled {len(pulled)} new experiment(s) from {remote}"
     if dequeued:
         message += f"; {len(dequeued)} of them were queued here and left the queue"
@@ -758,16 +730,9 @@ def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:
     if metric:
         allowed = validation_metric_names(p.data.task)
         if metric not in allowed:
-            typer.echo(
-                f"error: --metric must be one of {', '.join(allowed)}, got {metric!r}", err=True
-            )
-            raise typer.Exit(2)
+            raise NntuneError(f"--metric must be one of {', '.join(allowed)}, got {metric!r}")
         objective = Objective(metric, infer_direction(metric))
-    try:
-        exps = list_experiments(".", flatten(base), all_commits)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    exps = list_experiments(".", flatten(base), all_commits)
     return rank(exps, objective, p.data.task)
 
 
@@ -842,11 +807,7 @@ def validate(
     data = _load(params).data
     if path is not None:
         data = dataclasses.replace(data, source=str(path))
-    try:
-        report = check_data(data)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    report = check_data(data)
     render_report(report)
     if not report.valid:
         raise typer.Exit(1)
@@ -880,13 +841,8 @@ def schema_infer(
         data = dataclasses.replace(data, source=str(path))
     target = out or Path(data.schema)
     if target.exists() and not force:
-        typer.echo(f"error: {target} exists; pass --force to overwrite it", err=True)
-        raise typer.Exit(2)
-    try:
-        schema = infer_schema(read_table(data.source, data.delimiter), data)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise NntuneError(f"{target} exists; pass --force to overwrite it")
+    schema = infer_schema(read_table(data.source, data.delimiter), data)
     artifacts.write_text(target, schema.to_yaml())
     typer.echo(f"wrote {target}: {len(schema.columns)} columns from {data.source}")
 

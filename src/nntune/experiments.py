@@ -104,6 +104,11 @@ def list_experiments(
     from dvc.exceptions import NotDvcRepoError
 
     keys = set(param_keys)
+    if not Path(root, ".dvc").is_dir():  # exp_show would try to clone it as a URL
+        raise ExperimentError(
+            f"{Path(root).resolve()}: not a DVC project; run nntune in the project's root "
+            "(the folder with .dvc/), or set one up: `nntune init` or `make setup`"
+        )
     try:
         rows = dvc.api.exp_show(repo=str(root), num=-1 if all_commits else 1)
     except NotDvcRepoError:
@@ -264,12 +269,32 @@ def queue_log_tail(root: str | Path, name: str, lines: int = 12) -> str:
 
 
 def promote(root: str | Path, name: str, branch: str | None) -> None:
-    """``dvc exp branch NAME BRANCH`` or ``dvc exp apply NAME``."""
+    """``dvc exp branch NAME BRANCH`` or ``dvc exp apply NAME``. DVC's apply overwrites
+    uncommitted changes without asking, so a dirty workspace is refused first."""
     with open_repo(root) as repo:
         if branch:
             repo.experiments.branch(name, branch)
-        else:
-            repo.experiments.apply(name)
+            return
+        dirty = _uncommitted(repo)
+        if dirty:
+            shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+            raise ExperimentError(
+                f"the workspace has uncommitted changes ({shown}), which applying {name} would "
+                "overwrite: commit or stash them first (git stash), or use --branch BRANCH"
+            )
+        repo.experiments.apply(name)
+
+
+def _uncommitted(repo: Any) -> list[str]:
+    """Tracked files that differ from HEAD (git's own view, untracked files aside)."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+        cwd=repo.root_dir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [line[3:] for line in out.stdout.splitlines() if line.strip()]
 
 
 def baseline_rev(repo: Any) -> str:
@@ -286,9 +311,17 @@ def experiment_commits(repo: Any, baseline: str) -> dict[str, str]:
     return {ref.name: str(repo.scm.get_ref(str(ref))) for ref in refs}
 
 
-def queue_experiment(repo: Any, name: str, overrides: dict[str, Any]) -> None:
-    """``dvc exp run --queue -n NAME -S key=value ...`` for one experiment."""
-    repo.experiments.run(params=override_args(overrides), queue=True, name=name)
+def queue_experiment(repo: Any, name: str, overrides: dict[str, Any]) -> bool:
+    """``dvc exp run --queue -n NAME -S key=value ...`` for one experiment. False, and
+    nothing queued, when DVC already has an experiment of that name (it has finished: DVC
+    checks the refs only)."""
+    from dvc.repo.experiments.exceptions import ExperimentExistsError
+
+    try:
+        repo.experiments.run(params=override_args(overrides), queue=True, name=name)
+    except ExperimentExistsError:
+        return False
+    return True
 
 
 def output_md5(repo: Any, rev: str, stage: str, path: str) -> str:

@@ -278,8 +278,14 @@ class Driver:
     def step(self, repo: Any, study: Any, baseline: str) -> Snapshot:
         """One pass: read DVC, tell Optuna, queue what may run now."""
         self.executor.refresh(repo)
+        # One consistent view: the queue first, the refs second. An entry only moves
+        # forward (queued -> running -> done), and DVC writes a finished experiment's ref
+        # before its task leaves the running list, so an experiment that finishes between
+        # the two reads is still seen: running in the first, with a ref in the second.
+        # (Refs first would miss it in both, and queue its name again.)
+        queue = self.executor.state(repo)
         commits = experiments.experiment_commits(repo, baseline)
-        known = self._known(repo, commits)
+        known = self._known(queue, commits)
         states, jobs = self._sync(repo, study, known)
         pending = sum(job.state in ("queued", "running") for job in jobs)
         # Each worker gets one experiment waiting behind the one it runs, so that it never
@@ -314,11 +320,11 @@ class Driver:
 
     # --- reading DVC ------------------------------------------------------------------
 
-    def _known(self, repo: Any, commits: Mapping[str, str]) -> dict[str, str]:
-        """This study's experiments by name: success (``commits``: those with a ref),
-        failed, running or queued."""
+    def _known(self, state: experiments.QueueState, commits: Mapping[str, str]) -> dict[str, str]:
+        """This study's experiments by name, in every state DVC knows: queued, running,
+        failed, or success (a ref in ``commits``, or a finished queue task whose ref is
+        not read yet). A name in here is never queued again."""
         prefix = f"{self.settings.study}-t"
-        state = self.executor.state(repo)
         known: dict[str, str] = {}
         for name in state.queued:
             known[name] = "queued"
@@ -326,6 +332,10 @@ class Driver:
             known[name] = "running"
         for name in state.failed:
             known[name] = "failed"
+        for name in state.succeeded:
+            # Read before the refs, so its ref is there unless someone removed it since
+            # (`dvc exp remove`): its result is lost, which fails the trial.
+            known[name] = "success" if name in commits else "failed"
         for name in commits:
             known[name] = "success"
         return {k: v for k, v in known.items() if k.startswith(prefix)}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +59,37 @@ def make_table(
     names = labels if labels is not None else list(range(n_classes))
     frame["target"] = [names[c] for c in codes]
     return frame
+
+
+def processes_under(folder: Path) -> list[Any]:
+    """Live processes whose working directory is inside ``folder`` (a test's project:
+    DVC's queue workers, trials, warm-runner servers, search drivers)."""
+    import psutil
+
+    root = str(folder.resolve())
+    found = []
+    for proc in psutil.process_iter(["cwd", "status"]):
+        cwd = proc.info.get("cwd") or ""
+        if proc.info.get("status") == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+            continue
+        if cwd == root or cwd.startswith(root + os.sep):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _end_every_process_the_test_started(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test's processes end with it, passed or failed: whatever still runs in its
+    tmp_path a few seconds after it (say, DVC's idle queue workers, which wait a minute
+    for more work) is killed, so no test leaves load or locks for the next."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    folder = Path(request.getfixturevalue("tmp_path"))  # set up first, so torn down after
+    yield
+    deadline = time.monotonic() + 5.0
+    while (left := processes_under(folder)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    for proc in left:
+        with contextlib.suppress(Exception):
+            proc.kill()

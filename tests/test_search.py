@@ -16,7 +16,14 @@ from nntune import experiments, search
 from nntune.experiments import QueueState
 from nntune.metrics import Objective
 from nntune.search import Choice, Range, SearchError, TrialState, parse_space, promotions
-from nntune.study import Driver, Settings, StudyError, open_study, study_lock
+from nntune.study import (
+    Driver,
+    Settings,
+    StudyError,
+    needed_by_unfinished_studies,
+    open_study,
+    study_lock,
+)
 
 MIN = Objective("val_loss", "min")
 
@@ -141,6 +148,7 @@ class FakeDVC:
             "experiment_metrics",
             "start_workers",
             "baseline_rev",
+            "revive_queue",
         ):
             monkeypatch.setattr(experiments, name, getattr(self, name))
 
@@ -185,6 +193,9 @@ class FakeDVC:
 
     def start_workers(self, repo: Any, jobs: int) -> int:
         return 0
+
+    def revive_queue(self, repo: Any, state: QueueState, jobs: int) -> dict[str, bool]:
+        return {}  # the fake's workers never die
 
     def baseline_rev(self, repo: Any) -> str:
         return "base"
@@ -427,3 +438,26 @@ def test_a_torn_last_journal_line_is_dropped(
         assert len(study.trials) == 1
         study.ask()
         assert len(study.trials) == 2
+
+
+def test_gc_spares_what_an_unfinished_study_still_builds_on(
+    tmp_path: Path, raw_params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeDVC(monkeypatch)
+    settings = _settings(trials=9)
+    with study_lock(tmp_path, "s"):
+        study = open_study(tmp_path, settings, MIN, "base", LR)
+        driver = Driver(settings, LR, raw_params, MIN, 2)
+        for _ in range(6):  # part of the study: first rungs done, promotions waiting
+            driver.step(None, study, "base")
+            fake.work(2)
+    names = [*fake.done, "other-t0-e1", "s-t0-e1x", "mine"]
+    needed = needed_by_unfinished_studies(tmp_path, names)
+    open_trials = {t.number for t in study.trials if not t.state.is_finished()}
+    assert open_trials, "the study should still be running"
+    expected = {n for n in fake.done if int(n.split("-t")[1].split("-")[0]) in open_trials}
+    assert set(needed) == expected
+    assert all("unfinished study s" in why for why in needed.values())
+
+    _drive(tmp_path, raw_params, fake, settings)  # the study ends: nothing is needed
+    assert needed_by_unfinished_studies(tmp_path, list(fake.done)) == {}

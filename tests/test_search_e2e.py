@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -75,35 +78,114 @@ def test_tpe_study_runs_one_experiment_per_trial_and_gc_removes_the_losers(tmp_p
     dry = run(project, NNTUNE, "gc", "--keep", "2", "--dry-run")
     assert f"would remove 3: {', '.join(ranked[2:5])}" in " ".join(dry.stdout.split())
     assert _experiments(project) == sorted(ranked)
-    run(project, NNTUNE, "gc", "--keep", "2", "--yes")
+    # A cache outside the project may be shared: gc says so and asks, even with --yes.
+    shared = tmp_path / "shared-cache"
+    shutil.move(project / ".dvc" / "cache", shared)
+    run(project, "dvc", "cache", "dir", str(shared))
+    refused = subprocess.run(
+        [NNTUNE, "gc", "--keep", "2", "--yes"],
+        cwd=project,
+        env=project_env(),
+        input="n\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"the DVC cache {shared} lies outside this project" in refused.stdout
+    assert "nothing removed" in refused.stdout
+    assert _experiments(project) == sorted(ranked)
+    other = tmp_path / "other"  # the project that shares it: named, so its objects stay
+    other.mkdir()
+    run(other, "git", "init", "--quiet")
+    run(other, "dvc", "init", "--quiet")
+    run(project, NNTUNE, "gc", "--keep", "2", "--yes", "--project", str(other))
     assert _experiments(project) == sorted([*ranked[:2], ranked[-1]])
-    cache = project / ".dvc" / "cache" / "files" / "md5"
+    cache = shared / "files" / "md5"
     for name, md5 in models.items():
         kept = name in (*ranked[:2], ranked[-1])
         assert (cache / md5[:2] / md5[2:]).is_file() == kept, name
 
 
-def test_asha_driver_killed_and_restarted_finishes_the_study(tmp_path: Path) -> None:
+class QueueWatch:
+    """Every queue entry seen, by its DVC task id (the stash commit), from polling
+    ``dvc queue status``: a name queued twice shows up under two task ids, even after the
+    first run finished (refs cannot show that: one name, one ref)."""
+
+    def __init__(self, project: Path) -> None:
+        self.project = project
+        self.tasks: dict[str, str] = {}  # task id -> name
+        self.status: dict[str, str] = {}  # name -> last status seen
+
+    def poll(self) -> None:
+        listed = run(self.project, "dvc", "queue", "status", check=False).stdout
+        for line in listed.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and re.fullmatch(r"[0-9a-f]{7}", parts[0]):
+                self.tasks[parts[0]] = parts[1]
+                self.status[parts[1]] = parts[-1]
+
+    def duplicates(self) -> list[str]:
+        names = list(self.tasks.values())
+        return sorted({n for n in names if names.count(n) > 1})
+
+
+def _first_rung_done(project: Path) -> int:
+    return sum(n.endswith("-e1") for n in _experiments(project))
+
+
+# When the driver is killed: (what, until when to wait). Each is followed by a seeded random
+# extra delay, so the kill lands at a different point of the driver's pass each time.
+KILLS = [
+    ("after the first experiment", lambda p, w: _first_rung_done(p) >= 1),
+    ("mid-rung", lambda p, w: _first_rung_done(p) >= 2),
+    ("during a promotion", lambda p, w: any(n.endswith("-e3") for n in w.status)),
+]
+
+
+def test_asha_driver_killed_at_chosen_moments_and_restarted_runs_each_trial_once(
+    tmp_path: Path,
+) -> None:
     project = _project(tmp_path)
     cmd = [NNTUNE, "search", "--method", "asha", "-n", "4", "-j", "2", "-s", "space.yaml"]
     cmd += ["--min-epochs", "1", "--max-epochs", "3", "--eta", "3"]
-    driver = subprocess.Popen(
-        cmd, cwd=project, env=project_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 300
-    while not _experiments(project):  # kill it once a first experiment has finished
-        assert time.monotonic() < deadline and driver.poll() is None, "no experiment finished"
-        time.sleep(1)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
+    watch = QueueWatch(project)
+    jitter = random.Random(22)
+    killed = []
+    for number, (moment, reached) in enumerate(KILLS):
+        # A file, not a pipe: DVC's queue workers inherit the driver's stderr and outlive it.
+        log = tmp_path / f"driver-{number}.log"
+        with log.open("w") as stderr:
+            driver = subprocess.Popen(
+                cmd, cwd=project, env=project_env(), stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        try:
+            deadline = time.monotonic() + 300
+            while not reached(project, watch) and driver.poll() is None:
+                assert time.monotonic() < deadline, f"never reached {moment}"
+                watch.poll()
+                time.sleep(0.5)
+            time.sleep(jitter.uniform(0.0, 2.0))
+            if driver.poll() is None:
+                os.kill(driver.pid, signal.SIGKILL)
+                killed.append(moment)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+            driver.wait()
+        assert driver.returncode in (0, -signal.SIGKILL), log.read_text()
+        watch.poll()
+    assert killed[:2] == [m for m, _ in KILLS[:2]]  # the study outlived the first two kills
 
-    again = run(project, *cmd)  # the same command continues the study
+    again = run(project, *cmd)  # the same command finishes the study, exit 0
+    watch.poll()
+    assert watch.duplicates() == [], watch.tasks
     names = _experiments(project)
-    assert len(names) == len(set(names))
     first_rung = [n for n in names if n.endswith("-e1")]
     assert first_rung == [f"asha-t{n}-e1" for n in range(4)]
     promoted = [n for n in names if n.endswith("-e3")]
     assert len(promoted) == 1  # floor(4 / eta) of the first rung
+    assert sorted(names) == sorted(set(watch.tasks.values()))  # every queued name finished
     assert "epochs spent: 6, against 12" in again.stdout
     study = _study(project, "asha")
     assert len(study.trials) == 4

@@ -550,15 +550,24 @@ def gc(
         bool, typer.Option("--dry-run", help="list what would go, remove nothing")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    project: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--project",
+            help="another project that shares this DVC cache: its objects are kept "
+            "(dvc gc --projects); repeat for each",
+        ),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Remove the losing experiments of HEAD (dvc exp remove) and the cache entries only
-    they used (dvc gc). Never the best K, one on a branch or applied to the workspace, or
-    the warm-start parent of a kept one."""
+    they used (dvc gc). Never the best K, one on a branch or applied to the workspace, the
+    warm-start parent of a kept one, or one an unfinished study still needs."""
     from rich.table import Table
 
     from nntune import experiments, ranking
     from nntune.grid import flatten
+    from nntune.study import needed_by_unfinished_studies
 
     loaded, base = _load_with_mapping(params)
     rows = experiments.list_experiments(".", flatten(base))
@@ -568,6 +577,8 @@ def gc(
         raise NntuneError(f"experiments are queued or running ({names}); gc after they end")
     with experiments.open_repo(".") as repo:
         protected = experiments.protected_experiments(repo, rows, flatten(base))
+        cache = experiments.shared_cache(repo)
+    protected.update(needed_by_unfinished_studies(Path(), [e.name for e in rows]))
     cleanup = ranking.select_garbage(comparison, keep, protected)
     console = _wide_console()
     table = Table(title="experiments kept", title_justify="left")
@@ -583,11 +594,21 @@ def gc(
     console.print(f"{verb} {len(cleanup.remove)}: {', '.join(cleanup.remove)}")
     if dry_run:
         return
-    if not yes and not typer.confirm(f"remove {len(cleanup.remove)} experiment(s)?"):
+    if cache and not project:
+        # --yes does not answer this one: a wrong answer deletes other projects' data.
+        console.print(
+            f"[yellow]the DVC cache {cache} lies outside this project[/yellow]: other projects "
+            "may use it, and dvc gc would delete the objects only they use. Name each with "
+            "--project PATH to keep theirs."
+        )
+        if not typer.confirm("run dvc gc on this shared cache anyway?", default=False):
+            console.print("nothing removed")
+            raise typer.Exit(1)
+    elif not yes and not typer.confirm(f"remove {len(cleanup.remove)} experiment(s)?"):
         raise typer.Exit(1)
     experiments.remove_experiments(".", cleanup.remove)
     with experiments.open_repo(".") as repo:
-        experiments.collect_garbage(repo)
+        experiments.collect_garbage(repo, [str(p) for p in project or []])
     console.print(
         f"removed {len(cleanup.remove)} experiment(s) and the cache entries only they used"
     )

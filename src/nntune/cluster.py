@@ -181,6 +181,9 @@ class RayExecutor:
             succeeded=local.succeeded,
         )
 
+    def stop(self, repo: Any) -> None:
+        return None  # Ray's tasks end with their trial; close() disconnects
+
     def cancel(self) -> int:
         for ref in self.pending:
             self.ray.cancel(ref, force=True)

@@ -7,6 +7,7 @@ queue, ``exp apply`` / ``exp branch``); nntune adds names, checks and views on t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -197,7 +198,10 @@ def queue_state(repo: Any) -> QueueState:
             result = queue._load_info(entry.stash_rev).result
         except FileNotFoundError:  # the run never wrote its info file: it failed early
             result = None
-        if result is not None and result.exp_hash and result.ref_info:
+        # Its ref is written before the task is done, unless its worker died before
+        # collecting it: then the experiment was not saved, and it failed.
+        saved = result is not None and result.exp_hash and result.ref_info
+        if saved and repo.scm.get_ref(str(result.ref_info)):
             state.succeeded[result.ref_info.name] = str(result.exp_hash)
         else:
             state.failed[_label(entry)] = entry.stash_rev
@@ -237,6 +241,92 @@ def start_workers(repo: Any, jobs: int, gpus: list[str] | None = None) -> int:
 def stop_workers(repo: Any) -> None:
     """Let running trials finish, keep queued ones queued: ``dvc queue stop``."""
     repo.experiments.celery_queue.shutdown(kill=False)
+
+
+def live_workers(repo: Any) -> list[int]:
+    """Pids of this project's DVC queue workers, read from the process table (celery's
+    ping can time out on a busy machine and would report live workers dead)."""
+    import hashlib
+
+    import psutil
+
+    wdir = repo.experiments.celery_queue.wdir
+    node = f"dvc-exp-{hashlib.sha256(wdir.encode('utf-8')).hexdigest()[:6]}-"
+    pids = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.info.get("status") == psutil.STATUS_ZOMBIE or "queue-worker" not in cmdline:
+            continue
+        if any(arg.startswith(node) for arg in cmdline):
+            pids.append(proc.pid)
+    return pids
+
+
+def revive_queue(
+    repo: Any, state: QueueState, jobs: int, gpus: list[str] | None = None
+) -> dict[str, bool]:
+    """When every worker of this project has died (killed, out of memory) while the queue
+    still holds work: settle the trials they were running (``settle_orphans``) and start
+    new workers for what is queued. Returns the settled trials: name -> whether its
+    experiment was saved."""
+    if not state.pending or live_workers(repo):
+        return {}
+    settled = settle_orphans(repo, state.running) if state.running else {}
+    if state.queued:
+        start_workers(repo, jobs, gpus)
+    return settled
+
+
+def settle_orphans(repo: Any, names: list[str]) -> dict[str, bool]:
+    """Running entries whose worker died. A trial whose own process still runs is left to
+    finish. Once it has ended, what the dead worker would have done is done here: a trial
+    that completed is collected into its experiment ref (DVC's own ``collect_exp`` task),
+    and the entry is marked done (``dvc queue kill`` on an ended process does that), so it
+    shows as succeeded or failed instead of 'running' forever. Returns name -> saved."""
+    from dvc.repo.experiments.exceptions import UnresolvedRunningExpNamesError
+    from dvc.repo.experiments.executor.local import TempDirExecutor
+    from dvc.repo.experiments.queue.exceptions import CannotKillTasksError
+    from dvc.repo.experiments.queue.tasks import collect_exp
+
+    queue = repo.experiments.celery_queue
+    active = {_label(entry): entry for _, entry in queue._iter_active_tasks()}
+    settled: dict[str, bool] = {}
+    for name in names:
+        entry = active.get(name)
+        if entry is None or _trial_process_alive(queue, entry.stash_rev):
+            continue
+        try:
+            info = queue._load_info(entry.stash_rev)
+        except FileNotFoundError:
+            info = None
+        result = info.result if info is not None else None
+        if result is not None and result.exp_hash and result.ref_info:
+            collect_exp({}, entry.asdict())
+        try:
+            queue.kill([name], force=True)
+        except (UnresolvedRunningExpNamesError, CannotKillTasksError):
+            continue  # ended meanwhile, or a live worker has it after all
+        if info is not None:  # the temp copy the trial ran in, as the worker removes it
+            with contextlib.suppress(OSError):
+                TempDirExecutor.from_info(info).cleanup(queue.get_infofile_path(entry.stash_rev))
+        ref = result.ref_info if result is not None else None
+        settled[name] = ref is not None and bool(repo.scm.get_ref(str(ref)))
+    return settled
+
+
+def _trial_process_alive(queue: Any, stash_rev: str) -> bool:
+    """Whether an entry's ``dvc exp exec-run`` process still runs (it may outlive its
+    worker, as the child of a killed process)."""
+    import psutil
+
+    info = queue.proc.get(stash_rev)
+    if info is None or info.returncode is not None or not info.pid:
+        return False
+    try:
+        proc = psutil.Process(info.pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and "exec-run" in proc.cmdline()
+    except psutil.Error:
+        return False
 
 
 def experiment_metrics(repo: Any, name: str) -> dict[str, Any]:
@@ -340,9 +430,10 @@ def output_md5(repo: Any, rev: str, stage: str, path: str) -> str:
     raise ExperimentError(f"{rev[:7]}: dvc.lock records no md5 for {stage} output {path}")
 
 
-def collect_garbage(repo: Any) -> None:
+def collect_garbage(repo: Any, other_projects: Iterable[str] = ()) -> None:
     """``dvc gc`` that keeps every object any branch, tag, commit, experiment or the
-    workspace still uses: only what the removed experiments alone used goes."""
+    workspace still uses, in this project and in ``other_projects`` (``dvc gc --projects``,
+    for a shared cache): only what the removed experiments alone used goes."""
     repo.gc(
         workspace=True,
         all_branches=True,
@@ -350,7 +441,16 @@ def collect_garbage(repo: Any) -> None:
         all_commits=True,
         all_experiments=True,
         force=True,
+        repos=list(other_projects) or None,
     )
+
+
+def shared_cache(repo: Any) -> str | None:
+    """The DVC cache folder when it lies outside this project's ``.dvc/`` (``dvc cache
+    dir``): other projects may use it, so ``dvc gc`` there could delete their objects."""
+    cache = Path(repo.cache.local_cache_dir).resolve()
+    own = Path(repo.dvc_dir).resolve()
+    return None if cache.is_relative_to(own) else str(cache)
 
 
 def protected_experiments(

@@ -25,6 +25,7 @@ from nntune.experiments import (
     experiment_metrics,
     open_repo,
     queue_state,
+    revive_queue,
     start_workers,
     stop_workers,
 )
@@ -32,6 +33,9 @@ from nntune.metrics import Objective
 from nntune.warm import warm_runner
 
 RECENT = 8  # finished trials listed in the live view
+# How often the live view checks that the queue's workers are alive; a worker needs a
+# moment to appear after it is started, so never sooner than this after a start.
+WORKER_CHECK_SECONDS = 15.0
 
 
 @dataclass
@@ -109,6 +113,7 @@ def _run_started_queue(
 ) -> RunOutcome:
     seen = _done_keys(before)
     start_workers(repo, jobs, gpus)
+    checked = time.monotonic()
     progress = trials_progress(console)
     task = progress.add_task("trials", total=outcome.total)
     state = before
@@ -123,13 +128,27 @@ def _run_started_queue(
                 live.update(trials_view(progress, state, outcome, objective))
                 if state.pending == 0:
                     break
+                if time.monotonic() - checked >= WORKER_CHECK_SECONDS:
+                    checked = time.monotonic()
+                    settled = revive_queue(repo, state, jobs, gpus)
+                    if settled:
+                        live.console.print(_orphans_line(settled))
                 time.sleep(poll_seconds)
+        stop_workers(repo)  # drained: the workers exit now, not after DVC's idle minute
     except KeyboardInterrupt:
         stop_workers(repo)
         outcome.interrupted = True
         outcome.still_queued = len(queue_state(repo).queued)
     console.print()  # the live view leaves the cursor at the end of its last line
     return outcome
+
+
+def _orphans_line(settled: dict[str, bool]) -> str:
+    saved = [name for name, ok in settled.items() if ok]
+    lost = [name for name, ok in settled.items() if not ok]
+    parts = [f"{', '.join(saved)} had finished and was saved"] if saved else []
+    parts += [f"{', '.join(lost)} marked failed"] if lost else []
+    return f"[red]the queue's workers died[/red]: {'; '.join(parts)}; new workers run the rest"
 
 
 def trials_progress(console: Console) -> Progress:

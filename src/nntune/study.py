@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,6 +137,34 @@ def _journal(root: Path, study: str) -> Any:
     return optuna.storages.JournalStorage(backend)
 
 
+def needed_by_unfinished_studies(root: Path, names: Iterable[str]) -> dict[str, str]:
+    """Which of ``names`` a study that has not ended still builds on, with why: every
+    rung of a trial Optuna has not finished (its next rung warm-starts from the last).
+    ``nntune gc`` must not remove them. Read-only: the journals are not repaired here."""
+    import re
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    open_trials: set[tuple[str, int]] = set()
+    for journal in sorted((root / STUDIES).glob("*.journal")):
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            for trial in study.get_trials(deepcopy=False):
+                if not trial.state.is_finished():
+                    open_trials.add((summary.study_name, trial.number))
+    needed: dict[str, str] = {}
+    for name in names:
+        match = re.fullmatch(r"(?P<study>[A-Za-z][A-Za-z0-9_]*)-t(?P<n>[0-9]+)(-e[0-9]+)?", name)
+        if match and (match["study"], int(match["n"])) in open_trials:
+            needed[name] = (
+                f"needed by the unfinished study {match['study']} (trial {match['n']}): "
+                "repeat its `nntune search` command to finish it first"
+            )
+    return needed
+
+
 def open_study(
     root: Path,
     settings: Settings,
@@ -220,21 +248,37 @@ class Executor(Protocol):
     def start(self, repo: Any) -> None:
         """Make the queued experiments run."""
 
+    def stop(self, repo: Any) -> None:
+        """The study is done: let go of the workers (they must not idle on)."""
+
 
 @dataclass
 class LocalQueue:
     """DVC's own queue workers on this machine."""
 
     jobs: int
+    started: float = -math.inf  # time.monotonic() of the last start or check
+    check_seconds: float = 15.0
 
     def refresh(self, repo: Any) -> None:
         return None  # DVC's workers commit finished experiments here themselves
 
     def state(self, repo: Any) -> experiments.QueueState:
-        return experiments.queue_state(repo)
+        state = experiments.queue_state(repo)
+        if state.pending and time.monotonic() - self.started >= self.check_seconds:
+            # Workers that died leave their trials 'running' forever: fail those (the
+            # driver tells Optuna), and start new workers for the rest.
+            self.started = time.monotonic()
+            if experiments.revive_queue(repo, state, self.jobs):  # orphans settled
+                state = experiments.queue_state(repo)
+        return state
 
     def start(self, repo: Any) -> None:
         experiments.start_workers(repo, self.jobs)
+        self.started = time.monotonic()
+
+    def stop(self, repo: Any) -> None:
+        experiments.stop_workers(repo)
 
 
 class Driver:
@@ -272,6 +316,7 @@ class Driver:
             snapshot = self.step(repo, study, baseline)
             show(snapshot)
             if snapshot.done:
+                self.executor.stop(repo)
                 return snapshot
             time.sleep(poll_seconds)
 

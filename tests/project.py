@@ -124,3 +124,26 @@ def chromium_dom(page: Path) -> str:
     ]
     out = subprocess.run([browser, *flags], capture_output=True, text=True, timeout=120, check=True)
     return out.stdout
+
+
+def record_fault_run(
+    scenario: str, expected: int, saved: int, failed: int, duplicates: int
+) -> None:
+    """One line of benchmarks/faults.py's table, when it runs the fault tests
+    (``NNTUNE_FAULT_LOG``): trials expected, saved as experiments, failed visibly,
+    queued twice, and lost (neither saved nor reported failed)."""
+    import json
+
+    path = os.environ.get("NNTUNE_FAULT_LOG")
+    if not path:
+        return
+    record = {
+        "scenario": scenario,
+        "expected": expected,
+        "saved": saved,
+        "failed": failed,
+        "duplicates": duplicates,
+        "lost": expected - saved - failed,
+    }
+    with Path(path).open("a", encoding="utf-8") as stream:
+        stream.write(json.dumps(record) + "\n")

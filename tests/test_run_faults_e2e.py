@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import processes_under
-from project import NNTUNE, project_env, run, scaffold
+from project import NNTUNE, project_env, record_fault_run, run, scaffold
 from test_search_e2e import QueueWatch
 
 pytestmark = pytest.mark.e2e
@@ -96,10 +96,14 @@ def test_workers_killed_mid_trial_are_noticed_and_the_rest_runs(
         if runner.poll() is None:
             runner.kill()
     out = " ".join(log.read_text().split())
+    watch.poll()
+    names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
+    scenario = "workers and trial SIGKILLed" if trial_too else "workers SIGKILLed mid-trial"
+    failed = int(f"1 trial(s) failed: {victim}" in out)
+    record_fault_run(scenario, 4, len(set(names)), failed, len(watch.duplicates()))
     if trial_too:  # nothing to save: the trial is failed, visibly, and the rest run
         assert f"the queue's workers died: {victim} marked failed" in out, out
         assert runner.returncode == 1 and f"1 trial(s) failed: {victim}" in out, out
-        names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
         assert sorted(names) == sorted(n for n in watch.status if n != victim)
         assert watch.duplicates() == []
         _no_worker_left(project)
@@ -108,10 +112,8 @@ def test_workers_killed_mid_trial_are_noticed_and_the_rest_runs(
     # worker could not, so the trial is saved.
     assert f"the queue's workers died: {victim} had finished and was saved" in out, out
     assert runner.returncode == 0, out
-    watch.poll()
     assert set(watch.status.values()) == {"Success"} and len(watch.status) == 4, watch.status
     assert watch.duplicates() == []
-    names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
     assert sorted(names) == sorted(watch.status)  # every trial has its experiment
     shown = run(project, NNTUNE, "compare", "--format", "csv").stdout
     assert f"{victim}," in shown and "failed" not in shown and "diverged" not in shown
@@ -159,8 +161,11 @@ def test_ctrl_c_keeps_the_queue_and_kill_9_loses_nothing(tmp_path: Path) -> None
             second.kill()
     run(project, NNTUNE, "run", "-j", "1")  # exit 0: nothing failed
     watch.poll()
+    names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
+    record_fault_run(
+        "Ctrl-C, then kill -9 of nntune run", 3, len(set(names)), 0, len(watch.duplicates())
+    )
     assert sorted(watch.status.values()) == ["Success"] * 3, watch.status
     assert watch.duplicates() == []
-    names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
     assert sorted(names) == sorted(watch.status)
     _no_worker_left(project)

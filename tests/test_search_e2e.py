@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from project import NNTUNE, project_env, run, scaffold
+from project import NNTUNE, project_env, record_fault_run, run, scaffold
 
 pytestmark = pytest.mark.e2e
 
@@ -179,8 +179,9 @@ def test_asha_driver_killed_at_chosen_moments_and_restarted_runs_each_trial_once
 
     again = run(project, *cmd)  # the same command finishes the study, exit 0
     watch.poll()
-    assert watch.duplicates() == [], watch.tasks
     names = _experiments(project)
+    record_fault_run("search driver kill -9 x3", 5, len(set(names)), 0, len(watch.duplicates()))
+    assert watch.duplicates() == [], watch.tasks
     first_rung = [n for n in names if n.endswith("-e1")]
     assert first_rung == [f"asha-t{n}-e1" for n in range(4)]
     promoted = [n for n in names if n.endswith("-e3")]

@@ -29,6 +29,7 @@ from nntune.experiments import (
     start_workers,
     stop_workers,
 )
+from nntune.interrupts import deferred_ctrl_c
 from nntune.metrics import Objective
 from nntune.warm import warm_runner
 
@@ -118,8 +119,13 @@ def _run_started_queue(
     task = progress.add_task("trials", total=outcome.total)
     state = before
     try:
-        with Live(trials_view(progress, state, outcome, objective), console=console) as live:
+        with (
+            deferred_ctrl_c() as ctrl_c,
+            Live(trials_view(progress, state, outcome, objective), console=console) as live,
+        ):
             while True:
+                if ctrl_c.is_set():
+                    raise KeyboardInterrupt
                 state = queue_state(repo)
                 for key in sorted(_done_keys(state) - seen):
                     seen.add(key)
@@ -133,7 +139,7 @@ def _run_started_queue(
                     settled = revive_queue(repo, state, jobs, gpus)
                     if settled:
                         live.console.print(_orphans_line(settled))
-                time.sleep(poll_seconds)
+                ctrl_c.wait(poll_seconds)
         stop_workers(repo)  # drained: the workers exit now, not after DVC's idle minute
     except KeyboardInterrupt:
         stop_workers(repo)

@@ -311,14 +311,18 @@ class Driver:
         show: Callable[[Snapshot], None] = lambda s: None,
         poll_seconds: float = 2.0,
     ) -> Snapshot:
+        from nntune.interrupts import deferred_ctrl_c
+
         baseline = experiments.baseline_rev(repo)
-        while True:
-            snapshot = self.step(repo, study, baseline)
-            show(snapshot)
-            if snapshot.done:
-                self.executor.stop(repo)
-                return snapshot
-            time.sleep(poll_seconds)
+        with deferred_ctrl_c() as ctrl_c:  # Ctrl-C stops between passes, never mid-pass
+            while True:
+                snapshot = self.step(repo, study, baseline)
+                show(snapshot)
+                if snapshot.done:
+                    self.executor.stop(repo)
+                    return snapshot
+                if ctrl_c.wait(poll_seconds):
+                    raise KeyboardInterrupt
 
     def step(self, repo: Any, study: Any, baseline: str) -> Snapshot:
         """One pass: read DVC, tell Optuna, queue what may run now."""

@@ -4,7 +4,6 @@ pretrain.enabled; otherwise it only records that, without importing TensorFlow."
 import argparse
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -19,12 +18,12 @@ from nntune.stage import import_keras_without_sklearn, run_stage
 
 def main(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    Path(args.live_dir).mkdir(parents=True, exist_ok=True)
-    if not params.pretrain.enabled:
-        artifacts.write_json(Path(args.out_dir) / "info.json", {"enabled": False})
+    if not params.pretrain.enabled:  # each folder replaced whole: no encoder or curves left
+        with artifacts.atomic_dir(args.out_dir) as out, artifacts.atomic_dir(args.live_dir) as live:
+            artifacts.write_json(out / "info.json", {"enabled": False})
+            # DVC warns about an empty output folder: say why it holds no curves.
+            artifacts.write_text(live / "OFF", "pretrain.enabled is false\n")
         artifacts.write_json(args.metrics, {"pretrain_epochs": 0})
-        # DVC warns about an empty output folder: say why it holds no curves.
-        artifacts.write_text(Path(args.live_dir) / "OFF", "pretrain.enabled is false\n")
         return
     import_keras_without_sklearn()
     from nntune import device, pretrain

@@ -102,6 +102,33 @@ def test_prepared_round_trip(tmp_path: Path, tiny_params: Params) -> None:
         read_prepared(tmp_path / "missing")
 
 
+def test_prepared_folder_is_replaced_as_a_whole(
+    tmp_path: Path, tiny_params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prepare killed half-way (here: meta.json fails after the splits are written)
+    leaves the old folder byte for byte; a finished one leaves nothing of the old."""
+    out = tmp_path / "prepared"
+    write_prepared(prepare(make_table(seed=1), tiny_params.data), out)
+    (out / "stray.parquet").write_bytes(b"from an older layout")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(path: Path, data: object) -> None:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(artifacts, "write_json", fail)
+        with pytest.raises(OSError, match="disk full"):
+            write_prepared(prepare(make_table(seed=2), tiny_params.data), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no temporary folder
+
+    write_prepared(prepare(make_table(seed=2), tiny_params.data), out)
+    names = {"train.parquet", "val.parquet", "test.parquet", "unlabeled.parquet", "meta.json"}
+    assert {p.name for p in out.iterdir()} == names
+    assert (out / "meta.json").read_bytes() != before["meta.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
 def test_read_table_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data file not found"):
         read_table(tmp_path / "absent.csv")

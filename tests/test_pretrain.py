@@ -216,3 +216,36 @@ def test_disabled_record_loads_as_no_encoder(tmp_path: Path) -> None:
     assert loaded.encoder is None and loaded.scaling_layer() is None
     net = build_model(_params().model, _params().train, 4, "multiclass", 3)
     assert pretrain.transfer(loaded, net) == []
+
+
+def test_pretrain_folders_are_replaced_whole_and_kept_when_it_crashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The curves and the encoder folder are each swapped in whole: a stray file of an
+    older run is gone after a finished one, and a run that crashes at epoch 2 leaves the
+    previous curves byte for byte and no temporary folder."""
+    from dvclive.keras import DVCLiveCallback
+
+    params = _params()
+    data = prepare(make_table(), params.data)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stray.keras").write_text("an older run's file")
+    _pretrained(params, data, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["encoder.keras", "info.json"]
+    live = tmp_path / "live"
+    before = {str(p.relative_to(live)): p.read_bytes() for p in live.rglob("*") if p.is_file()}
+    assert {"metrics.json", "plots/metrics/train/loss.tsv"} <= set(before)
+
+    logged = DVCLiveCallback.on_epoch_end
+
+    def crash_after_epoch_2(self: Any, epoch: int, logs: Any = None) -> None:
+        logged(self, epoch, logs)
+        if epoch == 1:
+            raise RuntimeError("killed after epoch 2")
+
+    monkeypatch.setattr(DVCLiveCallback, "on_epoch_end", crash_after_epoch_2)
+    with pytest.raises(RuntimeError, match="killed after epoch 2"):
+        pretrain.pretrain_encoder(data, params.model, params.pretrain, live)
+    after = {str(p.relative_to(live)): p.read_bytes() for p in live.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live", "out"]

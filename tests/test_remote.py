@@ -153,7 +153,7 @@ def test_slurm_element_runs_pushes_and_is_idempotent(tmp_path: Path) -> None:
         project, NNTUNE, "trial", str(remote), "--rev", head, "--name", "lr0.001",
         "-S", "train.learning_rate=0.5", "--cache-dir", "cache", check=False,
     )  # fmt: skip
-    assert clash.returncode == 1
+    assert clash.returncode == 2
     assert "name collision" in clash.stderr and "train.learning_rate=0.001" in clash.stderr
     # The run left no clone behind.
     assert list((project / "cache" / "work").iterdir()) == []

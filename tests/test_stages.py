@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, repo_params_dict
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 STAGES = list(DVC_YAML["stages"])
@@ -187,3 +187,34 @@ def test_process_start_is_exact_to_the_tick() -> None:
         child.kill()
     # psutil's create_time() can be up to 1 s off (whole-second boot time)
     assert before - 0.02 <= started <= after
+
+
+def test_pretrain_off_replaces_its_folders_whole(tmp_path: Path) -> None:
+    """With pretrain.enabled false the stage leaves only {"enabled": false} and the OFF
+    note: no encoder or curves of an earlier, enabled run survive beside them (outside
+    DVC, which removes outputs itself, e.g. a stage run by hand)."""
+    raw = repo_params_dict()
+    raw["pretrain"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    for old in ("models/pretrained/encoder.keras", "dvclive_pretrain/plots/metrics/train/loss.tsv"):
+        (tmp_path / old).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / old).write_text("an earlier, enabled run")
+    paths = ["data/prepared", "models/pretrained", "metrics/pretrain.json", "dvclive_pretrain"]
+    subprocess.run(
+        [sys.executable, str(REPO / "stages" / "pretrain.py"), "params.yaml", *paths],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        check=True,
+        timeout=120,
+    )
+
+    def files(folder: str) -> list[str]:
+        found = (tmp_path / folder).rglob("*")
+        return sorted(str(p.relative_to(tmp_path)) for p in found if p.is_file())
+
+    assert files("models") == ["models/pretrained/info.json"]
+    assert files("dvclive_pretrain") == ["dvclive_pretrain/OFF"]
+    assert json.loads((tmp_path / "models/pretrained/info.json").read_text()) == {"enabled": False}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dvclive_pretrain", "metrics", "models", "params.yaml"
+    ]  # fmt: skip

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,10 +71,47 @@ def test_divergence_is_recorded_not_raised(tmp_path: Path, tiny_params: Params) 
     assert result.metrics["diverged"] is True
     assert result.metrics["diverged_at_epoch"] == 1
     assert result.metrics["epochs_trained"] == 1
+    # A diverged run is a result, not a crash: its curves replace the old ones.
+    assert (tmp_path / "live" / "metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
     x, y = data.xy("test")
     metrics, frame = evaluate_predictions(data, y, net.predict(x, verbose=0))
     assert all(value is None for value in metrics.values())
     assert frame.empty
+
+
+class _CrashAtEpoch(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if epoch + 1 == self.epoch:
+            raise RuntimeError(f"killed after epoch {self.epoch}")
+
+
+def test_the_curves_folder_is_replaced_whole_and_kept_when_training_crashes(
+    tmp_path: Path, tiny_params: Params
+) -> None:
+    """dvclive writes into a sibling of live_dir that replaces it when the run ends: the
+    files dvc.yaml's plots name, nothing else; a run that crashes at epoch 2 leaves the
+    previous run's curves byte for byte and no temporary folder."""
+    live = tmp_path / "live"
+    _train(tiny_params, live)
+    before = {str(p.relative_to(live)): p.read_bytes() for p in live.rglob("*") if p.is_file()}
+    curves = {f"plots/metrics/{s}/{m}.tsv" for s in ("train", "eval") for m in ("loss", "accuracy")}
+    assert set(before) == {"metrics.json", *curves}
+
+    seed_everything(tiny_params.runtime)
+    data = prepare(make_table(seed=3), tiny_params.data)
+    net = build_model(
+        tiny_params.model, tiny_params.train, len(data.features), data.task, len(data.classes)
+    )
+    with pytest.raises(RuntimeError, match="killed after epoch 2"):
+        fit(net, data, tiny_params.train, live, seed=1, callbacks=[_CrashAtEpoch(2)])
+    after = {str(p.relative_to(live)): p.read_bytes() for p in live.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
 
 
 def test_same_seed_same_weights(tmp_path: Path, tiny_params: Params) -> None:
@@ -90,8 +128,6 @@ def test_continuing_a_saved_model_equals_training_straight_through(
     """Warm start is exact: 3 epochs, save, load, 6 more epochs gives the metrics (and the
     weights) of 9 epochs in one go, dropout included, because batch order and dropout are
     keyed by (seed, epoch) and the .keras file carries the optimiser state."""
-    import keras
-
     es = dataclasses.replace(
         tiny_params.train.early_stopping, enabled=False, restore_best_weights=False
     )
@@ -158,16 +194,35 @@ def test_without_early_stopping_the_best_epoch_is_kept_and_the_last_saved(
     data = prepare(make_table(), params.data)
     net = build_model(params.model, params.train, len(data.features), data.task, len(data.classes))
     last: list[list[np.ndarray]] = []
+    epochs = _EpochWeights()
     result = fit(
-        net, data, train, tmp_path / "live", seed=params.runtime.seed,
+        net, data, train, tmp_path / "live", seed=params.runtime.seed, callbacks=[epochs],
         save_last=lambda model: last.append(model.get_weights()),
     )  # fmt: skip
     curve = pd.read_csv(tmp_path / "live/plots/metrics/eval/loss.tsv", sep="\t")
-    assert result.metrics["epochs_trained"] == 8 == len(curve)
-    assert result.metrics["best_epoch"] == int(curve["loss"].idxmin()) + 1
+    best = result.metrics["best_epoch"]
+    assert result.metrics["epochs_trained"] == 8 == len(curve) == len(epochs.weights)
+    assert best == int(curve["loss"].idxmin()) + 1
     assert result.metrics["val_loss"] == pytest.approx(curve["loss"].min(), rel=1e-4)
+    # The seeded rate of 0.5 makes the last epoch not the best, so the two states differ.
+    assert best < 8
     assert len(last) == 1
-    if result.metrics["best_epoch"] < 8:  # the rate of 0.5 makes the last epoch not the best
-        assert any(
-            not np.array_equal(a, b) for a, b in zip(last[0], net.get_weights(), strict=True)
-        )
+    _assert_same_weights(last[0], epochs.weights[-1])  # save_last: the last epoch's state
+    _assert_same_weights(net.get_weights(), epochs.weights[best - 1])  # kept: the best's
+
+
+class _EpochWeights(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    """The model's weights at the end of every epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: list[list[np.ndarray]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.weights.append(self.model.get_weights())
+
+
+def _assert_same_weights(mine: list[np.ndarray], theirs: list[np.ndarray]) -> None:
+    assert len(mine) == len(theirs)
+    for a, b in zip(mine, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -95,3 +95,20 @@ def test_a_model_params_would_not_build_is_refused(
     faster = dataclasses.replace(params, train=dataclasses.replace(params.train, learning_rate=0.5))
     with pytest.raises(WarmStartError, match=r"learning rate is 0\.01, params give 0\.5"):
         load(dvc_repo / "init", faster, data)
+
+
+def test_the_folder_is_replaced_whole_and_a_failure_leaves_the_old_one(
+    dvc_repo: Path, tmp_path: Path, tiny_params: Params
+) -> None:
+    model, params = _parent(tiny_params, tmp_path)
+    warm = _warm(params, _cache(dvc_repo, model))
+    init = dvc_repo / "models/init"
+    materialise(warm.train.warm_start, init, repo_root=dvc_repo)
+    before = {p.name: p.read_bytes() for p in init.iterdir()}
+    with pytest.raises(WarmStartError, match="not in DVC's cache"):
+        materialise(_warm(params, "0" * 32).train.warm_start, init, repo_root=dvc_repo)
+    assert {p.name: p.read_bytes() for p in init.iterdir()} == before
+    assert [p.name for p in init.parent.iterdir()] == ["init"]  # no temporary folder left
+    # From scratch: the parent's model goes with the rest of the old folder.
+    materialise(tiny_params.train.warm_start, init, repo_root=dvc_repo)
+    assert sorted(p.name for p in init.iterdir()) == ["warm_start.json"]

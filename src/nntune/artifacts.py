@@ -1,15 +1,22 @@
-"""Atomic writers for every file a stage produces.
+"""Atomic writers for every file and folder a stage produces.
 
 A stage killed half-way must never leave a truncated file that a later stage (or DVC's
 cache) mistakes for a result: each writer fills a temporary file in the target folder and
-renames it into place, which is atomic on POSIX file systems.
+renames it into place, which is atomic on POSIX file systems. A folder output (the prepared
+splits, the dvclive curves) is built whole in a temporary sibling and swapped in the same
+way (``atomic_dir``), so it is the old folder or the new one, never a mix of the two.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import json
 import math
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +44,90 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``path`` to fill; on success it replaces ``path`` as a
+    whole, on an exception it is removed and ``path`` stays as it was. What an earlier,
+    killed write left beside ``path`` is cleared first (``recover_interrupted``).
+
+    The temporary folder is ``.<name>.tmp-<pid>`` in the same parent (a rename never
+    crosses file systems) and holds a ``.gitignore`` of ``*`` until the swap: git, and so
+    dvclive's ``git add`` of its folder and DVC's queue snapshot, never pick up a half-built
+    or stale folder. The caller must not write a ``.gitignore`` of its own into it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(path)
+    tmp = path.parent / f".{path.name}{_TMP}{os.getpid()}"
+    tmp.mkdir()
+    (tmp / ".gitignore").write_text("*\n", encoding="utf-8")
+    try:
+        yield tmp
+        (tmp / ".gitignore").unlink()
+        _swap_in(tmp, path)
+    finally:
+        _remove(tmp)  # unfinished, or (after an exchange) the old folder
+
+
+_TMP = ".tmp-"  # .<name>.tmp-<pid>: a folder being built
+_OLD = ".old-"  # .<name>.old-<pid>: the old folder set aside where no exchange is possible
+
+
+def recover_interrupted(path: str | Path) -> None:
+    """Clear what a killed ``atomic_dir`` left beside ``path``: unfinished folders go; an
+    old folder set aside by the two-rename swap goes back to ``path`` if the kill fell
+    between the renames (``path`` absent), and goes otherwise. Every leftover counts as
+    stale: DVC's lock allows one stage run per workspace, so none is being written now."""
+    path = Path(path)
+    pattern = f".{glob.escape(path.name)}"
+    for tmp in path.parent.glob(pattern + _TMP + "*"):
+        _remove(tmp)
+    for old in sorted(path.parent.glob(pattern + _OLD + "*")):
+        if not os.path.lexists(path):
+            old.rename(path)
+        else:
+            _remove(old)
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put the folder ``new`` at ``path``. Onto nothing, one rename. Onto an old folder,
+    Linux swaps the two in one step (renameat2 RENAME_EXCHANGE) and ``new`` then holds the
+    old one, for the caller to remove; where the system or file system cannot, the old
+    folder is renamed aside first, and a kill between that and the second rename leaves
+    ``path`` absent until ``recover_interrupted`` puts the old folder back."""
+    if not os.path.lexists(path):
+        new.rename(path)
+    elif not _exchange(new, path):
+        old = path.parent / f".{path.name}{_OLD}{os.getpid()}"
+        path.rename(old)
+        new.rename(path)
+        _remove(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically; False where renameat2 or its exchange is not supported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # glibc before 2.28, or a libc without it
+        return False
+    at_fdcwd, rename_exchange = -100, 2  # from <fcntl.h> and <linux/fs.h>
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def save_model(net: Any, path: str | Path) -> None:

@@ -138,10 +138,12 @@ class Prepared:
 
 
 def write_prepared(prepared: Prepared, out_dir: str | Path) -> None:
-    out_dir = Path(out_dir)
-    for name, frame in prepared.splits.items():
-        artifacts.write_parquet(out_dir / f"{name}.parquet", frame)
-    artifacts.write_json(out_dir / META_FILE, prepared.meta())
+    """Every split and ``meta.json``, replacing ``out_dir`` as a whole: a prepare stage
+    killed half-way leaves the old splits or the new ones, never some of each."""
+    with artifacts.atomic_dir(out_dir) as tmp:
+        for name, frame in prepared.splits.items():
+            artifacts.write_parquet(tmp / f"{name}.parquet", frame)
+        artifacts.write_json(tmp / META_FILE, prepared.meta())
 
 
 def read_prepared(out_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> Prepared:

@@ -170,17 +170,21 @@ def pretrain_encoder(
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=pretrain.patience, restore_best_weights=True
     )
-    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    history = autoencoder.fit(
-        x_fit,
-        y_fit,
-        validation_data=(x_val, y_val),
-        epochs=pretrain.epochs,
-        batch_size=pretrain.batch_size,
-        shuffle=True,
-        callbacks=[stopper, DVCLiveCallback(live=live)],
-        verbose=2,
-    )
+    # The curves are built in a sibling folder that replaces live_dir once the run ended
+    # (the callback's live.end() wrote the summary), a non-finite loss included, so its
+    # curves show how it diverged: a crash or a kill leaves the old curves intact.
+    with artifacts.atomic_dir(live_dir) as live_tmp:
+        live = Live(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None)
+        history = autoencoder.fit(
+            x_fit,
+            y_fit,
+            validation_data=(x_val, y_val),
+            epochs=pretrain.epochs,
+            batch_size=pretrain.batch_size,
+            shuffle=True,
+            callbacks=[stopper, DVCLiveCallback(live=live)],
+            verbose=2,
+        )
     curve = history.history.get("loss", [])
     if not curve or not all(math.isfinite(v) for v in curve):
         raise PretrainError(
@@ -211,12 +215,11 @@ def _loss(net: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> fl
 
 
 def save(out_dir: str | Path, info: PretrainInfo, encoder: keras.Model) -> None:
-    """The stage's output folder (encoder first, then ``info.json``), each file atomic.
+    """The stage's output folder (``encoder.keras`` and ``info.json``), replaced as a whole.
     With pretraining off the stage writes only ``{"enabled": false}``, without Keras."""
-    out_dir = Path(out_dir)
-    with artifacts.atomic_path(out_dir / ENCODER_FILE) as tmp:
-        encoder.save(tmp)
-    artifacts.write_json(out_dir / INFO_FILE, asdict(info))
+    with artifacts.atomic_dir(out_dir) as tmp:
+        artifacts.save_model(encoder, tmp / ENCODER_FILE)
+        artifacts.write_json(tmp / INFO_FILE, asdict(info))
 
 
 def load(out_dir: str | Path, model: ModelParams) -> Pretrained:

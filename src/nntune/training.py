@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from dvclive.keras import DVCLiveCallback
 
+from nntune import artifacts
 from nntune.data import Prepared
 from nntune.device import enable_determinism
 from nntune.metrics import Task, fit_metric_names, infer_direction
@@ -178,10 +179,6 @@ def fit(
     )
     keeper = BestWeights(es.monitor, es.min_delta)
     guard = DivergenceGuard()
-    # dvcyaml=False: dvc.yaml is ours and declares the plots; dvclive must not rewrite it.
-    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    live.step = initial_epoch  # a continued run's curve goes on from the parent's last epoch
-    logger = _LiveEpochs(live=live)
     reseed = EpochSeeds(seed)
 
     def run(first: int, end: int, extra: Sequence[keras.callbacks.Callback]) -> dict[str, Any]:
@@ -198,18 +195,25 @@ def fit(
         )
         return dict(history.history)
 
-    started = time.perf_counter()
-    epoch = initial_epoch
-    tuned: list[float] = []  # the monitored metric over the fine-tuning epochs
-    if freeze_epochs and frozen:
-        _set_trainable(net, frozen, False, train, data.task)
-        epoch += len(run(epoch, epoch + freeze_epochs, []).get("loss", []))
-        _set_trainable(net, frozen, True, train, data.task)
-    if not guard.diverged:
-        history = run(epoch, train.max_epochs, [stopper, keeper] if es.enabled else [keeper])
-        epoch += len(history.get("loss", []))
-        tuned = history.get(es.monitor, [])
-    live.end()
+    # The curves are built in a sibling folder that replaces live_dir once the run ended,
+    # diverged or not: a crash (or a kill) leaves the old curves, never half of new ones.
+    with artifacts.atomic_dir(live_dir) as live_tmp:
+        # dvcyaml=False: dvc.yaml is ours and declares the plots; dvclive must not rewrite it.
+        live = Live(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None)
+        live.step = initial_epoch  # a continued run's curve goes on from the parent's last
+        logger = _LiveEpochs(live=live)
+        started = time.perf_counter()
+        epoch = initial_epoch
+        tuned: list[float] = []  # the monitored metric over the fine-tuning epochs
+        if freeze_epochs and frozen:
+            _set_trainable(net, frozen, False, train, data.task)
+            epoch += len(run(epoch, epoch + freeze_epochs, []).get("loss", []))
+            _set_trainable(net, frozen, True, train, data.task)
+        if not guard.diverged:
+            history = run(epoch, train.max_epochs, [stopper, keeper] if es.enabled else [keeper])
+            epoch += len(history.get("loss", []))
+            tuned = history.get(es.monitor, [])
+        live.end()
     seconds = time.perf_counter() - started
     ran = epoch - initial_epoch
     if save_last is not None:

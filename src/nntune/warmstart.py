@@ -35,30 +35,31 @@ class WarmStartError(NntuneError):
 
 
 def materialise(warm: WarmStartParams, out_dir: str | Path, repo_root: str | Path = ".") -> None:
-    """Write ``out_dir``: the parent's model out of DVC's cache, then what it is (each file
-    atomic, the info last); only ``{"enabled": false}`` when training starts from scratch,
-    without importing DVC or Keras."""
-    out_dir = Path(out_dir)
+    """Write ``out_dir`` as a whole (``artifacts.atomic_dir``): the parent's model out of
+    DVC's cache and what it is; only ``{"enabled": false}`` when training starts from
+    scratch, without importing DVC or Keras. A kill or a corrupt cache object leaves the
+    folder as it was."""
     info: dict[str, Any] = {"enabled": warm.enabled}
-    if warm.enabled:
-        source = cached_file(warm.model_md5, repo_root)
-        if source is None:
-            raise WarmStartError(
-                f"train.warm_start: the model of experiment {warm.experiment} "
-                f"(md5 {warm.model_md5}) is not in DVC's cache; fetch it with "
-                f"`dvc exp pull <remote> {warm.experiment}` and `dvc pull`, or set "
-                'train.warm_start.experiment: "" to train from scratch'
-            )
-        with artifacts.atomic_path(out_dir / MODEL_FILE) as tmp:
-            shutil.copyfile(source, tmp)
-            found = file_md5(tmp)
+    with artifacts.atomic_dir(out_dir) as tmp_dir:
+        if warm.enabled:
+            source = cached_file(warm.model_md5, repo_root)
+            if source is None:
+                raise WarmStartError(
+                    f"train.warm_start: the model of experiment {warm.experiment} "
+                    f"(md5 {warm.model_md5}) is not in DVC's cache; fetch it with "
+                    f"`dvc exp pull <remote> {warm.experiment}` and `dvc pull`, or set "
+                    'train.warm_start.experiment: "" to train from scratch'
+                )
+            model = tmp_dir / MODEL_FILE
+            shutil.copyfile(source, model)
+            found = file_md5(model)
             if found != warm.model_md5:
                 raise WarmStartError(
                     f"{source}: DVC's cache holds md5 {found} under {warm.model_md5}; the "
                     "cache is corrupt: remove that object and pull it again"
                 )
-        info.update(experiment=warm.experiment, model_md5=warm.model_md5, epochs=warm.epochs)
-    artifacts.write_json(out_dir / INFO_FILE, info)
+            info.update(experiment=warm.experiment, model_md5=warm.model_md5, epochs=warm.epochs)
+        artifacts.write_json(tmp_dir / INFO_FILE, info)
 
 
 def cached_file(md5: str, repo_root: str | Path = ".") -> Path | None:

@@ -1,6 +1,11 @@
 """Reliability: the fault-injection end-to-end tests, repeated, as one table.
 
     .venv/bin/python benchmarks/faults.py [--repeats 3]
+    NNTUNE_FAULT_LOG=/tmp/f.jsonl bash .ci/run
+    .venv/bin/python benchmarks/faults.py --log /tmp/f.jsonl
+
+The second form tables the records the same tests wrote during whole-suite runs (each
+fresh-clone `make test` is then one repeat) without running anything.
 
 Each repeat runs the e2e tests that kill things on purpose, on DVC's real queue in a fresh
 temp project each time:
@@ -41,7 +46,11 @@ TESTS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--log", type=Path, help="table these records; run nothing")
     args = parser.parse_args()
+    if args.log is not None:
+        print_table(args.log)
+        return
     log = Path(tempfile.mkdtemp(prefix="nntune-faults-")) / "records.jsonl"
     env = {**os.environ, "NNTUNE_FAULT_LOG": str(log)}
     passed = failed = 0
@@ -55,6 +64,11 @@ def main() -> None:
         bad += int(suite.get("errors", 0))
         passed, failed = passed + tests - bad - int(suite.get("skipped", 0)), failed + bad
         print(f"repeat {repeat + 1}: {tests - bad} of {tests} passed", flush=True)
+    print_table(log)
+    print(f"\ntest runs: {passed} passed, {failed} failed")
+
+
+def print_table(log: Path) -> None:
     totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for line in log.read_text().splitlines() if log.exists() else []:
         record = json.loads(line)
@@ -67,7 +81,6 @@ def main() -> None:
     for scenario, row in totals.items():
         cells = [row[k] for k in ("runs", "expected", "saved", "failed", "duplicates", "lost")]
         print(f"| {scenario} | " + " | ".join(map(str, cells)) + " |")
-    print(f"\ntest runs: {passed} passed, {failed} failed")
 
 
 if __name__ == "__main__":

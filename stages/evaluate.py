@@ -9,7 +9,10 @@ from nntune.warm import handoff
 
 handoff(__name__, "sklearn")  # under `nntune run`: the warm runner (TF, scikit-learn)
 
-import keras
+from nntune.quiet import filter_tf_noise
+
+with filter_tf_noise():  # TensorFlow's start-up lines on fd 2, which TF_CPP_* leaves
+    import keras
 
 from nntune import artifacts
 from nntune.data import read_prepared
@@ -20,7 +23,8 @@ from nntune.stage import run_stage
 def main(args: argparse.Namespace) -> None:
     data = read_prepared(args.prepared, splits=("test",))
     x_test, y_test = data.xy("test")
-    net = keras.saving.load_model(args.model)
+    with filter_tf_noise():  # its first op starts TensorFlow's runtime: cuInit's failure
+        net = keras.saving.load_model(args.model)
     output = net.predict(x_test, batch_size=1024, verbose=0)
     metrics, predictions = evaluate_predictions(data, y_test, output)
     artifacts.write_json(args.metrics, metrics)

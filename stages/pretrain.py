@@ -13,7 +13,8 @@ handoff(__name__)  # under `nntune run`: the warm runner runs this stage (Tensor
 
 from nntune import artifacts
 from nntune.params import load_params
-from nntune.stage import import_keras_without_sklearn, run_stage
+from nntune.quiet import import_keras_quietly
+from nntune.stage import run_stage
 
 
 def main(args: argparse.Namespace) -> None:
@@ -25,7 +26,7 @@ def main(args: argparse.Namespace) -> None:
             artifacts.write_text(live / "OFF", "pretrain.enabled is false\n")
         artifacts.write_json(args.metrics, {"pretrain_epochs": 0})
         return
-    import_keras_without_sklearn()
+    import_keras_quietly()  # TensorFlow's start-up lines on fd 2 filtered
     from nntune import device, pretrain
     from nntune.data import read_prepared
     from nntune.training import seed_everything

@@ -12,10 +12,10 @@ from nntune.warm import handoff
 
 handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
 
-from nntune.stage import import_keras_without_sklearn, run_stage
+from nntune.quiet import import_keras_quietly
 
-import_keras_without_sklearn()  # before any module that imports Keras
-from nntune import artifacts, device, lineage, pretrain, warmstart
+import_keras_quietly()  # before any module that imports Keras; TF's start-up lines filtered
+from nntune import artifacts, device, lineage, pretrain, stage, warmstart
 from nntune.data import read_prepared
 from nntune.params import load_params
 from nntune.training import fit, seed_everything
@@ -42,4 +42,4 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     paths = ("prepared", "pretrained", "init", "model", "last", "metrics", "run_info", "live_dir")
-    run_stage(main, __doc__, "params", *paths)
+    stage.run_stage(main, __doc__, "params", *paths)

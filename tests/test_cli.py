@@ -179,7 +179,8 @@ def test_all_gpus_when_there_are_none(in_project: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target", "label", "--task", "ranking"], "--task must be one of multiclass"),
+        (["--target", "label", "--task", "ranking"], "Invalid value for '--task'"),
+        (["--target", "label", "--reset-params"], "--reset-params replaces an existing"),
         (["--target", "nope"], "no column 'nope'"),
         (["--target", "target", "--data", "missing.csv"], "missing.csv: data file not found"),
     ],
@@ -195,3 +196,48 @@ def test_init_rejects_bad_arguments(tmp_path: Path, args: list[str], message: st
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "proj" / "dvc.yaml").exists()
+
+
+# `nntune plots` with DVC's `plots diff` answer faked: what it could not read is named.
+
+
+def _plots_setup(monkeypatch: pytest.MonkeyPatch, missing: list[str], drawn: int) -> list[Any]:
+    from nntune import report
+    from nntune.experiments import Experiment
+    from nntune.metrics import Objective
+    from nntune.ranking import compare
+
+    rows = [
+        Experiment(n, n, "Success", {"model.units": u}, {"val_loss": v, "diverged": False})
+        for n, u, v in (("u4", 4.0, 0.3), ("u8", 8.0, 0.2))
+    ]
+    comparison = compare(rows, Objective("val_loss", "min"), "binary")
+    monkeypatch.setattr("nntune.cli._comparison", lambda *_: comparison)
+    specs = [{"title": f"curve {i}"} for i in range(drawn)]
+    monkeypatch.setattr(report, "learning_curves", lambda *_: report.LearningCurves(specs, missing))
+    pages: list[Any] = []
+    monkeypatch.setattr(report, "write_page", lambda *args: pages.append(args))
+    return pages
+
+
+def test_plots_names_the_curves_dvc_could_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = _plots_setup(monkeypatch, ["u8: dvclive/plots/metrics/train/loss.tsv not found"], 1)
+    result = runner.invoke(app, ["plots", "--top", "2"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: left out of the page: u8: dvclive/plots/metrics/train/loss.tsv not found"
+        in result.output
+    )
+    assert len(pages) == 1 and "wrote plots/experiments.html (2 charts" in result.output
+
+
+def test_plots_fails_when_no_curve_could_be_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    problems = [f"{rev}: dvclive/plots/metrics/train/loss.tsv not found" for rev in ("u4", "u8")]
+    pages = _plots_setup(monkeypatch, problems, 0)
+    result = runner.invoke(app, ["plots", "--top", "2"])
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        "error: no learning curve could be drawn: u4: dvclive/plots/metrics/train/loss.tsv not "
+        "found; u8: dvclive/plots/metrics/train/loss.tsv not found (is a .gitignore rule"
+    )
+    assert "Traceback" not in result.output and pages == []

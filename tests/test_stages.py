@@ -43,10 +43,10 @@ print(json.dumps({
 
 
 @functools.cache
-def stage_imports(script: str) -> tuple[frozenset[str], bool]:
+def stage_imports(script: str) -> tuple[frozenset[str], bool, str]:
     """(nntune files relative to the repo, whether TensorFlow got imported when the script
-    is loaded) for a script imported the way its dvc.yaml command runs it; the files include
-    modules imported inside functions."""
+    is loaded, its stderr) for a script imported the way its dvc.yaml command runs it; the
+    files include modules imported inside functions."""
     env = {**os.environ, "PYTHONPATH": "src", "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = subprocess.run(
         [sys.executable, "-c", LIST_IMPORTS, script],
@@ -58,7 +58,7 @@ def stage_imports(script: str) -> tuple[frozenset[str], bool]:
     )
     found = json.loads(out.stdout.splitlines()[-1])
     files = frozenset(str(Path(f).resolve().relative_to(REPO)) for f in found["nntune"])
-    return files, found["tensorflow"]
+    return files, found["tensorflow"], out.stderr
 
 
 def test_pipeline_has_the_six_stages_in_order() -> None:
@@ -70,7 +70,7 @@ def test_stage_declares_every_library_module_it_imports(stage: str) -> None:
     spec = DVC_YAML["stages"][stage]
     script = spec["cmd"].split()[2]
     assert spec["cmd"].startswith("PYTHONPATH=src python stages/")
-    imported, _ = stage_imports(script)
+    imported, _, _ = stage_imports(script)
     assert imported, "the stage imports no nntune module: is PYTHONPATH=src honoured?"
     declared = set(spec["deps"])
     assert script in declared
@@ -82,8 +82,19 @@ def test_stage_declares_every_library_module_it_imports(stage: str) -> None:
 
 @pytest.mark.parametrize("stage", ["validate", "prepare", "pretrain", "warmstart"])
 def test_stages_import_tensorflow_only_when_they_train(stage: str) -> None:
-    _, tensorflow = stage_imports(f"stages/{stage}.py")
+    _, tensorflow, _ = stage_imports(f"stages/{stage}.py")
     assert tensorflow is False
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_loading_tensorflow_in_a_stage_prints_none_of_its_noise(stage: str) -> None:
+    """TensorFlow's start-up lines on fd 2 (INFO, a cuInit error without a GPU), which
+    TF_CPP_MIN_LOG_LEVEL no longer silences, stay out of `dvc repro`'s output."""
+    from nntune.quiet import is_noise
+
+    _, tensorflow, stderr = stage_imports(f"stages/{stage}.py")
+    assert tensorflow is True
+    assert not [line for line in stderr.splitlines() if is_noise(line)], stderr
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -11,24 +11,39 @@ import json
 import os
 import shutil
 import signal
+import socket as socket_module
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from nntune.warm import SOCKET_ENV, load_time_env, warm_runner
+from nntune.warm import (
+    _HEADER,
+    CONNECT_TIMEOUT_ENV,
+    LOST_EXIT,
+    PROTOCOL,
+    SOCKET_ENV,
+    _alive,
+    load_time_env,
+    warm_runner,
+)
 
 PROBE = """
-import json, os, sys, time
+import json, os, signal, sys, time
 from nntune.warm import handoff
 
 handoff(__name__, os.environ.get("PROBE_FLAVOUR", ""))
 import nntune
 
+if os.environ.get("PROBE_LOG"):  # one line each time the stage's body runs
+    with open(os.environ["PROBE_LOG"], "a") as log:
+        log.write(f"{os.getpid()}\\n")
 mode = sys.argv[1]
 print(json.dumps({
     "preloaded": "wave" in sys.modules,
@@ -41,6 +56,8 @@ print(json.dumps({
     "probe_value": os.environ.get("PROBE_VALUE"),
     "path0": sys.path[0],
     "pid": os.getpid(),
+    "sigint_default": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+    "wakeup_fd": signal.set_wakeup_fd(-1),
 }), flush=True)
 print("probe on stderr", file=sys.stderr, flush=True)
 if mode == "exit":
@@ -160,12 +177,18 @@ def test_unreachable_runner_means_a_cold_start(workspace: Path, tmp_path: Path) 
     assert "warm runner not reachable" in out.stderr
 
 
-def start_probe(workspace: Path, socket: str, seconds: str) -> subprocess.Popen[str]:
+def start_probe(
+    workspace: Path, socket: str | None, seconds: str, **env: str
+) -> subprocess.Popen[str]:
     """A probe that sleeps, started in the background; its first stdout line is its report."""
+    full = {**os.environ, "PYTHONPATH": "src", **env}
+    full.pop(SOCKET_ENV, None)
+    if socket is not None:
+        full[SOCKET_ENV] = socket
     return subprocess.Popen(
         [sys.executable, "stages/probe.py", "sleep", seconds],
         cwd=workspace,
-        env={**os.environ, "PYTHONPATH": "src", SOCKET_ENV: socket},
+        env=full,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -255,3 +278,305 @@ class _Nothing:
 
     def __exit__(self, *_: object) -> None:
         return None
+
+
+# -- crash safety: a stage runs exactly once, warm or cold ---------------------------------
+
+
+def ran(log: Path) -> list[str]:
+    """The pids that ran the probe's body, one line each time it ran."""
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def connected(path: str, timeout: float = 10) -> bool:
+    """Whether a client has connected to the listening socket ``path`` (Linux: the pending
+    connection is listed under the listener's path in /proc/net/unix)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = Path("/proc/net/unix").read_text().splitlines()
+        if sum(line.endswith(f" {path}") for line in lines) > 1:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def ended(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _alive(pid)
+
+
+@pytest.fixture
+def slow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
+    """A runner whose server is still importing (60 s) when the test's stages connect: its
+    socket path and its pid. Left behind by a test that kills the server: its folder."""
+    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with warm_runner(flavours={"": ("slow_import",)}) as socket:
+        assert socket is not None
+        pid_file = Path(f"{socket}.pid")
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server = int(pid_file.read_text())
+        try:
+            yield socket, server
+        finally:
+            with suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+    shutil.rmtree(Path(socket).parent, ignore_errors=True)
+
+
+def test_the_child_handles_signals_as_a_cold_stage(workspace: Path, runner: str) -> None:
+    """Ctrl-C raises KeyboardInterrupt in the stage (not the server's stop handler), and the
+    server's signal wakeup fd is not the child's (a signal would write into whatever file
+    got that descriptor number)."""
+    warm = report(probe(workspace, runner, "exit", "0"))
+    cold = report(probe(workspace, None, "exit", "0"))
+    assert warm["preloaded"] is True
+    assert warm["sigint_default"] is cold["sigint_default"] is True
+    assert warm["wakeup_fd"] == cold["wakeup_fd"] == -1
+
+
+def test_ctrl_c_reaches_the_stage_as_in_a_cold_run(
+    workspace: Path, runner: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "ran"
+    outcomes = {}
+    for mode, socket in (("warm", runner), ("cold", None)):
+        with start_probe(workspace, socket, "30", PROBE_LOG=str(log)) as client:
+            assert client.stdout is not None
+            assert json.loads(client.stdout.readline())["preloaded"] is (mode == "warm")
+            client.send_signal(signal.SIGINT)  # the stage's process, as DVC's Ctrl-C does
+            _, err = client.communicate(timeout=30)
+        assert "KeyboardInterrupt" in err, err
+        outcomes[mode] = client.returncode
+    # Killed by SIGINT: the warm client exits 128 + 2, as a shell reports the cold one.
+    assert outcomes == {"warm": 128 + signal.SIGINT, "cold": -signal.SIGINT}
+    assert len(ran(log)) == 2  # once each
+
+
+def test_runner_killed_mid_stage_fails_the_stage_and_never_reruns_it(
+    workspace: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "ran"
+    with warm_runner(flavours={"": ("wave",)}) as socket:
+        assert socket is not None
+        server = int(Path(f"{socket}.pid").read_text())
+        with start_probe(workspace, socket, "20", PROBE_LOG=str(log)) as client:
+            assert client.stdout is not None
+            seen = json.loads(client.stdout.readline())
+            assert seen["preloaded"] is True
+            os.kill(server, signal.SIGKILL)
+            started = time.monotonic()
+            _, err = client.communicate(timeout=60)
+            took = time.monotonic() - started
+    shutil.rmtree(Path(socket).parent, ignore_errors=True)
+    assert ran(log) == [str(seen["pid"])], err  # exactly once: not rerun cold
+    assert client.returncode == LOST_EXIT, err
+    message = [line for line in err.splitlines() if line.startswith("nntune:")]
+    assert len(message) == 1, err
+    assert "warm runner failed while it ran this stage" in message[0]
+    assert "not rerun cold" in message[0]
+    assert "rerun `nntune run`" in message[0] and "`nntune run --cold`" in message[0]
+    assert ended(int(seen["pid"]), timeout=1), "the stage's child outlived its client"
+    assert took < 10  # stopped, not waited for (it sleeps 20 s)
+
+
+def test_runner_killed_before_it_answers_means_one_cold_run(
+    workspace: Path, tmp_path: Path, slow_server: tuple[str, int]
+) -> None:
+    socket, server = slow_server
+    log = tmp_path / "ran"
+    with start_probe(workspace, socket, "0", PROBE_LOG=str(log)) as client:
+        assert connected(socket), "the stage did not connect"
+        os.kill(server, signal.SIGKILL)  # still importing: it has not answered
+        out, err = client.communicate(timeout=30)
+    assert client.returncode == 0, err
+    assert json.loads(out.splitlines()[0])["preloaded"] is False
+    assert "this stage starts cold" in err  # connection reset or closed: nothing ran
+    assert "warm runner failed" not in err
+    assert len(ran(log)) == 1
+
+
+def test_no_answer_in_time_means_a_cold_start(workspace: Path, tmp_path: Path) -> None:
+    """A server that accepts connections (its backlog does) but never answers."""
+    path = tmp_path / "silent"
+    with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as silent:
+        silent.bind(str(path))
+        silent.listen(8)
+        started = time.monotonic()
+        out = probe(workspace, str(path), "exit", "5", **{CONNECT_TIMEOUT_ENV: "0.5"})
+        took = time.monotonic() - started
+    assert out.returncode == 5, out.stderr
+    assert report(out)["preloaded"] is False
+    assert "did not answer within 0.5 s (NNTUNE_WARM_CONNECT_TIMEOUT)" in out.stderr
+    assert "this stage starts cold" in out.stderr
+    assert took < 5
+
+
+def test_an_answer_after_the_timeout_does_not_run_the_stage_again(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage that gave up runs cold; the server answers its connection later, once its
+    imports are done, and that child must not run the stage too."""
+    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(1.5)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    log = tmp_path / "ran"
+    with warm_runner(flavours={"": ("slow_import",)}) as socket:
+        assert socket is not None
+        early = probe(
+            workspace, socket, "exit", "0", PROBE_LOG=str(log), **{CONNECT_TIMEOUT_ENV: "0.3"}
+        )
+        assert report(early)["preloaded"] is False
+        assert "did not answer within 0.3 s" in early.stderr
+        later = probe(workspace, socket, "exit", "0", PROBE_LOG=str(log))  # after the early one
+        assert "starts cold" not in later.stderr  # forked by the server
+        time.sleep(0.5)  # time enough for a child that ran the early stage to have logged it
+    assert ran(log) == [str(report(early)["pid"]), str(report(later)["pid"])]
+
+
+def raw_request(path: str, request: dict[str, object]) -> socket_module.socket:
+    """What handoff sends first."""
+    sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(path)
+    payload = json.dumps(request).encode()
+    sock.sendall(_HEADER.pack(len(payload)) + payload)
+    return sock
+
+
+def go(sock: socket_module.socket) -> None:
+    """What handoff sends once started: the go, with /dev/null as the standard streams."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        socket_module.send_fds(sock, [b"g"], [null, null, null])
+    finally:
+        os.close(null)
+
+
+def probe_request(workspace: Path, log: Path) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": "src", "PROBE_LOG": str(log)}
+    env.pop(SOCKET_ENV, None)
+    return {
+        "protocol": PROTOCOL,
+        "argv": ["stages/probe.py", "exit", "0"],
+        "cwd": str(workspace),
+        "env": env,
+        "prefix": sys.prefix,
+        "version": sys.version,
+        "pid": os.getpid(),
+    }
+
+
+def answer(sock: socket_module.socket) -> dict[str, object]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return dict(json.loads(data or b"{}"))
+
+
+def test_a_started_child_waits_for_its_clients_go(
+    workspace: Path, runner: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "ran"
+    with raw_request(runner, probe_request(workspace, log)) as sock:
+        started = answer(sock)
+    assert started.get("protocol") == PROTOCOL, started
+    child = int(str(started["started"]))
+    assert ended(child), "a child whose client left before its go still runs"
+    assert ran(log) == []  # it exited without running the stage
+    with raw_request(runner, probe_request(workspace, log)) as sock:
+        child = int(str(answer(sock)["started"]))
+        go(sock)
+        assert answer(sock) == {"exit": 0}
+    assert ran(log) == [str(child)]
+
+
+def test_both_sides_refuse_another_protocol(workspace: Path, runner: str, tmp_path: Path) -> None:
+    log = tmp_path / "ran"
+    old = {**probe_request(workspace, log), "protocol": PROTOCOL - 1}
+    with raw_request(runner, old) as sock:
+        refused = answer(sock)
+    assert refused == {"refused": f"protocol {PROTOCOL - 1}, the runner speaks {PROTOCOL}"}
+    # A server of another protocol that answers `started`: the stage must not send its go.
+    path = tmp_path / "other"
+    got: list[bytes] = []
+    with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as other:
+        other.bind(str(path))
+        other.listen(1)
+
+        def serve() -> None:
+            conn, _ = other.accept()
+            with conn:
+                conn.settimeout(30)
+                (size,) = _HEADER.unpack(conn.recv(_HEADER.size))
+                while size > 0:
+                    size -= len(conn.recv(size))
+                conn.sendall(json.dumps({"started": 1, "protocol": PROTOCOL - 1}).encode() + b"\n")
+                got.append(conn.recv(1))
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        out = probe(workspace, str(path), "exit", "0", PROBE_LOG=str(log))
+        thread.join(10)
+    assert got == [b""], "the stage sent its go to a server of another protocol"
+    assert out.returncode == 0 and report(out)["preloaded"] is False
+    assert f"speaks protocol {PROTOCOL - 1}, this stage {PROTOCOL}" in out.stderr
+    assert len(ran(log)) == 1
+
+
+def zombie() -> subprocess.Popen[bytes]:
+    """A child of this process that was killed and that nobody has reaped yet."""
+    process = subprocess.Popen(["sleep", "60"])
+    process.kill()
+    deadline = time.monotonic() + 10
+    stat = Path(f"/proc/{process.pid}/stat")
+    while stat.read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline, "no zombie"
+        time.sleep(0.01)
+    return process
+
+
+def test_a_zombie_is_not_alive() -> None:
+    assert _alive(os.getpid())
+    process = zombie()
+    try:
+        os.kill(process.pid, 0)  # the process table still has it
+        assert not _alive(process.pid)
+    finally:
+        process.wait()
+    assert not _alive(process.pid)
+    assert not _alive(0) and not _alive(-1)
+
+
+def test_a_server_stops_when_its_owner_is_a_zombie(tmp_path: Path) -> None:
+    """A `nntune run` killed by its parent that has not reaped it yet is dead all the
+    same: its servers must not outlive it."""
+    owner = zombie()
+    path = tmp_path / "socket"
+    try:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nntune.warm",
+                str(path),
+                "--owner",
+                str(owner.pid),
+                "--preload=",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            assert server.wait(timeout=15) == 0
+        finally:
+            server.kill()
+            server.wait()
+    finally:
+        owner.wait()
+    assert not path.exists()

@@ -716,8 +716,14 @@ def plots(
         typer.echo("no successful experiment to plot: run `nntune grid` and `nntune run`", err=True)
         raise typer.Exit(1)
     rows = [r for r in records(comparison, top) if r["status"] == "ok"]
-    specs = report.learning_curve_specs(".", [e.name for e in shown])
-    specs += report.objective_specs(comparison, comparison.ranked)
+    curves = report.learning_curves(".", [e.name for e in shown])
+    if curves.missing and not curves.specs:
+        raise NntuneError(
+            "no learning curve could be drawn: " + "; ".join(curves.missing) + report.CURVES_HINT
+        )
+    for problem in curves.missing:
+        typer.echo(f"warning: left out of the page: {problem}", err=True)
+    specs = curves.specs + report.objective_specs(comparison, comparison.ranked)
     report.write_page(out, comparison, rows, specs)
     typer.echo(f"wrote {out} ({len(specs)} charts, {len(shown)} experiments)")
 
@@ -787,28 +793,39 @@ def init(
     data: Annotated[Path, typer.Option("--data", "-d", help="CSV or Parquet table")],
     target: Annotated[str, typer.Option("--target", "-t", help="column to predict")],
     task: Annotated[
-        str | None, typer.Option(help="multiclass, binary or regression (default: inferred)")
+        Literal["multiclass", "binary", "regression"] | None,
+        typer.Option(help="the task (default: inferred from the target column)"),
     ] = None,
-    force: Annotated[bool, typer.Option(help="overwrite an existing project's pipeline")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="replace an existing project's pipeline; keeps params and schema"),
+    ] = False,
+    reset_params: Annotated[
+        bool,
+        typer.Option("--reset-params", help="with --force: replace params.yaml and the schema too"),
+    ] = False,
 ) -> None:
     """Scaffold a ready project around your table: pipeline, params, inferred schema, git +
-    DVC with the data `dvc add`-ed. Then `cd DIR && dvc repro`."""
-    from nntune.metrics import TASKS
+    DVC with the data `dvc add`-ed (in a subfolder of a git repository: `dvc init
+    --subdir`). Then `cd DIR && dvc repro`."""
     from nntune.scaffold import init_project
 
-    if task is not None and task not in TASKS:
-        typer.echo(f"error: --task must be one of {', '.join(TASKS)}, got {task!r}", err=True)
-        raise typer.Exit(2)
-    try:
-        done = init_project(directory, data, target, task, force)
-    except NntuneError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    if reset_params and not force:
+        raise NntuneError("--reset-params replaces an existing project's params: add --force")
+    done = init_project(directory, data, target, task, force, reset_params)
     how = "inferred from the target column" if done.inferred_task else "as given"
     typer.echo(f"task: {done.task} ({how}; change data.task in params.yaml if wrong)")
     typer.echo(f"created {directory}: data {done.data} (dvc add), schema, params, pipeline")
+    if done.subdir:
+        typer.echo("a subfolder of a git repository: its own DVC repository (dvc init --subdir)")
+    if done.replaced:
+        typer.echo(f"replaced {len(done.replaced)} file(s): {', '.join(done.replaced)}")
+    if done.kept:
+        typer.echo(f"kept {', '.join(done.kept)} (--reset-params replaces them)")
+    for note in done.notes:
+        typer.echo(f"warning: {note}", err=True)
     if not done.committed:
-        typer.echo("existing git repository: review and commit the new files (git commit)")
+        typer.echo("existing git repository: the files init wrote are staged; review and commit")
     typer.echo(f"next: cd {directory} && dvc repro")
 
 

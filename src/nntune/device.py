@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from nntune.errors import NntuneError
 from nntune.params import RuntimeParams
+from nntune.quiet import filter_tf_noise
 
 
 class DeviceError(NntuneError):
@@ -50,12 +51,13 @@ def list_gpus() -> list[str]:
         import jax
 
         return [f"{d.device_kind}" for d in jax.devices() if d.platform == "gpu"]
-    import tensorflow as tf
-
     names = []
-    for gpu in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(gpu)
-        names.append(str(details.get("device_name", gpu.name)))
+    with filter_tf_noise():  # the first device query prints cuInit's failure without a GPU
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(gpu)
+            names.append(str(details.get("device_name", gpu.name)))
     return names
 
 

@@ -12,36 +12,76 @@ from __future__ import annotations
 import html
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nntune import artifacts
+from nntune.errors import NntuneError
 from nntune.experiments import Experiment, use_this_python
 from nntune.ranking import Comparison, format_value, plain, varying_params
 
 VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 
 
-def learning_curve_specs(root: str | Path, revs: list[str]) -> list[dict[str, Any]]:
-    """DVC's specs of the plots whose x axis is the epoch (``step``), for ``revs``."""
+CURVES_HINT = (
+    " (is a .gitignore rule such as `plots/` keeping dvclive/plots out of the experiments' "
+    "commits? anchor it as `/plots/`; `nntune init --force` repairs the project's own)"
+)
+
+
+@dataclass(frozen=True)
+class LearningCurves:
+    specs: list[dict[str, Any]]  # DVC's vega-lite specs, data inlined
+    missing: list[str]  # "REV: FILE (DVC's reason)" for each curve DVC could not read
+
+
+def learning_curves(root: str | Path, revs: list[str]) -> LearningCurves:
+    """DVC's specs of the plots whose x axis is the epoch (``step``), for ``revs``, and
+    the curves DVC reported it could not read (its JSON's ``errors``)."""
     use_this_python()
-    out = subprocess.run(
-        ["dvc", "plots", "diff", "--json", *revs],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    plots = json.loads(out.stdout).get("data", {})
+    cmd = ["dvc", "plots", "diff", "--json", *revs]
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    try:
+        shown = json.loads(out.stdout) if out.returncode == 0 else None
+    except json.JSONDecodeError:
+        shown = None
+    if not isinstance(shown, dict):
+        said = " / ".join(line.strip() for line in out.stderr.splitlines() if line.strip())
+        raise NntuneError(f"`{' '.join(cmd)}` failed (exit {out.returncode}): {said or out.stdout}")
     specs = []
-    for entries in plots.values():
+    for entries in shown.get("data", {}).values():
         for entry in entries:
             content = entry.get("content", {})
             rows = content.get("data", {}).get("values")
             # A curve no experiment logged (pretraining off everywhere) is left out.
             if entry.get("type") == "vega" and _x_field(content) == "step" and rows:
                 specs.append(content)
-    return specs
+    return LearningCurves(specs, _curve_errors(shown.get("errors", []), revs, bool(specs)))
+
+
+def _curve_errors(errors: list[dict[str, Any]], revs: list[str], drew: bool) -> list[str]:
+    """DVC's errors about the learning curves' files, one line per revision: ``REV: FILE,
+    FILE not found``. Files that are no learning curve (the confusion matrix) are left
+    out, and so, when some curve was drawn, is a file that no revision has (pretraining off
+    in all of them)."""
+    failed_revs: dict[str, set[str]] = {}
+    for error in errors:
+        failed_revs.setdefault(str(error.get("source", "")), set()).add(str(error.get("rev")))
+    by_rev: dict[str, list[str]] = {}
+    for error in errors:
+        source = str(error.get("source") or "dvc.yaml's plots")
+        if "/plots/metrics/" not in source and error.get("source"):
+            continue
+        if drew and failed_revs[str(error.get("source", ""))] >= set(revs):
+            continue
+        reason = (
+            "not found"
+            if error.get("type") == "FileNotFoundError"
+            else f"{error.get('type', 'error')}: {' '.join(str(error.get('msg', '')).split())}"
+        )
+        by_rev.setdefault(str(error.get("rev", "?")), []).append(f"{source} {reason}")
+    return [f"{rev}: {', '.join(problems)}" for rev, problems in by_rev.items()]
 
 
 def objective_specs(comparison: Comparison, experiments: list[Experiment]) -> list[dict[str, Any]]:

@@ -7,8 +7,8 @@ more than the training itself. ``nntune run`` therefore starts servers for the r
 (TensorFlow, Keras, pandas, pyarrow, dvclive; one of them also scikit-learn's metrics, for
 the evaluate stage) and then fork a child per stage. DVC still starts each stage's command
 as it always does; the stage script's first call, :func:`handoff`, passes its argv, working
-directory, environment and standard streams over a Unix socket, and exits with the child's
-exit code.
+directory, environment and then standard streams over a Unix socket, and exits with the
+child's exit code.
 
 What keeps a forked stage equal to a cold one:
 
@@ -20,9 +20,23 @@ What keeps a forked stage equal to a cold one:
   stage's working copy, so a queued experiment runs its own snapshot's code.
 - Settings read while the libraries load (``TF_*``, ``KERAS_*``, the interpreter) must equal
   the server's; otherwise the server refuses and the stage runs cold, as it does when no
-  server answers. A stage never fails because of the warm runner.
+  server answers.
 - The child gets its own session: when the stage's process dies (DVC cancels the trial), the
-  server kills the child's process group.
+  server kills the child's process group. A Ctrl-C (SIGINT) that reaches the stage's process
+  is passed on to the child, whose SIGINT handling is Python's default, as in a cold stage.
+
+Crash safety: a stage runs exactly once, warm or cold, never both. The server forks the
+child, which waits, and answers ``started`` with the child's pid (and the protocol it
+speaks); only when the stage's process has that answer does it send the go, with its
+standard streams, which the server passes on to the child. Until then anything that goes
+wrong (no server, a refusal, a server that dies, another :data:`PROTOCOL`, no answer within
+``NNTUNE_WARM_CONNECT_TIMEOUT`` seconds, default 60, which covers a server still importing
+TensorFlow) means nothing ran: the stage runs cold, the child (if any) exits without
+running it, and the server holds none of the stage's streams. After ``started`` the
+stage is never rerun cold: if the server or the connection dies before the child's exit
+code comes back, the stage's process stops the child (its pid came with ``started``), says
+so in one line on stderr and exits with 1; ``nntune run`` runs the trial again, and
+``nntune run --cold`` runs without the warm runner.
 
 Only the standard library is imported at the top: the client side runs in every stage.
 """
@@ -37,16 +51,23 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 SOCKET_ENV = "NNTUNE_WARM_SOCKET"
 PROFILE_ENV = "NNTUNE_PROFILE"  # nntune.stage's; repeated here to keep this module light
 PROFILE_CLIENT_ENV = "NNTUNE_PROFILE_CLIENT_PID"
-PROTOCOL = 1
+CONNECT_TIMEOUT_ENV = "NNTUNE_WARM_CONNECT_TIMEOUT"
+CONNECT_TIMEOUT = 60.0  # seconds; a server answers once its imports are done
+# 2: the server answers `started` (the child's pid) and the child waits for the client's go.
+PROTOCOL = 2
+_GO = b"g"
+LOST_EXIT = 1  # the stage's exit code when the runner died while it ran the stage
+_NOT_RUN = 70  # a child's exit code when its go did not come (nobody is told it)
 # What the stages of a trial import; each one costs a cold stage its start-up time.
 # dvc.repo: dvclive's Live() opens the trial's DVC repository (0.18 s to import here).
 PRELOAD = (
@@ -98,13 +119,14 @@ def handoff(module: str = "__main__", flavour: str = "") -> None:
     calls it first, with its ``__name__`` (imported as a module, it hands nothing off), and
     the :data:`FLAVOURS` key of the server whose preloaded modules it needs.
 
-    Does not return when the warm runner ran the stage: the process exits with the stage's
-    exit code. Returns (and the script goes on cold) when there is no runner, it cannot be
-    reached or it refuses; the reason goes to stderr."""
+    Does not return when the warm runner started the stage: the process exits with the
+    stage's exit code, or with :data:`LOST_EXIT` when the runner died while it ran the stage
+    (never rerun cold: it may have done part of its work). Returns (and the script goes on
+    cold) when there is no runner, it cannot be reached, it does not answer in time or it
+    refuses; the reason goes to stderr."""
     base = os.environ.get(SOCKET_ENV)
     if not base or module != "__main__":
         return
-    path = _socket(base, flavour)
     request = {
         "protocol": PROTOCOL,
         "argv": sys.argv,
@@ -114,38 +136,138 @@ def handoff(module: str = "__main__", flavour: str = "") -> None:
         "version": sys.version,
         "pid": os.getpid(),
     }
+    timeout = _connect_timeout()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(path)
-            payload = json.dumps(request).encode()
-            socket.send_fds(sock, [_HEADER.pack(len(payload))], [0, 1, 2])
-            sock.sendall(payload)
-            reply = json.loads(_read_line(sock) or b"{}")
+        reply = _handshake(sock, _socket(base, flavour), request, timeout)
+    except TimeoutError:
+        sock.close()
+        print(
+            f"nntune: warm runner did not answer within {timeout:g} s ({CONNECT_TIMEOUT_ENV});"
+            " this stage starts cold",
+            file=sys.stderr,
+        )
+        return
     except (OSError, ValueError) as exc:
+        sock.close()
         print(f"nntune: warm runner not reachable ({exc}); this stage starts cold", file=sys.stderr)
         return
-    if "exit" not in reply:
-        reason = reply.get("refused", "it stopped before answering")
+    if "started" not in reply or reply.get("protocol") != PROTOCOL:
+        sock.close()  # without our go, a child the server forked exits before the stage
+        reason = reply.get("refused") or (
+            f"it speaks protocol {reply.get('protocol')}, this stage {PROTOCOL}"
+            if "started" in reply
+            else "it stopped before answering"
+        )
         print(f"nntune: warm runner refused ({reason}); this stage starts cold", file=sys.stderr)
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    code = int(reply["exit"])
-    os._exit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
+    # From here on the stage may be running in the child: it is never rerun cold.
+    _relay(sock, int(reply["started"]))
 
 
-def _socket(base: str | Path, flavour: str) -> str:
-    return f"{base}.{flavour}" if flavour else str(base)
+def _connect_timeout() -> float:
+    try:
+        value = float(os.environ.get(CONNECT_TIMEOUT_ENV) or CONNECT_TIMEOUT)
+    except ValueError:
+        return CONNECT_TIMEOUT
+    return value if value > 0 else CONNECT_TIMEOUT
 
 
-def _read_line(sock: socket.socket) -> bytes:
+def _handshake(
+    sock: socket.socket, path: str, request: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """Connect, pass the request, and read the server's first
+    answer, all within ``timeout`` seconds (:class:`TimeoutError` past it). The standard
+    streams go with the go, so that a server that answers late holds none of them."""
+    deadline = time.monotonic() + timeout
+
+    def step() -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        sock.settimeout(left)
+
+    step()
+    sock.connect(path)
+    payload = json.dumps(request).encode()
+    step()
+    sock.sendall(_HEADER.pack(len(payload)) + payload)
     data = b""
     while not data.endswith(b"\n"):
+        step()
         chunk = sock.recv(4096)
         if not chunk:
             break
         data += chunk
-    return data
+    reply = json.loads(data or b"{}")
+    if not isinstance(reply, dict):
+        raise ValueError(f"unexpected answer {reply!r}")
+    return reply
+
+
+def _relay(sock: socket.socket, child: int) -> NoReturn:
+    """Let the started child run the stage, pass a Ctrl-C on to it, and exit with its exit
+    code; stop it and fail when the runner goes away first."""
+    with suppress(ValueError):  # not the main thread: no Ctrl-C to pass on
+        signal.signal(signal.SIGINT, lambda *_: _signal_group(child, signal.SIGINT))
+    data = b""
+    try:
+        sock.settimeout(None)
+        socket.send_fds(sock, [_GO], [0, 1, 2])  # the go, with the stage's standard streams
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(4096)  # retried after the SIGINT handler (PEP 475)
+            if not chunk:
+                break
+            data += chunk
+        code = int(json.loads(data)["exit"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        what = f"its connection failed ({exc})" if isinstance(exc, OSError) else "it went away"
+        _lost(child, what)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
+
+
+def _lost(child: int, what: str) -> NoReturn:
+    """The runner died after it had started the stage: stop the stage's child and fail."""
+    stopped = "stopped it" if _end_group(child) else "it had already ended"
+    print(
+        f"nntune: the warm runner failed while it ran this stage ({what}; pid {child}, "
+        f"{stopped}); the stage was not rerun cold, so that it cannot run twice: rerun "
+        "`nntune run` to run it again, or `nntune run --cold` to run without the warm runner",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(LOST_EXIT)
+
+
+def _signal_group(child: int, signum: int) -> None:
+    """Signal the child's process group (its own session), if the pid is still that child."""
+    with suppress(OSError):
+        if os.getsid(child) == child and _alive(child):
+            os.killpg(child, signum)
+
+
+def _end_group(child: int, grace: float = 5.0) -> bool:
+    """Stop the child's process group, SIGTERM then SIGKILL; whether it was still alive."""
+    try:
+        if os.getsid(child) != child or not _alive(child):
+            return False  # gone, or its pid is another process's by now
+    except OSError:
+        return False
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        _signal_group(child, signum)
+        deadline = time.monotonic() + grace
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not _alive(child):
+            break
+    return True
+
+
+def _socket(base: str | Path, flavour: str) -> str:
+    return f"{base}.{flavour}" if flavour else str(base)
 
 
 # -- server -------------------------------------------------------------------------------
@@ -156,18 +278,28 @@ class Job:
     """One stage, run in a forked child of the server."""
 
     request: dict[str, Any]
-    fds: list[int]
+    fds: list[int]  # the stage's standard streams; with a gate, they come through it
     base_path: list[str]
+    gate: socket.socket | None = None  # the child's end of the pair the go comes through
 
     def run(self) -> None:
-        """Become the stage's process, then run its script as ``__main__``."""
+        """Wait for the client's go, become the stage's process, then run its script as
+        ``__main__``. Exits without running it when the go does not come."""
         import importlib
         import types
 
         os.setsid()  # the server kills this group if the stage's client goes away
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a cold stage
+        if self.gate is not None:
+            try:  # b"": the client or the server went away
+                go, self.fds, _, _ = socket.recv_fds(self.gate, len(_GO), 3)
+            except BaseException:  # whatever it is (a Ctrl-C), the stage must not run
+                go = b""
+            if go != _GO or len(self.fds) != 3:
+                os._exit(_NOT_RUN)
+            self.gate.close()
         for target, fd in enumerate(self.fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -192,6 +324,42 @@ class Job:
         exec(compile(script.read_bytes(), str(script), "exec"), main.__dict__)
 
 
+@dataclass
+class _Child:
+    """The server's side of a forked stage: its client's connection, and its end of the
+    pair the go goes through until it has gone through (``None`` after)."""
+
+    conn: socket.socket
+    gate: socket.socket | None
+    released: bool = False  # the go went through: the child runs the stage
+
+    def open_gate(self) -> bool:
+        """Read the client's go and pass it on, with the stage's standard streams; without
+        it (the client went away, or sent something else) close the gate, so that the
+        child exits without running the stage. Whether the stage runs."""
+        fds: list[int] = []
+        try:
+            go, fds, _, _ = socket.recv_fds(self.conn, len(_GO), 3)
+            if go == _GO and len(fds) == 3 and self.gate is not None:
+                socket.send_fds(self.gate, [_GO], fds)
+                self.released = True
+        except OSError:
+            pass
+        for fd in fds:
+            os.close(fd)
+        self.close_gate()
+        return self.released
+
+    def close_gate(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
+
+    def close(self) -> None:
+        self.close_gate()
+        self.conn.close()
+
+
 def _reopen_stdio() -> None:
     """Standard streams on the stage's descriptors, buffered as a fresh interpreter would
     buffer them (line-buffered on a terminal; stderr always)."""
@@ -214,7 +382,7 @@ class Server:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)  # clients may connect (and wait) while the imports run
         self.listener.listen(128)
-        self.children: dict[int, socket.socket] = {}
+        self.children: dict[int, _Child] = {}
         self.stopping = False
         # From here on a stop request is remembered, also while the imports run, so that a
         # run that ends during them still gets its folder cleaned up.
@@ -228,13 +396,13 @@ class Server:
         """Import what the stages import; returns the modules that failed to import."""
         import importlib
 
-        from nntune.stage import import_keras_without_sklearn
+        from nntune.quiet import import_keras_quietly
 
         failed = []
         for name in modules:
             try:
                 if name == "keras":
-                    import_keras_without_sklearn()  # as the train stage loads it
+                    import_keras_quietly()  # as the train stage loads it, start-up noise filtered
                 importlib.import_module(name)
             except ImportError:
                 failed.append(name)
@@ -264,13 +432,20 @@ class Server:
                     job = self._accept(selector)
                     if job is not None:  # in the child
                         selector.close()
+                        signal.set_wakeup_fd(-1)  # the server's, which the child must not feed
                         os.close(wake_r)
                         os.close(wake_w)
                         return job
                 elif key.fileobj == wake_r:
                     _drain(wake_r)  # a child exited (SIGCHLD) or a stop was asked
-                else:  # a client's connection: readable only when its process went away
+                else:  # a client's connection: its go, or its process went away
                     pid = key.data
+                    child = self.children.get(pid)
+                    if child is not None and child.gate is not None:
+                        if child.open_gate():
+                            continue  # the stage runs now
+                        selector.unregister(key.fileobj)  # the child exits without running it
+                        continue
                     selector.unregister(key.fileobj)
                     with suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGTERM)
@@ -280,45 +455,41 @@ class Server:
         conn, _ = self.listener.accept()
         try:
             conn.settimeout(10)
-            header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
-            (size,) = _HEADER.unpack(header)
-            payload = b""
-            while len(payload) < size:
-                chunk = conn.recv(size - len(payload))
-                if not chunk:
-                    raise ConnectionError("the stage closed its connection")
-                payload += chunk
-            request = json.loads(payload)
-            refused = self._refusal(request, fds)
+            (size,) = _HEADER.unpack(_read_exactly(conn, _HEADER.size))
+            request = json.loads(_read_exactly(conn, size))
+            refused = self._refusal(request)
         except (OSError, ValueError, struct.error) as exc:
-            refused, fds = f"bad request: {exc}", locals().get("fds", [])
+            refused = f"bad request: {exc}"
         if refused:
-            for fd in fds:
-                os.close(fd)
-            _send(conn, {"refused": refused})
+            with suppress(OSError):
+                _send(conn, {"refused": refused})
             conn.close()
             return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
+            ours.close()
             self._close_listener(unlink=False)
             for other in self.children.values():
                 other.close()
             conn.close()
-            return Job(request, fds, self.base_path)
-        for fd in fds:
-            os.close(fd)
+            return Job(request, [], self.base_path, theirs)
+        theirs.close()
+        child = self.children[pid] = _Child(conn, ours)
+        try:
+            _send(conn, {"started": pid, "protocol": PROTOCOL})
+        except OSError:  # its client is gone already: the child exits without running it
+            child.close_gate()
+            return None
         conn.settimeout(None)
-        self.children[pid] = conn
         selector.register(conn, selectors.EVENT_READ, pid)
         return None
 
-    def _refusal(self, request: dict[str, Any], fds: list[int]) -> str | None:
+    def _refusal(self, request: dict[str, Any]) -> str | None:
         if request.get("protocol") != PROTOCOL:
             return f"protocol {request.get('protocol')}, the runner speaks {PROTOCOL}"
-        if len(fds) != 3:
-            return "the stage did not pass its standard streams"
         if request.get("prefix") != sys.prefix or request.get("version") != sys.version:
             return f"the stage runs another Python ({request.get('prefix')}), not {sys.prefix}"
         env = load_time_env(request.get("env", {}))
@@ -335,14 +506,15 @@ class Server:
                 return
             if pid == 0:
                 return
-            conn = self.children.pop(pid, None)
-            if conn is None:
+            child = self.children.pop(pid, None)
+            if child is None:
                 continue
             with suppress(KeyError):  # already unregistered if its client went away
-                selector.unregister(conn)
-            with suppress(OSError):
-                _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
-            conn.close()
+                selector.unregister(child.conn)
+            if child.released:  # else it did not run the stage: its client has no exit code
+                with suppress(OSError):
+                    _send(child.conn, {"exit": os.waitstatus_to_exitcode(status)})
+            child.close()
 
     def _stop(self, *_: Any) -> None:
         self.stopping = True
@@ -365,6 +537,16 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the stage closed its connection")
+        data += chunk
+    return data
 
 
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -443,13 +625,24 @@ def _pid(socket_path: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process runs: a zombie (dead, its parent has not reaped it yet) does not.
+    Where there is no ``/proc`` (not Linux), a zombie counts as alive."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return not Path("/proc/self/stat").exists()  # with /proc, reaped since os.kill
+    except OSError:
         return True
-    return pid > 0
+    state = stat.rpartition(")")[2].split()[:1]  # the command, in (), may hold anything
+    return state not in (["Z"], ["X"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,93 @@
+"""`nntune init`'s text builders and command runner, without git or DVC."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from nntune import cli
+from nntune.metrics import TASKS
+from nntune.params import Params, parse_params
+from nntune.scaffold import ScaffoldError, _command, _mismatches, _params_text, gitignore_text
+
+
+def test_gitignore_anchors_the_plot_folders_and_keeps_the_users_lines() -> None:
+    lines = ["# mine", "secrets.env", "plots/", "", "dvc_plots", "build/", "", ".nntune/"]
+    text = gitignore_text(lines)
+    assert text.splitlines() == [
+        "# mine",
+        "secrets.env",
+        "/plots/",
+        "",
+        "/dvc_plots/",
+        "build/",
+        "",
+        "/.nntune/",
+        ".venv/",
+        "__pycache__/",
+        ".*.tmp-*/",
+        ".*.old-*/",
+    ]
+    assert gitignore_text(text.splitlines()) == text  # a second init changes nothing
+
+
+def test_gitignore_drops_an_unanchored_rule_the_anchored_one_already_covers() -> None:
+    text = gitignore_text(["plots/", "/plots/", "notes/"])
+    assert text.splitlines()[:2] == ["/plots/", "notes/"]
+    assert "plots/" not in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    "value", ["yes", "on", "null", "1", "0x1F", "~", "a #b", "a: b", "'q'", '"q"', "ünï"]
+)
+def test_params_text_quotes_strings_so_they_round_trip(value: str) -> None:
+    source = Path("data") / f"{value}.csv"
+    schema = Path("data") / f"{value}.schema.yaml"
+    text = _params_text(REPO, source, schema, value, "binary")
+    data = yaml.safe_load(text)["data"]
+    assert data["target"] == value
+    assert data["source"] == source.as_posix()
+    assert data["schema"] == schema.as_posix()
+    assert data["task"] == "binary"
+    assert parse_params(yaml.safe_load(text)).data.target == value
+
+
+def test_params_text_keeps_the_comments_in_their_column() -> None:
+    text = _params_text(REPO, Path("data/c.csv"), Path("data/c.schema.yaml"), "y", "binary")
+    original = (REPO / "params.yaml").read_text().splitlines()
+    for line, before in zip(text.splitlines(), original, strict=True):
+        if before.startswith(("  source:", "  schema:", "  target:", "  task:")):
+            assert line.index("#") == before.index("#"), line
+
+
+def test_a_failing_command_reports_all_it_printed(tmp_path: Path) -> None:
+    with pytest.raises(ScaffoldError) as raised:
+        _command(tmp_path, "sh", "-c", "echo on stdout; echo on stderr >&2; exit 3")
+    message = str(raised.value)
+    assert "`sh -c echo on stdout; echo on stderr >&2; exit 3` failed" in message
+    assert "(exit 3): on stdout / on stderr" in message
+
+
+def test_a_missing_program_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ScaffoldError, match="needs `no-such-program-nntune` on PATH"):
+        _command(tmp_path, "no-such-program-nntune", "init")
+
+
+def test_the_task_option_offers_exactly_the_tasks() -> None:
+    hint = typing.get_type_hints(cli.init, include_extras=True)["task"]
+    choice = typing.get_args(typing.get_args(hint)[0])[0]  # Annotated[Literal | None, ...]
+    assert typing.get_args(choice) == TASKS
+
+
+def test_kept_params_that_name_other_data_are_pointed_out(tiny_params: Params) -> None:
+    data = tiny_params.data  # data/digits.csv -> target, multiclass
+    assert _mismatches(data, Path(data.source), data.target, data.task) == []
+    (note,) = _mismatches(data, Path("data/customers.csv"), "churn", data.task)
+    assert note == (
+        "kept params.yaml: data.source is 'data/digits.csv' (not 'data/customers.csv'), "
+        "data.target is 'target' (not 'churn'); edit it, or rerun with --reset-params"
+    )

@@ -72,6 +72,7 @@ def test_grid_run_compare_best(tmp_path: Path) -> None:
     # varied parameter, rendered for real by a browser.
     written = run(project, NNTUNE, "plots", "--top", "3")
     assert "4 charts, 3 experiments" in written.stdout
+    assert "left out of the page" not in written.stderr  # every trial's curves reached git
     dom = chromium_dom(project / "plots" / "experiments.html")
     svgs = re.findall(r"<svg.*?</svg>", dom, flags=re.DOTALL)
     assert len(svgs) == 4

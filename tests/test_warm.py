@@ -57,6 +57,7 @@ print(json.dumps({
     "path0": sys.path[0],
     "pid": os.getpid(),
     "sigint_default": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+    "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
     "wakeup_fd": signal.set_wakeup_fd(-1),
 }), flush=True)
 print("probe on stderr", file=sys.stderr, flush=True)
@@ -92,7 +93,7 @@ def runner() -> Iterator[str]:
 
 
 def probe(
-    workspace: Path, socket: str | None, *args: str, **env: str
+    workspace: Path, socket: str | None, *args: str, ignore_sigint: bool = False, **env: str
 ) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": "src", **env}
     full.pop(SOCKET_ENV, None)
@@ -105,7 +106,18 @@ def probe(
         capture_output=True,
         text=True,
         timeout=60,
+        preexec_fn=sigint_ignored if ignore_sigint else sigint_as_in_a_terminal,
     )
+
+
+def sigint_as_in_a_terminal() -> None:
+    """A background job of a non-interactive shell (`make test &`, nohup) ignores SIGINT, and
+    so would every probe: give the probes SIGINT's default, as a terminal's command has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def report(out: subprocess.CompletedProcess[str]) -> dict[str, object]:
@@ -192,6 +204,7 @@ def start_probe(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_as_in_a_terminal,
     )
 
 
@@ -337,6 +350,16 @@ def test_the_child_handles_signals_as_a_cold_stage(workspace: Path, runner: str)
     assert warm["preloaded"] is True
     assert warm["sigint_default"] is cold["sigint_default"] is True
     assert warm["wakeup_fd"] == cold["wakeup_fd"] == -1
+
+
+def test_a_stage_that_ignores_sigint_has_a_child_that_ignores_it(
+    workspace: Path, runner: str
+) -> None:
+    """`nntune run &` from a script: the stages ignore SIGINT cold, and so warm."""
+    warm = report(probe(workspace, runner, "exit", "0", ignore_sigint=True))
+    cold = report(probe(workspace, None, "exit", "0", ignore_sigint=True))
+    assert warm["preloaded"] is True and cold["preloaded"] is False
+    assert warm["sigint_ignored"] is cold["sigint_ignored"] is True
 
 
 def test_ctrl_c_reaches_the_stage_as_in_a_cold_run(

@@ -135,6 +135,9 @@ def handoff(module: str = "__main__", flavour: str = "") -> None:
         "prefix": sys.prefix,
         "version": sys.version,
         "pid": os.getpid(),
+        # Started in the background by a non-interactive shell, a process ignores SIGINT;
+        # the child keeps that, as the cold stage would.
+        "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
     }
     timeout = _connect_timeout()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -209,7 +212,8 @@ def _relay(sock: socket.socket, child: int) -> NoReturn:
     """Let the started child run the stage, pass a Ctrl-C on to it, and exit with its exit
     code; stop it and fail when the runner goes away first."""
     with suppress(ValueError):  # not the main thread: no Ctrl-C to pass on
-        signal.signal(signal.SIGINT, lambda *_: _signal_group(child, signal.SIGINT))
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, lambda *_: _signal_group(child, signal.SIGINT))
     data = b""
     try:
         sock.settimeout(None)
@@ -291,7 +295,9 @@ class Job:
         os.setsid()  # the server kills this group if the stage's client goes away
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a cold stage
+        # Ctrl-C as in a cold stage: Python's default, or ignored where the stage's is.
+        ignored = self.request.get("sigint_ignored") is True
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
         if self.gate is not None:
             try:  # b"": the client or the server went away
                 go, self.fds, _, _ = socket.recv_fds(self.gate, len(_GO), 3)

@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, installed or n
 
 import keras  # noqa: E402
 
-from nntune import device  # noqa: E402
-from nntune.data import digits_frame  # noqa: E402
-from nntune.model import build_model  # noqa: E402
-from nntune.params import load_params  # noqa: E402
-from nntune.preprocess import prepare  # noqa: E402
+from nntune.config.params import load_params  # noqa: E402
+from nntune.stage import device  # noqa: E402
+from nntune.stage.data import digits_frame  # noqa: E402
+from nntune.stage.model import build_model  # noqa: E402
+from nntune.stage.preprocess import prepare  # noqa: E402
 
 
 def main() -> None:

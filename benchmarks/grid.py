@@ -149,10 +149,10 @@ def inner(kind: str, project: Path, tmp: Path) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import keras
 
-    from nntune.data import read_prepared
-    from nntune.model import build_model
-    from nntune.params import load_params
-    from nntune.training import seed_everything
+    from nntune.config.params import load_params
+    from nntune.stage.data import read_prepared
+    from nntune.stage.model import build_model
+    from nntune.stage.training import seed_everything
 
     base = load_params(project / "params.yaml")
     data = read_prepared(project / "data" / "prepared")

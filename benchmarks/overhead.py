@@ -52,9 +52,9 @@ def save_load_seconds(project: Path, tmp: Path) -> dict[str, float]:
     sys.path.insert(0, str(ROOT / "src"))
     import keras
 
-    from nntune.data import read_prepared
-    from nntune.model import build_model
-    from nntune.params import load_params
+    from nntune.config.params import load_params
+    from nntune.stage.data import read_prepared
+    from nntune.stage.model import build_model
 
     params = load_params(project / "params.yaml")
     data = read_prepared(project / "data" / "prepared", splits=("train",))

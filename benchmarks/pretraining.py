@@ -27,12 +27,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from nntune import device, pretrain  # noqa: E402
-from nntune.data import digits_frame  # noqa: E402
-from nntune.evaluate import evaluate_predictions  # noqa: E402
-from nntune.params import Params, load_params  # noqa: E402
-from nntune.preprocess import prepare  # noqa: E402
-from nntune.training import fit, seed_everything  # noqa: E402
+from nntune.config.params import load_params  # noqa: E402
+from nntune.config.sections import Params  # noqa: E402
+from nntune.stage import device, pretrain  # noqa: E402
+from nntune.stage.data import digits_frame  # noqa: E402
+from nntune.stage.evaluate import evaluate_predictions  # noqa: E402
+from nntune.stage.preprocess import prepare  # noqa: E402
+from nntune.stage.training import fit, seed_everything  # noqa: E402
 
 
 def one_run(

@@ -39,7 +39,7 @@ def synthetic_prepared(rows: int, out: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from nntune.data import Prepared, write_prepared
+    from nntune.stage.data import Prepared, write_prepared
 
     rng = np.random.default_rng(0)
     features = [f"x{i}" for i in range(40)]
@@ -92,10 +92,10 @@ def stage_run(tmp: Path) -> tuple[float, float]:
 
 
 def bare_fit(tmp: Path) -> float:
-    from nntune.data import read_prepared
-    from nntune.model import build_model
-    from nntune.params import load_params
-    from nntune.training import seed_everything
+    from nntune.config.params import load_params
+    from nntune.stage.data import read_prepared
+    from nntune.stage.model import build_model
+    from nntune.stage.training import seed_everything
 
     params = load_params(tmp / "params.yaml")
     seed_everything(params.runtime)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "src"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nntune.data import read_table  # noqa: E402
-from nntune.params import DataParams  # noqa: E402
-from nntune.schema import check_data, infer_schema, load_schema, validate_table  # noqa: E402
+from nntune.config.sections import DataParams  # noqa: E402
+from nntune.stage.data import read_table  # noqa: E402
+from nntune.stage.schema import check_data, infer_schema, load_schema, validate_table  # noqa: E402
 
 
 def table(rows: int) -> pd.DataFrame:

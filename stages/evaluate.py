@@ -5,19 +5,19 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from nntune.warm import handoff
+from nntune.warm.client import handoff
 
 handoff(__name__, "sklearn")  # under `nntune run`: the warm runner (TF, scikit-learn)
 
-from nntune.quiet import filter_tf_noise
+from nntune.stage.quiet import filter_tf_noise
 
 with filter_tf_noise():  # TensorFlow's start-up lines on fd 2, which TF_CPP_* leaves
     import keras
 
-from nntune import artifacts
-from nntune.data import read_prepared
-from nntune.evaluate import evaluate_predictions
-from nntune.stage import run_stage
+from nntune.stage import artifacts
+from nntune.stage.data import read_prepared
+from nntune.stage.entry import run_stage
+from nntune.stage.evaluate import evaluate_predictions
 
 
 def main(args: argparse.Namespace) -> None:

@@ -2,10 +2,10 @@
 
 import argparse
 
-from nntune.data import check_validated, file_md5, read_table, write_prepared
-from nntune.params import load_params
-from nntune.preprocess import prepare
-from nntune.stage import run_stage
+from nntune.config.params import load_params
+from nntune.stage.data import check_validated, file_md5, read_table, write_prepared
+from nntune.stage.entry import run_stage
+from nntune.stage.preprocess import prepare
 
 
 def main(args: argparse.Namespace) -> None:

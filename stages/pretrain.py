@@ -7,14 +7,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from nntune.warm import handoff
+from nntune.warm.client import handoff
 
 handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
 
-from nntune import artifacts
-from nntune.params import load_params
-from nntune.quiet import import_keras_quietly
-from nntune.stage import run_stage
+from nntune.config.params import load_params
+from nntune.stage import artifacts
+from nntune.stage.entry import run_stage
+from nntune.stage.quiet import import_keras_quietly
 
 
 def main(args: argparse.Namespace) -> None:
@@ -27,9 +27,9 @@ def main(args: argparse.Namespace) -> None:
         artifacts.write_json(args.metrics, {"pretrain_epochs": 0})
         return
     import_keras_quietly()  # TensorFlow's start-up lines on fd 2 filtered
-    from nntune import device, pretrain
-    from nntune.data import read_prepared
-    from nntune.training import seed_everything
+    from nntune.stage import device, pretrain
+    from nntune.stage.data import read_prepared
+    from nntune.stage.training import seed_everything
 
     used = device.configure(params.runtime)
     print(f"pretraining on {used.name}", file=sys.stderr)

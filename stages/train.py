@@ -8,17 +8,17 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from nntune.warm import handoff
+from nntune.warm.client import handoff
 
 handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
 
-from nntune.quiet import import_keras_quietly
+from nntune.stage.quiet import import_keras_quietly
 
 import_keras_quietly()  # before any module that imports Keras; TF's start-up lines filtered
-from nntune import artifacts, device, lineage, pretrain, stage, warmstart
-from nntune.data import read_prepared
-from nntune.params import load_params
-from nntune.training import fit, seed_everything
+from nntune.config.params import load_params
+from nntune.stage import artifacts, device, entry, lineage, pretrain, warmstart
+from nntune.stage.data import read_prepared
+from nntune.stage.training import fit, seed_everything
 
 
 def main(args: argparse.Namespace) -> None:
@@ -42,4 +42,4 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     paths = ("prepared", "pretrained", "init", "model", "last", "metrics", "run_info", "live_dir")
-    stage.run_stage(main, __doc__, "params", *paths)
+    entry.run_stage(main, __doc__, "params", *paths)

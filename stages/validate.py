@@ -7,10 +7,10 @@ runs nothing downstream.
 import argparse
 import sys
 
-from nntune import artifacts
-from nntune.params import load_params
-from nntune.schema import check_data, render_report
-from nntune.stage import run_stage
+from nntune.config.params import load_params
+from nntune.stage import artifacts
+from nntune.stage.entry import run_stage
+from nntune.stage.schema import check_data, render_report
 
 
 def main(args: argparse.Namespace) -> None:

@@ -3,13 +3,13 @@ by its md5, for train to continue; only {"enabled": false} when training from sc
 
 import argparse
 
-from nntune.warm import handoff
+from nntune.warm.client import handoff
 
 handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
 
-from nntune import warmstart
-from nntune.params import load_params
-from nntune.stage import run_stage
+from nntune.config.params import load_params
+from nntune.stage import warmstart
+from nntune.stage.entry import run_stage
 
 
 def main(args: argparse.Namespace) -> None:

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from nntune.params import Params, parse_params
+from nntune.config.params import parse_params
+from nntune.config.sections import Params
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from nntune import artifacts
+from nntune.stage import artifacts
 
 OLD = {"a.txt": "old a", "b.txt": "old b"}
 NEW = {f"part{i:02}.txt": f"new {i}" for i in range(20)}
@@ -119,7 +119,7 @@ def test_an_old_folder_set_aside_comes_back_when_the_new_one_never_arrived(
 CHILD = """
 import os, signal, sys, time
 from pathlib import Path
-from nntune import artifacts
+from nntune.stage import artifacts
 
 target, moment = Path(sys.argv[1]), sys.argv[2]
 NEW = {f"part{i:02}.txt": f"new {i}" for i in range(20)}

@@ -11,7 +11,7 @@ from project import run, scaffold
 from typer.testing import CliRunner
 
 from nntune.cli import app
-from nntune.data import digits_frame
+from nntune.stage.data import digits_frame
 
 runner = CliRunner()
 
@@ -168,7 +168,7 @@ def test_commands_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_all_gpus_when_there_are_none(in_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nntune import device
+    from nntune.stage import device
 
     monkeypatch.setattr(device, "list_gpus", list)
     result = runner.invoke(app, ["run", "--gpus", "all"])
@@ -202,17 +202,17 @@ def test_init_rejects_bad_arguments(tmp_path: Path, args: list[str], message: st
 
 
 def _plots_setup(monkeypatch: pytest.MonkeyPatch, missing: list[str], drawn: int) -> list[Any]:
-    from nntune import report
+    from nntune.config.metrics import Objective
     from nntune.experiments import Experiment
-    from nntune.metrics import Objective
-    from nntune.ranking import compare
+    from nntune.tuning import report
+    from nntune.tuning.ranking import compare
 
     rows = [
         Experiment(n, n, "Success", {"model.units": u}, {"val_loss": v, "diverged": False})
         for n, u, v in (("u4", 4.0, 0.3), ("u8", 8.0, 0.2))
     ]
     comparison = compare(rows, Objective("val_loss", "min"), "binary")
-    monkeypatch.setattr("nntune.cli._comparison", lambda *_: comparison)
+    monkeypatch.setattr("nntune.cli.results._comparison", lambda *_: comparison)
     specs = [{"title": f"curve {i}"} for i in range(drawn)]
     monkeypatch.setattr(report, "learning_curves", lambda *_: report.LearningCurves(specs, missing))
     pages: list[Any] = []

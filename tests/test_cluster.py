@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from nntune import cluster, experiments
-from nntune.cluster import RayExecutor, RayOptions
-from nntune.remote import TrialError, TrialResult
+from nntune import experiments
+from nntune.backends import ray as cluster
+from nntune.backends.ray import RayExecutor, RayOptions
+from nntune.backends.trial import TrialError, TrialResult
 
 REV = "ab" * 20
 

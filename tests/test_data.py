@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from conftest import REPO, make_table
 
-from nntune import artifacts
-from nntune.data import (
+from nntune.config.sections import Params
+from nntune.stage import artifacts
+from nntune.stage.data import (
     DataError,
     check_validated,
     digits_frame,
@@ -19,8 +20,7 @@ from nntune.data import (
     read_table,
     write_prepared,
 )
-from nntune.params import Params
-from nntune.preprocess import prepare
+from nntune.stage.preprocess import prepare
 
 
 def _original_uids(prepared_split: pd.DataFrame, prepared_meta: dict[str, list[float]]) -> set[int]:

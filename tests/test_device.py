@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nntune import device
-from nntune.device import Device, DeviceError, distribution_scope, resolve_device
-from nntune.model import build_model
-from nntune.params import Params, RuntimeParams
+from nntune.config.sections import Params, RuntimeParams
+from nntune.stage import device
+from nntune.stage.device import Device, DeviceError, distribution_scope, resolve_device
+from nntune.stage.model import build_model
 
 
 def runtime(tiny_params: Params, **changes: object) -> RuntimeParams:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import make_table
 
-from nntune.evaluate import evaluate_predictions
-from nntune.params import Params
-from nntune.preprocess import prepare
+from nntune.config.sections import Params
+from nntune.stage.evaluate import evaluate_predictions
+from nntune.stage.preprocess import prepare
 
 
 def test_multiclass_metrics_and_original_labels(tiny_params: Params) -> None:

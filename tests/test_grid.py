@@ -6,15 +6,8 @@ from typing import Any
 import pytest
 from conftest import REPO
 
-from nntune.grid import (
-    GridError,
-    apply,
-    expand,
-    flatten,
-    load_space,
-    override_args,
-    parse_assignments,
-)
+from nntune.config.mapping import apply, flatten, override_args
+from nntune.tuning.grid import GridError, expand, load_space, parse_assignments
 
 
 def test_default_space_is_seed_guided_and_dedups_linear_models(raw_params: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from nntune.metrics import (
+from nntune.config.metrics import (
     TASKS,
     Objective,
     holdout_metric_names,

@@ -5,9 +5,9 @@ import dataclasses
 import keras
 import pytest
 
-from nntune.metrics import Task
-from nntune.model import build_model
-from nntune.params import Params
+from nntune.config.metrics import Task
+from nntune.config.sections import Params
+from nntune.stage.model import build_model
 
 
 def _dense(net: keras.Model) -> list[keras.layers.Dense]:

@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nntune.data import SPLITS, UNLABELED, DataError, read_table
-from nntune.params import DataParams, Params, ParamsError, parse_params
-from nntune.preprocess import prepare
-from nntune.schema import SchemaFileError, ValidationReport, check_data, infer_schema
+from nntune.config.params import parse_params
+from nntune.config.sections import DataParams, Params, ParamsError
+from nntune.stage.data import SPLITS, UNLABELED, DataError, read_table
+from nntune.stage.preprocess import prepare
+from nntune.stage.schema import SchemaFileError, ValidationReport, check_data, infer_schema
 
 
 def mixed_table(n_rows: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -299,6 +300,6 @@ def test_bad_schema_file_missing(project: Path, tiny_params: Params) -> None:
     ],
 )
 def test_task_is_inferred_from_the_target(values: list[Any], task: str) -> None:
-    from nntune.scaffold import infer_task
+    from nntune.scaffold.project import infer_task
 
     assert infer_task(pd.Series(values)) == task

@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 import yaml
 
-from nntune.params import ParamsError, load_params, parse_params
+from nntune.config.params import load_params, parse_params
+from nntune.config.sections import ParamsError
 
 
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -212,7 +213,7 @@ def test_loader_does_not_import_tensorflow() -> None:
     import sys
 
     code = (
-        "import sys; from nntune.params import load_params; "
+        "import sys; from nntune.config.params import load_params; "
         "load_params('params.yaml'); print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     root = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from project import NNTUNE, run, scaffold
 
-from nntune.warm import warm_runner
+from nntune.warm.launcher import warm_runner
 
 pytestmark = pytest.mark.e2e
 

@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 from conftest import make_table, repo_params_dict, shrink
 
-from nntune import pretrain
-from nntune.data import SPLITS, UNLABELED, DataError, Prepared, digits_frame
-from nntune.model import build_model
-from nntune.params import Params, ParamsError, parse_params
-from nntune.preprocess import prepare
-from nntune.training import fit, seed_everything
+from nntune.config.params import parse_params
+from nntune.config.sections import Params, ParamsError
+from nntune.stage import pretrain
+from nntune.stage.data import SPLITS, UNLABELED, DataError, Prepared, digits_frame
+from nntune.stage.model import build_model
+from nntune.stage.preprocess import prepare
+from nntune.stage.training import fit, seed_everything
 
 
 def _params(**pretrain_overrides: Any) -> Params:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from nntune.quiet import SHOW_ENV, is_noise, keep
+from nntune.stage.quiet import SHOW_ENV, is_noise, keep
 
 # What TensorFlow 2.21 printed here, on a machine without a GPU, with TF_CPP_MIN_LOG_LEVEL=0.
 NOISE_LINES = [
@@ -87,7 +87,7 @@ def _written(err: bytes) -> list[str]:
 
 WRITER = f"""
 import os, sys, warnings
-from nntune.quiet import filter_tf_noise
+from nntune.stage.quiet import filter_tf_noise
 NOISE = {NOISE_LINES!r}
 def w(line):
     os.write(2, (line + "\\n").encode())
@@ -144,7 +144,7 @@ def test_everything_shows_when_asked() -> None:
 def test_an_exception_inside_restores_fd_2_and_replays_first() -> None:
     code = f"""
     import os
-    from nntune.quiet import filter_tf_noise
+    from nntune.stage.quiet import filter_tf_noise
     NOISE = {NOISE_LINES!r}
     before = os.fstat(2)
     try:
@@ -171,7 +171,7 @@ def test_an_exception_inside_restores_fd_2_and_replays_first() -> None:
 def test_nested_blocks_and_a_closed_stderr() -> None:
     code = f"""
     import os
-    from nntune.quiet import filter_tf_noise
+    from nntune.stage.quiet import filter_tf_noise
     NOISE = {NOISE_LINES!r}
     with filter_tf_noise():
         os.write(2, b"outer\\n")
@@ -190,16 +190,16 @@ def test_nested_blocks_and_a_closed_stderr() -> None:
 
 def test_real_tensorflow_start_prints_no_noise() -> None:
     """``import tensorflow`` through the filter, then the first device query as the stages
-    make it (nntune.device.list_gpus); TF_CPP_MIN_LOG_LEVEL=0: TensorFlow prints all it can.
+    make it (nntune.stage.device.list_gpus); TF_CPP_MIN_LOG_LEVEL=0: TensorFlow prints all it can.
     (Without the filter it prints every one of these needles here.)"""
     code = """
     import os
-    from nntune.quiet import filter_tf_noise
+    from nntune.stage.quiet import filter_tf_noise
     with filter_tf_noise():
         import keras
         import tensorflow as tf
     os.write(2, b"imported\\n")
-    from nntune import device
+    from nntune.stage import device
     print(device.list_gpus(), tf.config.list_physical_devices("CPU")[0].device_type)
     """
     child = _run(code, TF_CPP_MIN_LOG_LEVEL="0", KERAS_BACKEND="tensorflow")

@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from nntune.config.metrics import Objective
 from nntune.experiments import Experiment, same_params
-from nntune.metrics import Objective
-from nntune.ranking import compare, records, to_csv, to_json, to_markdown
+from nntune.tuning.ranking import compare, records, to_csv, to_json, to_markdown
 
 BASELINE = {"val_loss": 0.05, "test_accuracy": 0.99, "diverged": False}
 
@@ -81,7 +81,7 @@ def test_same_params_tolerates_exp_show_types() -> None:
 
 
 def test_gc_keeps_the_best_the_promoted_and_their_warm_start_parents() -> None:
-    from nntune.ranking import select_garbage
+    from nntune.tuning.ranking import select_garbage
 
     def trial(
         name: str, loss: float | None, parent: str = "", state: str = "Success"

@@ -13,9 +13,9 @@ import pytest
 from project import NNTUNE, project_env, remote_experiments, run, shared_project
 from typer.testing import CliRunner
 
+from nntune.backends.slurm import SlurmOptions, slurm_script
+from nntune.backends.trial import TrialError, TrialSpec, exp_ref, parse_overrides
 from nntune.cli import app
-from nntune.remote import TrialError, TrialSpec, exp_ref, parse_overrides
-from nntune.slurm import SlurmOptions, slurm_script
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from nntune import report
 from nntune.errors import NntuneError
+from nntune.tuning import report
 
 
 def curve(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,10 +9,17 @@ import pytest
 import yaml
 from conftest import REPO
 
-from nntune import cli
-from nntune.metrics import TASKS
-from nntune.params import Params, parse_params
-from nntune.scaffold import ScaffoldError, _command, _mismatches, _params_text, gitignore_text
+from nntune.cli import project as cli_project
+from nntune.config.metrics import TASKS
+from nntune.config.params import parse_params
+from nntune.config.sections import Params
+from nntune.scaffold.project import (
+    ScaffoldError,
+    _command,
+    _mismatches,
+    _params_text,
+    gitignore_text,
+)
 
 
 def test_gitignore_anchors_the_plot_folders_and_keeps_the_users_lines() -> None:
@@ -78,7 +85,7 @@ def test_a_missing_program_is_named(tmp_path: Path) -> None:
 
 
 def test_the_task_option_offers_exactly_the_tasks() -> None:
-    hint = typing.get_type_hints(cli.init, include_extras=True)["task"]
+    hint = typing.get_type_hints(cli_project.init, include_extras=True)["task"]
     choice = typing.get_args(typing.get_args(hint)[0])[0]  # Annotated[Literal | None, ...]
     assert typing.get_args(choice) == TASKS
 

@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 from conftest import REPO, make_table
 
-from nntune.data import digits_frame
-from nntune.params import Params
-from nntune.schema import (
-    SchemaFileError,
-    digits_schema,
-    load_schema,
-    validate_table,
-)
+from nntune.config.sections import Params
+from nntune.stage.data import digits_frame
+from nntune.stage.schema import SchemaFileError, digits_schema, load_schema, validate_table
 
 
 def test_committed_schema_file_is_digits_schema() -> None:

@@ -12,12 +12,13 @@ from typing import Any
 import optuna
 import pytest
 
-from nntune import experiments, search
+from nntune import experiments
+from nntune.config.metrics import Objective
 from nntune.experiments import QueueState
-from nntune.metrics import Objective
-from nntune.search import Choice, Range, SearchError, TrialState, parse_space, promotions
-from nntune.study import (
-    Driver,
+from nntune.tuning import space as search
+from nntune.tuning.driver import Driver
+from nntune.tuning.space import Choice, Range, SearchError, TrialState, parse_space, promotions
+from nntune.tuning.study import (
     Settings,
     StudyError,
     needed_by_unfinished_studies,
@@ -388,7 +389,7 @@ def test_failed_and_diverged_experiments_fail_their_trial(
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from nntune.study import study_lock
+from nntune.tuning.study import study_lock
 with study_lock(Path(sys.argv[1]), "s"):
     print("held", flush=True)
     time.sleep(60)

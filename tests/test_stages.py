@@ -90,7 +90,7 @@ def test_stages_import_tensorflow_only_when_they_train(stage: str) -> None:
 def test_loading_tensorflow_in_a_stage_prints_none_of_its_noise(stage: str) -> None:
     """TensorFlow's start-up lines on fd 2 (INFO, a cuInit error without a GPU), which
     TF_CPP_MIN_LOG_LEVEL no longer silences, stay out of `dvc repro`'s output."""
-    from nntune.quiet import is_noise
+    from nntune.stage.quiet import is_noise
 
     _, tensorflow, stderr = stage_imports(f"stages/{stage}.py")
     assert tensorflow is True
@@ -104,7 +104,7 @@ def test_stage_scripts_stay_thin(stage: str) -> None:
 
 
 def test_profile_record_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nntune.stage import PROFILE_ENV, run_stage
+    from nntune.stage.entry import PROFILE_ENV, run_stage
 
     profile = tmp_path / "profile.jsonl"
     monkeypatch.setattr(sys, "argv", ["stages/train.py", "params.yaml"])
@@ -133,13 +133,13 @@ def test_train_stage_does_not_load_scikit_learn() -> None:
         env={**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line]
-    assert "keras" in imported and "nntune.training" in imported
+    assert "keras" in imported and "nntune.stage.training" in imported
     assert not [m for m in imported if m.startswith(("sklearn.", "scipy.stats"))]
 
 
 def test_scikit_learn_still_imports_after_keras_loaded_without_it() -> None:
     code = (
-        "from nntune.stage import import_keras_without_sklearn as load\n"
+        "from nntune.stage.entry import import_keras_without_sklearn as load\n"
         "load()\n"
         "import sys, keras\n"
         "assert 'sklearn' not in sys.modules\n"
@@ -163,7 +163,7 @@ def test_a_stage_process_exits_without_teardown_after_its_outputs(tmp_path: Path
     script = tmp_path / "stage.py"
     script.write_text(
         "import atexit, sys\n"
-        "from nntune.stage import run_stage\n"
+        "from nntune.stage.entry import run_stage\n"
         "class Teardown:\n"
         "    def __del__(self):\n"
         "        print('torn down', flush=True)\n"
@@ -189,7 +189,7 @@ def test_a_stage_process_exits_without_teardown_after_its_outputs(tmp_path: Path
 
 
 def test_process_start_is_exact_to_the_tick() -> None:
-    from nntune.stage import process_start
+    from nntune.stage.entry import process_start
 
     before = time.time()
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"]) as child:

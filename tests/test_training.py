@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from conftest import make_table
 
-from nntune.evaluate import evaluate_predictions
-from nntune.model import build_model
-from nntune.params import Params
-from nntune.preprocess import prepare
-from nntune.training import fit, seed_everything
+from nntune.config.sections import Params
+from nntune.stage.evaluate import evaluate_predictions
+from nntune.stage.model import build_model
+from nntune.stage.preprocess import prepare
+from nntune.stage.training import fit, seed_everything
 
 
 def _train(params: Params, live: Path, table: pd.DataFrame | None = None):  # type: ignore[no-untyped-def]
@@ -161,7 +161,7 @@ def test_continuing_a_saved_model_equals_training_straight_through(
 def test_dropout_differs_between_epochs(tmp_path: Path, tiny_params: Params) -> None:
     """The per-epoch reseeding must not give every epoch the same dropout masks: with the
     same batches twice, two epochs would then repeat each other's updates exactly."""
-    from nntune.training import EpochSeeds
+    from nntune.stage.training import EpochSeeds
 
     model = dataclasses.replace(tiny_params.model, dropout=0.5)
     params = dataclasses.replace(tiny_params, model=model)

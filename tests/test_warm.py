@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from nntune.warm import (
+from nntune.warm.client import (
     _HEADER,
     CONNECT_TIMEOUT_ENV,
     LOST_EXIT,
@@ -31,12 +31,12 @@ from nntune.warm import (
     SOCKET_ENV,
     _alive,
     load_time_env,
-    warm_runner,
 )
+from nntune.warm.launcher import warm_runner
 
 PROBE = """
 import json, os, signal, sys, time
-from nntune.warm import handoff
+from nntune.warm.client import handoff
 
 handoff(__name__, os.environ.get("PROBE_FLAVOUR", ""))
 import nntune
@@ -275,13 +275,14 @@ def test_a_run_that_ends_while_the_runner_imports_leaves_nothing(
 
 
 def test_an_empty_queue_starts_no_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nntune import monitor
+    from nntune.backends import local
+    from nntune.experiments import QueueState
 
     started = []
-    monkeypatch.setattr(monitor, "warm_runner", lambda *a, **k: started.append(a))
-    monkeypatch.setattr(monitor, "open_repo", lambda root: _Nothing())
-    monkeypatch.setattr(monitor, "queue_state", lambda repo: monitor.QueueState())
-    outcome = monitor.run_queue(tmp_path, 2, None, None)  # type: ignore[arg-type]
+    monkeypatch.setattr(local, "warm_runner", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(local, "open_repo", lambda root: _Nothing())
+    monkeypatch.setattr(local, "queue_state", lambda repo: QueueState())
+    outcome = local.run_queue(tmp_path, 2, None, None)  # type: ignore[arg-type]
     assert outcome.total == 0 and not started
 
 
@@ -587,7 +588,7 @@ def test_a_server_stops_when_its_owner_is_a_zombie(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "nntune.warm",
+                "nntune.warm.server",
                 str(path),
                 "--owner",
                 str(owner.pid),

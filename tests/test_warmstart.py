@@ -12,10 +12,10 @@ import pytest
 from conftest import make_table
 from project import run
 
-from nntune.model import build_model
-from nntune.params import Params, WarmStartParams
-from nntune.preprocess import prepare
-from nntune.warmstart import WarmStartError, file_md5, load, materialise
+from nntune.config.sections import Params, WarmStartParams
+from nntune.stage.model import build_model
+from nntune.stage.preprocess import prepare
+from nntune.stage.warmstart import WarmStartError, file_md5, load, materialise
 
 
 @pytest.fixture

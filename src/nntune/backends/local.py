@@ -1,0 +1,159 @@
+"""The local backend: DVC's own queue workers on this machine, watched by ``nntune run`` in a
+live view, and the executor the study driver uses to run its trials here."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.live import Live
+
+from nntune import experiments
+from nntune.backends.view import RunOutcome, _finished, trials_progress, trials_view
+from nntune.config.metrics import Objective
+from nntune.experiments import (
+    QueueState,
+    open_repo,
+    queue_state,
+    revive_queue,
+    start_workers,
+    stop_workers,
+)
+from nntune.interrupts import deferred_ctrl_c
+from nntune.warm.launcher import warm_runner
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass
+class LocalQueue:
+    """DVC's own queue workers on this machine."""
+
+    jobs: int
+    started: float = -math.inf  # time.monotonic() of the last start or check
+    check_seconds: float = 15.0
+
+    def refresh(self, repo: Any) -> None:
+        return None  # DVC's workers commit finished experiments here themselves
+
+    def state(self, repo: Any) -> experiments.QueueState:
+        state = experiments.queue_state(repo)
+        if state.pending and time.monotonic() - self.started >= self.check_seconds:
+            # Workers that died leave their trials 'running' forever: fail those (the
+            # driver tells Optuna), and start new workers for the rest.
+            self.started = time.monotonic()
+            if experiments.revive_queue(repo, state, self.jobs):  # orphans settled
+                state = experiments.queue_state(repo)
+        return state
+
+    def start(self, repo: Any) -> None:
+        experiments.start_workers(repo, self.jobs)
+        self.started = time.monotonic()
+
+    def stop(self, repo: Any) -> None:
+        experiments.stop_workers(repo)
+
+
+# How often the live view checks that the queue's workers are alive; a worker needs a
+# moment to appear after it is started, so never sooner than this after a start.
+WORKER_CHECK_SECONDS = 15.0
+
+
+def run_queue(
+    root: str | Path,
+    jobs: int,
+    objective: Objective,
+    console: Console,
+    gpus: list[str] | None = None,
+    poll_seconds: float = 2.0,
+    warm: bool = True,
+) -> RunOutcome:
+    """Start ``jobs`` workers (or one per GPU in ``gpus``) and block until the queue is
+    empty (or Ctrl-C); with ``warm``, the workers' stages use a warm runner."""
+    with open_repo(root) as repo:
+        before = queue_state(repo)
+        outcome = RunOutcome(total=before.pending)
+        if outcome.total == 0:
+            return outcome
+        with announced_warm_runner(warm, console):
+            return _run_started_queue(
+                repo, jobs, objective, console, gpus, poll_seconds, outcome, before
+            )
+
+
+@contextmanager
+def announced_warm_runner(enabled: bool, console: Console) -> Iterator[None]:
+    """The warm runner of ``nntune run`` and ``nntune search``; says so when it did not
+    start (the stages then start cold)."""
+    with warm_runner(enabled) as socket:
+        if enabled and socket is None:
+            console.print("[yellow]the warm runner did not start[/yellow]: stages start cold")
+        yield
+
+
+def _run_started_queue(
+    repo: Any,
+    jobs: int,
+    objective: Objective,
+    console: Console,
+    gpus: list[str] | None,
+    poll_seconds: float,
+    outcome: RunOutcome,
+    before: QueueState,
+) -> RunOutcome:
+    seen = _done_keys(before)
+    start_workers(repo, jobs, gpus)
+    checked = time.monotonic()
+    progress = trials_progress(console)
+    task = progress.add_task("trials", total=outcome.total)
+    state = before
+    try:
+        with (
+            deferred_ctrl_c() as ctrl_c,
+            Live(trials_view(progress, state, outcome, objective), console=console) as live,
+        ):
+            while True:
+                if ctrl_c.is_set():
+                    raise KeyboardInterrupt
+                state = queue_state(repo)
+                for key in sorted(_done_keys(state) - seen):
+                    seen.add(key)
+                    outcome.finished.append(_finished(repo, key, objective))
+                progress.update(task, completed=len(outcome.finished))
+                live.update(trials_view(progress, state, outcome, objective))
+                if state.pending == 0:
+                    break
+                if time.monotonic() - checked >= WORKER_CHECK_SECONDS:
+                    checked = time.monotonic()
+                    settled = revive_queue(repo, state, jobs, gpus)
+                    if settled:
+                        live.console.print(_orphans_line(settled))
+                ctrl_c.wait(poll_seconds)
+        stop_workers(repo)  # drained: the workers exit now, not after DVC's idle minute
+    except KeyboardInterrupt:
+        stop_workers(repo)
+        outcome.interrupted = True
+        outcome.still_queued = len(queue_state(repo).queued)
+    console.print()  # the live view leaves the cursor at the end of its last line
+    return outcome
+
+
+def _orphans_line(settled: dict[str, bool]) -> str:
+    saved = [name for name, ok in settled.items() if ok]
+    lost = [name for name, ok in settled.items() if not ok]
+    parts = [f"{', '.join(saved)} had finished and was saved"] if saved else []
+    parts += [f"{', '.join(lost)} marked failed"] if lost else []
+    return f"[red]the queue's workers died[/red]: {'; '.join(parts)}; new workers run the rest"
+
+
+def _done_keys(state: QueueState) -> set[tuple[str, str, bool]]:
+    return {(n, rev, True) for n, rev in state.succeeded.items()} | {
+        (n, rev, False) for n, rev in state.failed.items()
+    }

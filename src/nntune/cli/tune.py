@@ -1,0 +1,348 @@
+"""Commands that tune: ``grid`` queues a grid, ``run`` runs the queue (locally or on Ray),
+``search`` drives an Optuna study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from nntune.cli.app import app
+from nntune.cli.options import (
+    DEFAULT_SPACE,
+    AddressOption,
+    BackendOption,
+    CacheDirOption,
+    NumCpusOption,
+    NumGpusOption,
+    ParamsOption,
+    RemoteOption,
+    RetriesOption,
+    WarmOption,
+    _gpu_list,
+    _load,
+    _load_with_mapping,
+    _wide_console,
+)
+from nntune.errors import NntuneError
+
+
+@app.command()
+def grid(
+    space: Annotated[
+        Path | None, typer.Option("--space", "-s", help="search-space YAML (default grid.yaml)")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="KEY=V1,V2 dimension; adds to or replaces --space"),
+    ] = None,
+    random_points: Annotated[
+        int | None, typer.Option("--random", help="queue N distinct random points, not all")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of --random")] = 0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the points, queue nothing")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="re-queue points that already ran")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Queue the grid's points as DVC experiments (dvc exp run --queue), one named
+    experiment per point; points that already ran with the same params are skipped."""
+    from nntune import experiments
+    from nntune.config.mapping import flatten
+    from nntune.tuning.grid import expand, load_space, parse_assignments
+
+    _, base = _load_with_mapping(params)  # the base must be valid before any point is
+    dimensions: dict[str, list[Any]] = {}
+    space_file = space or Path(DEFAULT_SPACE)
+    if space is not None or (space_file.is_file() and not param):
+        dimensions.update(load_space(space_file))
+    if param:
+        dimensions.update(parse_assignments(param))
+    if not dimensions:
+        raise NntuneError(f"no search space: create {DEFAULT_SPACE} or pass -p KEY=V1,V2")
+    trials, dropped = expand(dimensions, base, random_points, seed)
+    existing = _existing(base)
+    keys = list(dimensions)
+    to_queue, skipped, clashes = [], [], []
+    for trial in trials:
+        wanted = flatten(trial.raw)
+        same = [e for e in existing if experiments.same_params(e.params, wanted)]
+        named = [e for e in existing if e.name == trial.name]
+        if same and not force:
+            skipped.append((trial, same[0]))
+        elif named and not same and not force:
+            clashes.append(trial.name)
+        else:
+            to_queue.append(trial)
+    _print_points(to_queue, skipped, dropped, keys, dry_run)
+    if clashes:
+        raise NntuneError(
+            f"experiments named {', '.join(clashes)} already exist with other params "
+            "(params.yaml changed since?); commit the change to start a new baseline, "
+            "or pass --force to replace them"
+        )
+    if dry_run or not to_queue:
+        return
+    if force:
+        names = {t.name for t in to_queue}
+        experiments.remove_experiments(".", [e.name for e in existing if e.name in names])
+    queued = experiments.queue_trials(".", to_queue)
+    typer.echo(f"queued {len(queued)} experiment(s); run them with: nntune run -j 2")
+
+
+def _existing(base: dict[str, Any]) -> list[Any]:
+    from nntune.config.mapping import flatten
+    from nntune.experiments import list_experiments
+
+    return [e for e in list_experiments(".", flatten(base)) if e.state != "Failed"]
+
+
+def _print_points(
+    to_queue: list[Any], skipped: list[Any], dropped: list[Any], keys: list[str], dry_run: bool
+) -> None:
+    from rich.table import Table
+
+    from nntune.tuning.ranking import format_value
+
+    console = _wide_console()
+    title = "points (dry run: nothing queued)" if dry_run else "points to queue"
+    table = Table(title=f"{len(to_queue)} {title}", title_justify="left")
+    table.add_column("experiment")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for trial in to_queue:
+        table.add_row(trial.name, *(format_value(trial.overrides[k]) for k in keys))
+    console.print(table)
+    for trial, exp in skipped[:5]:
+        console.print(f"skipped {trial.name}: already run as {exp.name} ({exp.state})")
+    if len(skipped) > 5:
+        console.print(f"... and {len(skipped) - 5} more point(s) already run")
+    if skipped:
+        console.print(f"{len(skipped)} point(s) skipped; --force runs them again")
+    if dropped:
+        console.print(f"{len(dropped)} point(s) give the same params as another and are run once")
+
+
+@app.command()
+def run(
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="parallel DVC queue workers")
+    ] = 1,
+    gpus: Annotated[
+        str | None,
+        typer.Option("--gpus", help="one worker per GPU: a list like 0,1,3 or 'all'; overrides -j"),
+    ] = None,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
+    num_cpus: NumCpusOption = 1.0,
+    num_gpus: NumGpusOption = 0.0,
+    retries: RetriesOption = 3,
+    remote: RemoteOption = "origin",
+    cache_dir: CacheDirOption = None,
+    warm: WarmOption = True,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Run DVC's experiment queue with a live view until it drains: on this machine's DVC
+    queue workers, or with --backend ray as Ray tasks on a cluster, each experiment pushed
+    to the git and DVC remotes and pulled back here."""
+    from rich.console import Console
+
+    from nntune.experiments import queue_log_tail
+
+    objective = _load(params).evaluate.objective
+    console = Console()
+    if backend == "ray":
+        from nntune.backends.ray import RayOptions, run_on_ray
+
+        options = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
+        outcome = run_on_ray(".", options, objective, console)
+    else:
+        from nntune.backends.local import run_queue
+
+        pinned = _gpu_list(gpus) if gpus else None
+        if pinned:
+            console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
+        workers = len(pinned) if pinned else jobs
+        outcome = run_queue(".", workers, objective, console, pinned, warm=warm)
+    if outcome.total == 0:
+        console.print("the queue is empty: queue trials with `nntune grid` first")
+        return
+    if outcome.interrupted:
+        resume = "nntune run" + (" --backend ray" if backend == "ray" else "")
+        console.print(
+            f"[yellow]interrupted[/yellow]: {outcome.still_queued} trial(s) stay queued; resume "
+            f"with `{resume}`"
+        )
+        raise typer.Exit(130)
+    best = outcome.best(objective)
+    if best:
+        console.print(f"best: [bold]{best.name}[/bold] {objective.metric} = {best.objective:.4f}")
+    if outcome.timings:
+        console.print(f"per trial on Ray, median seconds: {_median_phases(outcome.timings)}")
+    for name in outcome.failed:
+        if name in outcome.errors:
+            console.print(f"[red]failed[/red]: {name} (it stays queued):")
+            console.print(outcome.errors[name], markup=False, highlight=False)
+        else:
+            console.print(f"[red]failed[/red]: {name}; last lines of `dvc queue logs {name}`:")
+            console.print(queue_log_tail(".", name), markup=False, highlight=False)
+    if outcome.failed:
+        typer.echo(f"{len(outcome.failed)} trial(s) failed: {', '.join(outcome.failed)}", err=True)
+        raise typer.Exit(1)
+
+
+def _median_phases(timings: dict[str, dict[str, float]]) -> str:
+    """``clone 0.1, pull 2.2, run 22.2, push 1.3`` over the trials that ran (not skipped)."""
+    from statistics import median
+
+    ran = [t for t in timings.values() if t]
+    phases = ("clone", "pull", "run", "push")
+    return ", ".join(f"{p} {median(t[p] for t in ran):.1f}" for p in phases if ran) or "-"
+
+
+@app.command("search")
+def search_command(
+    method: Annotated[
+        Literal["tpe", "asha", "hyperband"],
+        typer.Option("--method", help="TPE, or successive halving (ASHA, Hyperband)"),
+    ] = "tpe",
+    trials: Annotated[
+        int, typer.Option("--trials", "-n", min=1, help="configurations to sample")
+    ] = 20,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="parallel experiments")] = 1,
+    space: Annotated[
+        Path | None,
+        typer.Option("--space", "-s", help="search space YAML (default: the seed's space)"),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="study name (default: the method)")
+    ] = None,
+    min_epochs: Annotated[
+        int, typer.Option("--min-epochs", min=1, help="first rung's epochs (asha, hyperband)")
+    ] = 3,
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-epochs", min=1, help="last rung's epochs (default 27; tpe: params.yaml's)"
+        ),
+    ] = None,
+    eta: Annotated[int, typer.Option("--eta", min=2, help="promote the best 1/eta")] = 3,
+    seed: Annotated[int, typer.Option(help="sampler seed")] = 0,
+    backend: BackendOption = "local",
+    address: AddressOption = None,
+    num_cpus: NumCpusOption = 1.0,
+    num_gpus: NumGpusOption = 0.0,
+    retries: RetriesOption = 3,
+    remote: RemoteOption = "origin",
+    cache_dir: CacheDirOption = None,
+    warm: WarmOption = True,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Adaptive search: TPE, or successive halving (ASHA / Hyperband) with promoted trials
+    continuing their own model; every trial is a DVC experiment, run by DVC's local queue
+    or, with --backend ray, on a Ray cluster. Killed or interrupted, the same command
+    continues the study."""
+    import re
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from nntune import experiments
+    from nntune.backends.local import announced_warm_runner
+    from nntune.backends.view import search_view
+    from nntune.tuning import space as search
+    from nntune.tuning.driver import Driver
+    from nntune.tuning.study import Settings, open_study, study_lock
+
+    loaded, base = _load_with_mapping(params)
+    objective = loaded.evaluate.objective
+    console = Console()
+    executor = None
+    try:
+        name = study or method
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            raise NntuneError(f"--study {name!r}: use letters, digits and _ (it prefixes names)")
+        chosen = search.load_search_space(space) if space else dict(search.DEFAULT_SPACE)
+        search.check_against(chosen, base)
+        top = max_epochs or (loaded.train.max_epochs if method == "tpe" else 27)
+        search.brackets(method, min_epochs, top, eta)  # checks the budgets
+        settings = Settings(
+            study=name,
+            method=method,
+            trials=trials,
+            min_epochs=min_epochs if method != "tpe" else top,
+            max_epochs=top,
+            eta=eta,
+            seed=seed,
+            space=search.describe_space(chosen),
+        )
+        root = Path()
+        with study_lock(root, name), experiments.open_repo(root) as repo:
+            experiments.use_this_python()
+            baseline = experiments.baseline_rev(repo)
+            the_study = open_study(root, settings, objective, baseline, chosen)
+            if backend == "ray":
+                from nntune.backends.ray import RayExecutor, RayOptions
+
+                options = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
+                executor = RayExecutor.connect(root, options)
+            driver = Driver(settings, chosen, base, objective, jobs, executor)
+            with (
+                announced_warm_runner(warm and executor is None, console),
+                Live(console=console, refresh_per_second=2) as live,
+            ):
+                result = driver.run(
+                    repo,
+                    the_study,
+                    lambda snap: live.update(search_view(snap, trials, objective, method)),
+                )
+            console.print()  # the live view leaves the cursor at the end of its last line
+            if executor is not None:
+                from nntune.backends.ray import fetch_models
+
+                fetch_models(executor, repo, console)
+    except KeyboardInterrupt:
+        if executor is not None:
+            executor.cancel()
+        where = "are stopped" if executor else "keep running in DVC's workers"
+        console.print(
+            f"[yellow]interrupted[/yellow]: running experiments {where}; "
+            "run the same command again to continue the study"
+        )
+        raise typer.Exit(130) from None
+    finally:
+        if executor is not None:
+            executor.close()
+    _print_search_summary(console, result, settings, chosen, objective)
+    if executor is not None and executor.failed:
+        for name, error in executor.failed.items():
+            console.print(f"[red]failed on Ray[/red]: {name} (it stays queued):")
+            console.print(error, markup=False, highlight=False)
+
+
+def _print_search_summary(
+    console: Any, result: Any, settings: Any, space: Any, objective: Any
+) -> None:
+    from nntune.tuning import space as search
+
+    failed = [job.name for job in result.jobs if job.state == "failed"]
+    if result.best:
+        console.print(
+            f"best: [bold]{result.best[0]}[/bold] {objective.metric} = {result.best[1]:.4f}"
+        )
+    else:
+        console.print("[red]no trial finished its last rung[/red]")
+    full = settings.trials * settings.max_epochs
+    line = (
+        f"epochs spent: {result.epochs_spent}, against {full} to train all {settings.trials} "
+        f"sampled configurations for {settings.max_epochs} epochs"
+    )
+    size = search.grid_size(space)
+    if size is not None:
+        line += f" and {size * settings.max_epochs} for the full grid of {size} points"
+    console.print(line)
+    if failed:
+        typer.echo(f"{len(failed)} experiment(s) failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)

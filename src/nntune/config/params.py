@@ -1,0 +1,356 @@
+"""Typed parameters and the one loader that turns ``params.yaml`` into them.
+
+The loader checks every key before anything heavy (TensorFlow) is imported, so a typo or
+a bad value stops a run in milliseconds with a message naming the dotted key, the value
+and what is allowed. All problems in the file are reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+
+from nntune.config.metrics import (
+    TASKS,
+    Direction,
+    Objective,
+    Task,
+    infer_direction,
+    validation_metric_names,
+)
+from nntune.config.reader import _Section
+from nntune.config.sections import (
+    ACTIVATIONS,
+    DATA_SUFFIXES,
+    LR_SCALING_RULES,
+    MISSING_POLICIES,
+    OPTIMIZERS,
+    RECONSTRUCTION_LOSSES,
+    STRATEGIES,
+    DataParams,
+    EarlyStoppingParams,
+    EvaluateParams,
+    LrScalingParams,
+    ModelParams,
+    Params,
+    ParamsError,
+    PretrainParams,
+    RuntimeParams,
+    TrainParams,
+    WarmStartParams,
+)
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and check a params file; raise ``ParamsError`` listing every problem."""
+    return parse_params(read_params_mapping(path), source=str(path))
+
+
+def read_params_mapping(path: str | Path) -> dict[str, Any]:
+    """The params file as plain YAML data, unchecked (what grid points are applied to)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(str(path), ["file not found; run from the project root"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(str(path), [f"not valid YAML: {exc}"]) from None
+    return raw if isinstance(raw, dict) else {}
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Check an already-parsed mapping (what ``yaml.safe_load`` returns)."""
+    problems: list[str] = []
+    root = _Section(raw, "", problems)
+    with root.section("data") as s:
+        data = _parse_data(s)
+    with root.section("model") as s:
+        model = _parse_model(s)
+    with root.section("train") as s:
+        train = _parse_train(s, data.task if data else None)
+    with root.section("runtime") as s:
+        runtime = _parse_runtime(s)
+    with root.section("evaluate") as s:
+        evaluate = _parse_evaluate(s, data.task if data else None)
+    with root.section("pretrain") as s:
+        pretrain = _parse_pretrain(s, model, train)
+    root.reject_unknown(allowed_extra=_UNCHECKED_TOP_LEVEL)
+    if problems:
+        raise ParamsError(source, problems)
+    # no problems means every section parsed
+    assert data and model and train and evaluate and pretrain
+    return Params(
+        data=data, model=model, train=train, runtime=runtime, evaluate=evaluate, pretrain=pretrain
+    )
+
+
+# Top-level sections that other tools own (none yet); listed here so they are not rejected.
+_UNCHECKED_TOP_LEVEL: frozenset[str] = frozenset()
+
+
+def _parse_data(s: _Section) -> DataParams | None:
+    source = s.string("source")
+    if source and not source.lower().endswith(DATA_SUFFIXES):
+        s.problem("source", source, f"must be a CSV or Parquet file ({', '.join(DATA_SUFFIXES)})")
+    elif source and (Path(source).is_absolute() or ".." in Path(source).parts):
+        # DVC tracks and copies only what is inside the project: a queued experiment in
+        # .dvc/tmp/exps/ would otherwise read a file nobody versioned.
+        s.problem(
+            "source",
+            source,
+            "must be a path inside the project (relative, no '..'); copy the file into "
+            "data/ and `dvc add` it, or `dvc import` it",
+        )
+    schema = s.string("schema")
+    if schema and not schema.lower().endswith((".yaml", ".yml")):
+        s.problem("schema", schema, "must be a pandera schema file ending in .yaml")
+    test_fraction = s.number("test_fraction", low=0.0, high=1.0, open_interval=True)
+    val_fraction = s.number("val_fraction", low=0.0, high=1.0, open_interval=True)
+    if test_fraction + val_fraction >= 0.9 and not s.failed({"test_fraction", "val_fraction"}):
+        s.problem(
+            "val_fraction",
+            val_fraction,
+            f"with test_fraction {test_fraction} leaves under 10% of rows for training; "
+            "test_fraction + val_fraction must be < 0.9",
+        )
+    target = s.string("target")
+    features = _column_list(s, "features", allow_all=True)
+    exclude = _column_list(s, "exclude", allow_all=False) or ()
+    for name in (*(features or ()), *exclude):
+        if name == target:
+            s.problem(
+                "features" if name in (features or ()) else "exclude",
+                name,
+                "must not name the target column",
+            )
+            break
+    label_fraction = s.number("label_fraction", low=0.0, high=1.0)
+    if label_fraction == 0.0 and not s.failed({"label_fraction"}):
+        s.problem("label_fraction", label_fraction, "must be > 0 (some rows must keep labels)")
+    delimiter = s.string("delimiter")
+    if delimiter and delimiter != "auto" and len(delimiter) != 1:
+        s.problem("delimiter", delimiter, "must be auto or a single character such as , ; or |")
+    params = DataParams(
+        source=source,
+        schema=schema,
+        target=target,
+        task=s.choice("task", TASKS),
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        split_seed=s.integer("split_seed", minimum=0),
+        features=features,
+        exclude=exclude,
+        missing=s.choice("missing", MISSING_POLICIES),
+        delimiter=delimiter,
+        label_fraction=label_fraction,
+    )
+    return None if s.failed() else params
+
+
+def _column_list(s: _Section, key: str, allow_all: bool) -> tuple[str, ...] | None:
+    value = s.take(key)
+    if value is None and key in s.bad:
+        return None
+    if allow_all and value == "all":
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        allowed = "all or a list of column names" if allow_all else "a list of column names"
+        s.problem(key, value, f"must be {allowed}")
+        return None
+    if allow_all and not value:
+        s.problem(key, value, "lists no column; use all, or name at least one")
+    if len(set(value)) != len(value):
+        s.problem(key, value, "names a column twice")
+    return tuple(value)
+
+
+def _parse_model(s: _Section) -> ModelParams | None:
+    hidden_layers = s.integer("hidden_layers", minimum=0)
+    units = _parse_units(s, hidden_layers)
+    params = ModelParams(
+        hidden_layers=hidden_layers,
+        units=units,
+        activation=s.choice("activation", ACTIVATIONS),
+        dropout=s.number("dropout", low=0.0, high=1.0, open_high=True),
+        l2=s.number("l2", low=0.0),
+    )
+    return None if s.failed() else params
+
+
+def _parse_units(s: _Section, hidden_layers: int) -> tuple[int, ...]:
+    value = s.take("units")
+    if isinstance(value, bool) or not isinstance(value, int | list):
+        s.problem("units", value, "must be a positive integer or a list of them, one per layer")
+        return ()
+    if isinstance(value, int):
+        values = [value] * hidden_layers
+    else:
+        values = value
+        if not s.failed({"hidden_layers"}) and len(values) != hidden_layers:
+            s.problem(
+                "units",
+                value,
+                f"lists {len(values)} layer size(s) but model.hidden_layers is {hidden_layers}; "
+                "give one per hidden layer or a single integer for all",
+            )
+    for v in [value] if isinstance(value, int) else values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            s.problem("units", value, "every layer size must be an integer >= 1")
+            break
+    return tuple(int(v) for v in values if isinstance(v, int))
+
+
+def _parse_train(s: _Section, task: Task | None) -> TrainParams | None:
+    optimizer = s.choice("optimizer", OPTIMIZERS)
+    learning_rate = s.number("learning_rate", low=0.0, open_interval=True)
+    momentum = s.number("momentum", low=0.0, high=1.0, open_high=True)
+    if momentum and optimizer == "adam":
+        s.problem("momentum", momentum, "is not used by adam; set it to 0 or pick sgd / rmsprop")
+    batch_size = s.integer("batch_size", minimum=1)
+    max_epochs = s.integer("max_epochs", minimum=1)
+    with s.section("early_stopping") as es:
+        allowed = validation_metric_names(task) if task else ()
+        early_stopping = EarlyStoppingParams(
+            enabled=es.boolean("enabled"),
+            monitor=es.choice("monitor", allowed) if task else es.string("monitor"),
+            patience=es.integer("patience", minimum=0),
+            min_delta=es.number("min_delta", low=0.0),
+            restore_best_weights=es.boolean("restore_best_weights"),
+        )
+    with s.section("lr_scaling") as lr:
+        lr_scaling = LrScalingParams(
+            rule=lr.choice("rule", LR_SCALING_RULES),
+            reference_batch_size=lr.integer("reference_batch_size", minimum=1),
+        )
+    with s.section("warm_start") as ws:
+        warm_start = _parse_warm_start(ws, max_epochs, s.failed({"max_epochs"}))
+    params = TrainParams(
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        batch_size=batch_size,
+        max_epochs=max_epochs,
+        early_stopping=early_stopping,
+        lr_scaling=lr_scaling,
+        warm_start=warm_start,
+    )
+    return None if s.failed() else params
+
+
+def _parse_warm_start(s: _Section, max_epochs: int, max_epochs_bad: bool) -> WarmStartParams:
+    experiment = s.take("experiment")
+    md5 = s.take("model_md5")
+    epochs = s.integer("epochs", minimum=0)
+    experiment = "" if experiment is None else experiment
+    md5 = "" if md5 is None else md5
+    if not isinstance(experiment, str):
+        s.problem("experiment", experiment, 'must be an experiment name or "" (from scratch)')
+        experiment = ""
+    if not isinstance(md5, str):
+        s.problem("model_md5", md5, 'must be an md5 (32 hex digits) or ""')
+        md5 = ""
+    params = WarmStartParams(experiment=experiment.strip(), model_md5=md5.strip(), epochs=epochs)
+    if params.enabled:
+        if not re.fullmatch(r"[0-9a-f]{32}", params.model_md5) and not s.failed({"model_md5"}):
+            s.problem(
+                "model_md5",
+                md5,
+                f"must be the md5 of {params.experiment}'s models/last.keras (its dvc.lock "
+                "lists it) when warm_start.experiment is set",
+            )
+        if epochs < 1 and not s.failed({"epochs"}):
+            s.problem("epochs", epochs, "must be >= 1: the epochs the parent model trained")
+        elif epochs >= max_epochs and not max_epochs_bad and not s.failed({"epochs"}):
+            s.problem(
+                "epochs",
+                epochs,
+                f"must be < train.max_epochs ({max_epochs}): a continued run trains from "
+                "epoch warm_start.epochs up to max_epochs",
+            )
+    elif params.model_md5 or epochs:
+        s.problem(
+            "experiment",
+            "",
+            "is empty while warm_start.model_md5 or warm_start.epochs is set; set all three "
+            '(or leave model_md5 "" and epochs 0 to train from scratch)',
+        )
+    return params
+
+
+def _parse_runtime(s: _Section) -> RuntimeParams:
+    device = s.string("device")
+    if device and not re.fullmatch(r"auto|cpu|gpu:\d+", device):
+        s.problem("device", device, "must be auto, cpu or gpu:N (N = 0, 1, ... among visible GPUs)")
+    return RuntimeParams(
+        seed=s.integer("seed", minimum=0),
+        deterministic=s.boolean("deterministic"),
+        device=device,
+        allow_cpu_fallback=s.boolean("allow_cpu_fallback"),
+        mixed_precision=s.boolean("mixed_precision"),
+        strategy=s.choice("strategy", STRATEGIES),
+    )
+
+
+def _parse_evaluate(s: _Section, task: Task | None) -> EvaluateParams | None:
+    with s.section("objective") as o:
+        metric = o.choice("metric", validation_metric_names(task)) if task else o.string("metric")
+        direction = cast(Direction, o.choice("direction", ("min", "max")))
+        if not o.failed() and direction != infer_direction(metric):
+            o.problem(
+                "direction",
+                direction,
+                f"contradicts the metric: lower {metric} is "
+                f"{'worse' if infer_direction(metric) == 'max' else 'better'}, "
+                f"so use '{infer_direction(metric)}'",
+            )
+    return None if s.failed() else EvaluateParams(objective=Objective(metric, direction))
+
+
+def _parse_pretrain(
+    s: _Section, model: ModelParams | None, train: TrainParams | None
+) -> PretrainParams | None:
+    enabled = s.boolean("enabled")
+    freeze_epochs = s.integer("freeze_epochs", minimum=0)
+    params = PretrainParams(
+        enabled=enabled,
+        epochs=s.integer("epochs", minimum=1),
+        learning_rate=s.number("learning_rate", low=0.0, open_interval=True),
+        batch_size=s.integer("batch_size", minimum=1),
+        patience=s.integer("patience", minimum=0),
+        loss=s.choice("loss", RECONSTRUCTION_LOSSES),
+        freeze_epochs=freeze_epochs,
+        noise=s.number("noise", low=0.0),
+    )
+    if enabled and model is not None and model.hidden_layers == 0:
+        s.problem(
+            "enabled",
+            enabled,
+            "needs model.hidden_layers >= 1: the autoencoder pretrains the hidden layers, and "
+            "a model with none has nothing to pretrain; set pretrain.enabled: false or add a "
+            "hidden layer",
+        )
+    if enabled and freeze_epochs and train is not None and train.warm_start.enabled:
+        s.problem(
+            "freeze_epochs",
+            freeze_epochs,
+            "must be 0 when train.warm_start continues a parent model: the parent already "
+            "ran the frozen epochs",
+        )
+    if (
+        enabled
+        and train is not None
+        and freeze_epochs >= train.max_epochs
+        and not s.failed({"freeze_epochs"})
+    ):
+        s.problem(
+            "freeze_epochs",
+            freeze_epochs,
+            f"must be < train.max_epochs ({train.max_epochs}): fine-tuning needs at least one "
+            "epoch with every layer trainable",
+        )
+    return None if s.failed() else params

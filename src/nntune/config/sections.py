@@ -1,0 +1,151 @@
+"""The typed sections of ``params.yaml`` (frozen dataclasses) and the allowed values of
+its choices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from nntune.config.metrics import (
+    Objective,
+    Task,
+)
+from nntune.errors import NntuneError
+
+Optimizer = Literal["adam", "sgd", "rmsprop"]
+LrScalingRule = Literal["none", "linear"]
+Strategy = Literal["none", "mirrored"]
+MissingPolicy = Literal["error", "drop", "impute"]
+MISSING_POLICIES: tuple[MissingPolicy, ...] = ("error", "drop", "impute")
+ReconstructionLoss = Literal["reconstruction_crossentropy", "mse"]
+RECONSTRUCTION_LOSSES: tuple[ReconstructionLoss, ...] = ("reconstruction_crossentropy", "mse")
+
+OPTIMIZERS: tuple[Optimizer, ...] = ("adam", "sgd", "rmsprop")
+ACTIVATIONS = ("relu", "elu", "selu", "gelu", "tanh", "sigmoid", "swish", "leaky_relu")
+LR_SCALING_RULES: tuple[LrScalingRule, ...] = ("none", "linear")
+STRATEGIES: tuple[Strategy, ...] = ("none", "mirrored")
+DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+class ParamsError(NntuneError):
+    """Raised with every problem found in a params file, one per line."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} invalid parameter(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str
+    schema: str
+    target: str
+    task: Task
+    test_fraction: float
+    val_fraction: float
+    split_seed: int
+    features: tuple[str, ...] | None = None  # None: every column but the target and exclude
+    exclude: tuple[str, ...] = ()  # never features: IDs, leaky columns
+    missing: MissingPolicy = "error"
+    delimiter: str = "auto"  # CSV only: "auto" sniffs it
+    label_fraction: float = 1.0  # share of training rows that keep their label
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    """Autoencoder pretraining of the hidden layers (the seed's reconstruction entropy)."""
+
+    enabled: bool
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    patience: int
+    loss: ReconstructionLoss
+    freeze_epochs: int  # fine-tuning epochs with the pretrained layers frozen
+    noise: float  # std of Gaussian noise on the encoder's input (denoising); 0 = none
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    hidden_layers: int
+    units: tuple[int, ...]  # one entry per hidden layer (an int in the file is repeated)
+    activation: str
+    dropout: float
+    l2: float
+
+
+@dataclass(frozen=True)
+class EarlyStoppingParams:
+    enabled: bool
+    monitor: str
+    patience: int
+    min_delta: float
+    restore_best_weights: bool
+
+
+@dataclass(frozen=True)
+class LrScalingParams:
+    rule: LrScalingRule
+    reference_batch_size: int
+
+
+@dataclass(frozen=True)
+class WarmStartParams:
+    """Continue the model a parent experiment saved instead of starting from random
+    weights (successive halving's promotions). The md5 is what makes the lineage exact: the
+    warmstart stage takes exactly that file from DVC's cache."""
+
+    experiment: str  # "" = train from scratch
+    model_md5: str
+    epochs: int  # epochs the parent trained: this run continues at that epoch
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.experiment)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    optimizer: Optimizer
+    learning_rate: float
+    momentum: float
+    batch_size: int
+    max_epochs: int
+    early_stopping: EarlyStoppingParams
+    lr_scaling: LrScalingParams
+    warm_start: WarmStartParams
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """The rate the optimiser really uses: with ``lr_scaling.rule: linear`` it grows in
+        proportion to the batch size (Goyal et al. 2017, "Accurate, Large Minibatch SGD")."""
+        if self.lr_scaling.rule == "linear":
+            return self.learning_rate * self.batch_size / self.lr_scaling.reference_batch_size
+        return self.learning_rate
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    seed: int
+    deterministic: bool
+    device: str  # auto, cpu or gpu:N
+    allow_cpu_fallback: bool
+    mixed_precision: bool
+    strategy: Strategy
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    objective: Objective
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    runtime: RuntimeParams
+    evaluate: EvaluateParams
+    pretrain: PretrainParams

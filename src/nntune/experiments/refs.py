@@ -1,0 +1,66 @@
+"""Experiment refs and ``dvc.lock``: which commit each experiment is, and the md5 of an
+output it recorded (what a warm start continues)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nntune.config.mapping import flatten, override_args
+from nntune.experiments.repo import ExperimentError
+
+
+def experiment_commits(repo: Any, baseline: str) -> dict[str, str]:
+    """Every experiment of ``baseline`` that has a git ref, by name: its commit. A ref is
+    what survives DVC's queue clean-ups, so it is the record of a finished experiment."""
+    from dvc.repo.experiments.utils import exp_refs_by_baseline
+
+    refs = exp_refs_by_baseline(repo.scm, {baseline}).get(baseline, [])
+    return {ref.name: str(repo.scm.get_ref(str(ref))) for ref in refs}
+
+
+def output_md5(repo: Any, rev: str, stage: str, path: str) -> str:
+    """The md5 dvc.lock records at commit ``rev`` for output ``path`` of ``stage``: how a
+    later experiment names, exactly, the file it builds on."""
+    fs = repo.scm.get_fs(rev)
+    lock_path = (Path(repo.root_dir).relative_to(repo.scm.root_dir) / "dvc.lock").as_posix()
+    try:
+        with fs.open(lock_path, encoding="utf-8") as stream:
+            lock = yaml.safe_load(stream) or {}
+    except FileNotFoundError:
+        raise ExperimentError(f"{rev[:7]}: no dvc.lock; the experiment did not run") from None
+    for out in lock.get("stages", {}).get(stage, {}).get("outs", []):
+        if out.get("path") == path and out.get("md5"):
+            return str(out["md5"])
+    raise ExperimentError(f"{rev[:7]}: dvc.lock records no md5 for {stage} output {path}")
+
+
+def _changed_paths(repo: Any, base: str, rev: str) -> list[str]:
+    out = subprocess.run(
+        ["git", "diff", "--name-only", base, rev, "--", "."],
+        cwd=repo.root_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # DVC stashes its own bookkeeping (.dvc/tmp/repro.dat) with every queued entry.
+    paths = [Path(repo.scm.root_dir, p).relative_to(repo.root_dir) for p in out.stdout.split()]
+    return [p.as_posix() for p in paths if p.parts[:2] != (".dvc", "tmp")]
+
+
+def _param_changes(repo: Any, base: str, rev: str, label: str) -> list[str]:
+    before, after = (flatten(_params_at(repo, r)) for r in (base, rev))
+    dropped = sorted(set(before) - set(after))
+    if dropped:
+        raise ExperimentError(f"queued experiment {label} removes params {', '.join(dropped)}")
+    return override_args({k: v for k, v in after.items() if k not in before or before[k] != v})
+
+
+def _params_at(repo: Any, rev: str) -> dict[str, Any]:
+    path = (Path(repo.root_dir).relative_to(repo.scm.root_dir) / "params.yaml").as_posix()
+    with repo.scm.get_fs(rev).open(path, encoding="utf-8") as stream:
+        loaded = yaml.safe_load(stream) or {}
+    return dict(loaded)

@@ -1,0 +1,130 @@
+"""Reading experiments back as rows (``dvc.api.exp_show``): params, metrics and state, with
+failed experiments told apart from the baseline whose metrics DVC copies into them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nntune.config.mapping import flatten
+from nntune.experiments.repo import ExperimentError
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of ``dvc exp show``: an experiment and what it recorded."""
+
+    name: str
+    rev: str
+    state: str  # Success, Failed, Queued, Running
+    params: dict[str, Any]  # flattened params.yaml keys
+    metrics: dict[str, Any]  # flattened metrics (only meaningful when state is Success)
+    created: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "Success"
+
+    @property
+    def diverged(self) -> bool:
+        # exp_show returns booleans of metrics files as "True" / "False" strings.
+        return str(self.metrics.get("diverged")).lower() == "true"
+
+
+def workspace_metrics(root: str | Path = ".") -> dict[str, Any]:
+    """Every metrics file dvc.yaml declares, merged into one mapping (names are distinct:
+    val_* from train, test_* from evaluate, timings from the run report)."""
+    import dvc.api
+
+    return dict(dvc.api.metrics_show(repo=str(root)))
+
+
+def list_experiments(
+    root: str | Path, param_keys: Iterable[str], all_commits: bool = False
+) -> list[Experiment]:
+    """Experiments of HEAD (or of every commit on the branch) as ``Experiment`` rows."""
+    import dvc.api
+    from dvc.exceptions import NotDvcRepoError
+
+    keys = set(param_keys)
+    if not Path(root, ".dvc").is_dir():  # exp_show would try to clone it as a URL
+        raise ExperimentError(
+            f"{Path(root).resolve()}: not a DVC project; run nntune in the project's root "
+            "(the folder with .dvc/), or set one up: `nntune init` or `make setup`"
+        )
+    try:
+        rows = dvc.api.exp_show(repo=str(root), num=-1 if all_commits else 1)
+    except NotDvcRepoError:
+        raise ExperimentError(
+            f"{Path(root).resolve()}: not a DVC project; run `make setup` or `dvc init`"
+        ) from None
+    experiments = []
+    for row in rows:
+        name = row.get("Experiment")
+        if not name or row.get("typ") == "baseline":
+            continue
+        experiments.append(
+            Experiment(
+                name=str(name),
+                rev=str(row.get("rev")),
+                state=_state(row),
+                params={k: v for k, v in row.items() if k in keys},
+                metrics={k: v for k, v in row.items() if k not in keys and not _meta(k)},
+                created=row.get("Created"),
+            )
+        )
+    return experiments
+
+
+def _state(row: dict[str, Any]) -> str:
+    """DVC knows Queued / Running / Success / Failed only for experiments its queue ran
+    here. One pulled from a remote (``dvc exp pull``, a Ray or Slurm trial) comes back with
+    no State; it is an experiment commit, and DVC commits only experiments that finished."""
+    state = row.get("State")
+    if state is None and row.get("typ") in ("branch_commit", "branch_base"):
+        return "Success"
+    return str(state)
+
+
+def _meta(column: str) -> bool:
+    # exp_show mixes bookkeeping columns and dependency hashes (paths) into each row.
+    bookkeeping = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
+    return column in bookkeeping or "/" in column
+
+
+def same_params(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether an experiment's recorded params equal ``wanted`` (flattened). exp_show
+    turns ints into floats and booleans and lists into strings, so compare loosely by type."""
+    return all(_same(recorded.get(key), value) for key, value in wanted.items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, list | tuple):
+        a = yaml.safe_load(a)  # exp_show gives lists as text: "[]", "[64, 32]"
+    if isinstance(b, bool) or isinstance(a, bool):
+        return str(a).lower() == str(b).lower()
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def experiment_metrics(repo: Any, name: str) -> dict[str, Any]:
+    """The metrics an experiment recorded, read from its git commit."""
+    from dvc.repo.experiments.utils import resolve_name
+
+    ref = resolve_name(repo.scm, name).get(name)
+    if ref is None:
+        return {}
+    rev = repo.scm.get_ref(str(ref))
+    shown = repo.metrics.show(revs=[rev])
+    merged: dict[str, Any] = {}
+    for files in shown.get(rev, {}).get("data", {}).values():
+        merged.update(flatten(files.get("data", {})))
+    return merged

@@ -1,0 +1,165 @@
+"""The prepare stage's work: split the table (stratified for classification), hide labels
+for ``data.label_fraction``, and fit the preprocessing (imputation, scaling, one-hot
+encoding) on the training split only.
+
+Apart from ``nntune.stage.data`` so that the stages that only read prepared splits (pretrain,
+train, evaluate) never import scikit-learn's preprocessing: about a second per trial.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from nntune.config.sections import DataParams
+from nntune.stage.data import SPLITS, UNLABELED, DataError, Prepared
+
+
+def feature_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
+    """``data.features``, or every column but the target and ``data.exclude``."""
+    if data.features is not None:
+        return list(data.features)
+    return [c for c in frame.columns if c != data.target and c not in data.exclude]
+
+
+def categorical_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Columns that are not numbers (strings, categories, mixed objects): one-hot encoded.
+    Booleans count as numbers (0 / 1)."""
+    return [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None) -> Prepared:
+    """Split (stratified for classification), then fit the preprocessing on the training
+    split only (imputation, standard scaling of numbers, one-hot encoding of categories) and
+    apply it to all three, so nothing about val / test leaks into training."""
+    features = feature_columns(frame, data)
+    table = frame[[*features, data.target]]
+    # A row without a label cannot train or test, but pretraining can learn from it.
+    labelled = table[data.target].notna()
+    unlabeled, table = table[~labelled], table[labelled]
+    if data.missing == "drop":
+        table, unlabeled = table.dropna(), unlabeled.dropna(subset=features)
+    elif data.missing == "error" and table[features].isna().any().any():
+        missing = [c for c in features if table[c].isna().any()]
+        raise DataError(
+            f"{data.source}: missing values in {', '.join(missing)} and data.missing is error; "
+            "run the validate stage for the rows, or set data.missing: drop or impute"
+        )
+    classes: list[Any] = []
+    if data.task != "regression":
+        classes = sorted(table[data.target].unique().tolist())
+        codes = {label: code for code, label in enumerate(classes)}
+        table = table.assign(**{data.target: table[data.target].map(codes)})
+
+    stratify = data.task != "regression"
+    rest, test = train_test_split(
+        table,
+        test_size=data.test_fraction,
+        random_state=data.split_seed,
+        stratify=table[data.target] if stratify else None,
+    )
+    # val_fraction is a share of all rows; rescale it to a share of what is left.
+    train, val = train_test_split(
+        rest,
+        test_size=data.val_fraction / (1.0 - data.test_fraction),
+        random_state=data.split_seed,
+        stratify=rest[data.target] if stratify else None,
+    )
+    whole_train = train
+    if data.label_fraction < 1.0:
+        train, hidden = _keep_labels(train, data, stratify)
+        unlabeled = pd.concat([hidden, unlabeled])
+    unlabeled = unlabeled.assign(**{data.target: np.nan})
+    categorical = categorical_columns(frame, features)
+    numeric = [c for c in features if c not in categorical]
+    transformer = _preprocessor(numeric, categorical, data.missing == "impute")
+    # Fitted on the whole training split, labels kept or not: features only, no leak.
+    transformer.fit(_model_inputs(whole_train, numeric, categorical))
+    names = [str(n) for n in transformer.get_feature_names_out()]
+    splits = {
+        name: _transformed(part, numeric, categorical, transformer, names, data.target)
+        for name, part in zip((*SPLITS, UNLABELED), (train, val, test, unlabeled), strict=True)
+    }
+    scaler = transformer.named_transformers_["numeric"].named_steps["scale"] if numeric else None
+    return Prepared(
+        splits=splits,
+        features=names,
+        target=data.target,
+        task=data.task,
+        classes=classes,
+        scaler_mean=[float(v) for v in scaler.mean_] if scaler is not None else [],
+        scaler_scale=[float(v) for v in scaler.scale_] if scaler is not None else [],
+        source_md5=source_md5,
+    )
+
+
+def _keep_labels(
+    train: pd.DataFrame, data: DataParams, stratify: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``data.label_fraction`` of the training rows keep their label (stratified, seeded
+    by ``data.split_seed``); the others are returned to become unlabeled."""
+    try:
+        kept, hidden = train_test_split(
+            train,
+            train_size=data.label_fraction,
+            random_state=data.split_seed,
+            stratify=train[data.target] if stratify else None,
+        )
+    except ValueError as exc:
+        raise DataError(
+            f"{data.source}: data.label_fraction {data.label_fraction} of {len(train)} training "
+            f"rows is too few labelled rows to keep every class ({exc}); raise "
+            "data.label_fraction"
+        ) from exc
+    return kept, hidden
+
+
+def _preprocessor(numeric: list[str], categorical: list[str], impute: bool) -> ColumnTransformer:
+    numeric_steps: list[tuple[str, Any]] = [("scale", StandardScaler())]
+    categorical_steps: list[tuple[str, Any]] = [
+        # Categories come from the training split; one unseen later becomes all zeros.
+        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype="float32"))
+    ]
+    if impute:
+        numeric_steps.insert(0, ("impute", SimpleImputer(strategy="median")))
+        categorical_steps.insert(0, ("impute", SimpleImputer(strategy="most_frequent")))
+    return ColumnTransformer(
+        [
+            ("numeric", Pipeline(numeric_steps), numeric),
+            ("categorical", Pipeline(categorical_steps), categorical),
+        ],
+        verbose_feature_names_out=False,  # "age", "colour_red" rather than "numeric__age"
+    )
+
+
+def _model_inputs(part: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """Numbers as float64, categories as Python objects with NaN for missing (what
+    scikit-learn's imputer and encoder expect, whatever pandas dtype the file gave)."""
+    out = part[numeric].astype("float64")
+    for column in categorical:
+        values = part[column].astype("object")
+        out[column] = values.where(part[column].notna(), np.nan)
+    return out[[*numeric, *categorical]]
+
+
+def _transformed(
+    part: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    transformer: ColumnTransformer,
+    names: list[str],
+    target: str,
+) -> pd.DataFrame:
+    if part.empty:  # scikit-learn refuses to transform zero rows
+        values: Any = np.empty((0, len(names)), dtype="float32")
+    else:
+        values = transformer.transform(_model_inputs(part, numeric, categorical))
+    out = pd.DataFrame(np.asarray(values, dtype="float32"), columns=names)
+    return out.assign(**{target: part[target].to_numpy()})

@@ -1,0 +1,83 @@
+"""Start and stop the warm runner's servers for the duration of one run, and point the
+stages of DVC's queue workers at them (through the environment they inherit)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from nntune.warm.client import FLAVOURS, SOCKET_ENV, _alive, _socket
+
+# -- the run's side: start and stop a server ----------------------------------------------
+
+
+@contextmanager
+def warm_runner(
+    enabled: bool = True, flavours: dict[str, tuple[str, ...]] = FLAVOURS
+) -> Iterator[str | None]:
+    """Start the servers (one per flavour) for the duration of a run and point the stages of
+    DVC's queue workers (started inside the block: they inherit the environment) at them.
+
+    Yields the base socket path, or ``None`` when disabled or when a server did not start
+    (the stages then run cold). On leaving, the servers stop accepting and exit once the
+    stages they run have finished; stages that start later run cold. The servers are daemons
+    (they outlive the run while stages they started still run) and stop by themselves if the
+    run's process dies."""
+    if not enabled:
+        yield None
+        return
+    import subprocess
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="nntune-warm-"))
+    base = folder / "socket"
+    sockets = {flavour: Path(_socket(base, flavour)) for flavour in flavours}
+    for flavour, modules in flavours.items():
+        command = [sys.executable, "-m", "nntune.warm.server", str(sockets[flavour])]
+        with Path(f"{sockets[flavour]}.log").open("wb") as log:
+            subprocess.run(
+                [*command, "--owner", str(os.getpid()), "--preload", ",".join(modules), "--daemon"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=folder,
+                start_new_session=True,  # Ctrl-C stops the run, not the stages already running
+                check=False,
+            )
+    deadline = time.monotonic() + 30
+    waiting = dict(sockets)
+    while waiting and time.monotonic() < deadline:
+        for flavour, path in list(waiting.items()):
+            pid = _pid(path)
+            if path.exists() or (pid is not None and not _alive(pid)):
+                del waiting[flavour]  # listening, or dead before it listened (its log says why)
+        time.sleep(0.02)
+    started = all(path.exists() for path in sockets.values())
+    saved = os.environ.get(SOCKET_ENV)
+    if started:
+        os.environ[SOCKET_ENV] = str(base)
+    try:
+        yield str(base) if started else None
+    finally:
+        if saved is None:
+            os.environ.pop(SOCKET_ENV, None)
+        else:
+            os.environ[SOCKET_ENV] = saved
+        for path in sockets.values():
+            pid = _pid(path)
+            if pid is not None:
+                with suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)  # drains, then exits
+
+
+def _pid(socket_path: Path) -> int | None:
+    """The pid a daemon wrote beside its socket, once it wrote it."""
+    try:
+        return int(Path(f"{socket_path}.pid").read_text())
+    except (OSError, ValueError):
+        return None

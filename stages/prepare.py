@@ -3,7 +3,8 @@
 import argparse
 
 from nntune.config.params import load_params
-from nntune.stage.data import check_validated, file_md5, read_table, write_prepared
+from nntune.stage.artifacts import file_md5
+from nntune.stage.data import check_validated, read_table, write_prepared
 from nntune.stage.entry import run_stage
 from nntune.stage.preprocess import prepare
 

@@ -10,7 +10,8 @@ import pytest
 
 from nntune import experiments
 from nntune.backends import ray as cluster
-from nntune.backends.ray import RayExecutor, RayOptions
+from nntune.backends.options import RayOptions
+from nntune.backends.ray import RayExecutor
 from nntune.backends.trial import TrialError, TrialResult
 
 REV = "ab" * 20

@@ -13,11 +13,19 @@ import optuna
 import pytest
 
 from nntune import experiments
+from nntune.backends.local import LocalQueue
 from nntune.config.metrics import Objective
 from nntune.experiments import QueueState
-from nntune.tuning import space as search
+from nntune.tuning import search_space
 from nntune.tuning.driver import Driver
-from nntune.tuning.space import Choice, Range, SearchError, TrialState, parse_space, promotions
+from nntune.tuning.search_space import (
+    Choice,
+    Range,
+    SearchError,
+    TrialState,
+    parse_space,
+    promotions,
+)
 from nntune.tuning.study import (
     Settings,
     StudyError,
@@ -30,15 +38,15 @@ MIN = Objective("val_loss", "min")
 
 
 def test_rungs_grow_by_eta_up_to_max_epochs() -> None:
-    assert search.rungs(1, 27, 3) == [1, 3, 9, 27]
-    assert search.rungs(3, 20, 3) == [3, 9, 20]
-    assert search.rungs(5, 5, 3) == [5]
-    assert search.brackets("hyperband", 1, 9, 3) == [[1, 3, 9], [3, 9], [9]]
-    assert search.brackets("tpe", 1, 50, 3) == [[50]]
+    assert search_space.rungs(1, 27, 3) == [1, 3, 9, 27]
+    assert search_space.rungs(3, 20, 3) == [3, 9, 20]
+    assert search_space.rungs(5, 5, 3) == [5]
+    assert search_space.brackets("hyperband", 1, 9, 3) == [[1, 3, 9], [3, 9], [9]]
+    assert search_space.brackets("tpe", 1, 50, 3) == [[50]]
     with pytest.raises(SearchError, match="--eta must be >= 2"):
-        search.rungs(1, 9, 1)
+        search_space.rungs(1, 9, 1)
     with pytest.raises(SearchError, match=r"--min-epochs \(10\) must be >= 1 and <= --max"):
-        search.rungs(10, 9, 3)
+        search_space.rungs(10, 9, 3)
 
 
 def _states(values: dict[int, float], rung: int = 1, started: set[int] | None = None) -> Any:
@@ -72,7 +80,7 @@ def test_asha_promotes_only_the_best_third_of_a_rung() -> None:
 
 
 def test_hyperband_promotes_within_each_bracket() -> None:
-    budgets = search.brackets("hyperband", 1, 9, 3)  # [[1, 3, 9], [3, 9], [9]]
+    budgets = search_space.brackets("hyperband", 1, 9, 3)  # [[1, 3, 9], [3, 9], [9]]
     states = {n: TrialState(n, results={1: 1.0 / (n + 1)}, started={1}) for n in (0, 3, 6)}
     states.update({n: TrialState(n, results={3: 0.0}, started={3}) for n in (1, 4, 7)})
     found = {(p.trial, p.from_epochs, p.to_epochs) for p in promotions(states, budgets, MIN, 3)}
@@ -91,8 +99,8 @@ def test_space_files_take_lists_and_ranges() -> None:
     assert space["model.units"] == Choice((32, 64))
     assert space["train.learning_rate"] == Range(1e-4, 0.1, log=True)
     assert space["model.hidden_layers"] == Range(0, 3, integer=True)
-    assert search.grid_size({"a": Choice((1, 2)), "b": Range(0, 3, integer=True)}) == 8
-    assert search.grid_size(space) is None
+    assert search_space.grid_size({"a": Choice((1, 2)), "b": Range(0, 3, integer=True)}) == 8
+    assert search_space.grid_size(space) is None
 
 
 @pytest.mark.parametrize(
@@ -113,10 +121,10 @@ def test_bad_space_is_refused_with_the_key(raw: dict[str, Any], message: str) ->
 
 def test_space_values_are_checked_against_params(raw_params: dict[str, Any]) -> None:
     with pytest.raises(SearchError, match=r"model.dropout=1.0: model.dropout must be < 1"):
-        search.check_against({"model.dropout": Range(0.0, 1.0)}, raw_params)
+        search_space.check_against({"model.dropout": Range(0.0, 1.0)}, raw_params)
     with pytest.raises(SearchError, match=r"model.widht=3: model.widht is not a known key"):
-        search.check_against({"model.widht": Choice((3,))}, raw_params)
-    search.check_against(search.DEFAULT_SPACE, raw_params)  # the default space is valid
+        search_space.check_against({"model.widht": Choice((3,))}, raw_params)
+    search_space.check_against(search_space.DEFAULT_SPACE, raw_params)  # the default space is valid
 
 
 class DriverKilledError(Exception):
@@ -226,11 +234,11 @@ class FakeDVC:
             }
 
 
-LR: dict[str, search.Dimension] = {"train.learning_rate": Range(1e-4, 1e-1, log=True)}
+LR: dict[str, search_space.Dimension] = {"train.learning_rate": Range(1e-4, 1e-1, log=True)}
 
 
 def _settings(
-    method: search.Method = "asha", trials: int = 9, space: dict[str, Any] | None = None
+    method: search_space.Method = "asha", trials: int = 9, space: dict[str, Any] | None = None
 ) -> Settings:
     space = space or LR
     return Settings(
@@ -241,7 +249,7 @@ def _settings(
         max_epochs=9,
         eta=3,
         seed=0,
-        space=search.describe_space(space),
+        space=search_space.describe_space(space),
     )
 
 
@@ -256,7 +264,7 @@ def _drive(
     space = space or LR
     with study_lock(tmp_path, settings.study):
         study = open_study(tmp_path, settings, MIN, "base", space)
-        driver = Driver(settings, space, raw, MIN, jobs)
+        driver = Driver(settings, space, raw, MIN, jobs, LocalQueue(jobs))
         for _ in range(200):
             snapshot = driver.step(None, study, "base")
             if snapshot.done:
@@ -294,7 +302,7 @@ def test_asha_driver_promotes_from_the_top_third_and_continues_the_parent(
     assert snapshot.epochs_spent < 9 * 9
 
 
-GRID: dict[str, search.Dimension] = {
+GRID: dict[str, search_space.Dimension] = {
     "train.learning_rate": Choice((0.001, 0.003, 0.01)),
     "model.units": Range(8, 10, integer=True),
 }
@@ -345,7 +353,7 @@ def test_trials_that_finish_between_a_passs_reads_are_never_queued_again(
     tmp_path: Path,
     raw_params: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
-    method: search.Method,
+    method: search_space.Method,
     kill_at: int | None,
 ) -> None:
     # Experiments start and finish between the driver's read of the queue and its read of
@@ -448,7 +456,7 @@ def test_gc_spares_what_an_unfinished_study_still_builds_on(
     settings = _settings(trials=9)
     with study_lock(tmp_path, "s"):
         study = open_study(tmp_path, settings, MIN, "base", LR)
-        driver = Driver(settings, LR, raw_params, MIN, 2)
+        driver = Driver(settings, LR, raw_params, MIN, 2, LocalQueue(2))
         for _ in range(6):  # part of the study: first rungs done, promotions waiting
             driver.step(None, study, "base")
             fake.work(2)

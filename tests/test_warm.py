@@ -24,13 +24,13 @@ import pytest
 from conftest import REPO
 
 from nntune.warm.client import (
-    _HEADER,
     CONNECT_TIMEOUT_ENV,
+    HEADER,
     LOST_EXIT,
     PROTOCOL,
     SOCKET_ENV,
-    _alive,
     load_time_env,
+    process_alive,
 )
 from nntune.warm.launcher import warm_runner
 
@@ -316,9 +316,9 @@ def connected(path: str, timeout: float = 10) -> bool:
 
 def ended(pid: int, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    return not _alive(pid)
+    return not process_alive(pid)
 
 
 @pytest.fixture
@@ -467,7 +467,7 @@ def raw_request(path: str, request: dict[str, object]) -> socket_module.socket:
     sock.settimeout(30)
     sock.connect(path)
     payload = json.dumps(request).encode()
-    sock.sendall(_HEADER.pack(len(payload)) + payload)
+    sock.sendall(HEADER.pack(len(payload)) + payload)
     return sock
 
 
@@ -538,7 +538,7 @@ def test_both_sides_refuse_another_protocol(workspace: Path, runner: str, tmp_pa
             conn, _ = other.accept()
             with conn:
                 conn.settimeout(30)
-                (size,) = _HEADER.unpack(conn.recv(_HEADER.size))
+                (size,) = HEADER.unpack(conn.recv(HEADER.size))
                 while size > 0:
                     size -= len(conn.recv(size))
                 conn.sendall(json.dumps({"started": 1, "protocol": PROTOCOL - 1}).encode() + b"\n")
@@ -567,15 +567,15 @@ def zombie() -> subprocess.Popen[bytes]:
 
 
 def test_a_zombie_is_not_alive() -> None:
-    assert _alive(os.getpid())
+    assert process_alive(os.getpid())
     process = zombie()
     try:
         os.kill(process.pid, 0)  # the process table still has it
-        assert not _alive(process.pid)
+        assert not process_alive(process.pid)
     finally:
         process.wait()
-    assert not _alive(process.pid)
-    assert not _alive(0) and not _alive(-1)
+    assert not process_alive(process.pid)
+    assert not process_alive(0) and not process_alive(-1)
 
 
 def test_a_server_stops_when_its_owner_is_a_zombie(tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ from conftest import make_table
 from project import run
 
 from nntune.config.sections import Params, WarmStartParams
+from nntune.stage.artifacts import file_md5
 from nntune.stage.model import build_model
 from nntune.stage.preprocess import prepare
-from nntune.stage.warmstart import WarmStartError, file_md5, load, materialise
+from nntune.stage.warmstart import WarmStartError, load, materialise
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.live import Live
 
 from nntune import experiments
-from nntune.backends.view import RunOutcome, _finished, trials_progress, trials_view
+from nntune.backends.view import RunOutcome, finished_from_key, trials_progress, trials_view
 from nntune.config.metrics import Objective
 from nntune.experiments import (
     QueueState,
@@ -125,7 +125,7 @@ def _run_started_queue(
                 state = queue_state(repo)
                 for key in sorted(_done_keys(state) - seen):
                     seen.add(key)
-                    outcome.finished.append(_finished(repo, key, objective))
+                    outcome.finished.append(finished_from_key(repo, key, objective))
                 progress.update(task, completed=len(outcome.finished))
                 live.update(trials_view(progress, state, outcome, objective))
                 if state.pending == 0:

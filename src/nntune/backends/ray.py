@@ -18,7 +18,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.live import Live
 
 from nntune import experiments
+from nntune.backends.options import RayOptions
 from nntune.backends.trial import LOG_TAIL, TrialError, TrialResult, TrialSpec
 from nntune.backends.view import Finished, RunOutcome, finished_trial, trials_progress, trials_view
 from nntune.config.metrics import Objective
@@ -34,16 +35,6 @@ from nntune.errors import NntuneError
 
 class ClusterError(NntuneError):
     pass
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    address: str | None = None  # None: RAY_ADDRESS, or a local Ray started for this run
-    num_cpus: float = 1.0  # Ray resources each trial reserves
-    num_gpus: float = 0.0  # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it grants
-    retries: int = 3  # re-runs of a trial whose node or worker died
-    cache_dir: str | None = None  # clones and DVC cache on each node; None: its default
-    remote: str = "origin"  # the git remote trials clone from and push to
 
 
 def ray_trial(spec: TrialSpec, cache_dir: str | None, events: Any) -> dict[str, Any]:

@@ -15,7 +15,6 @@ user would; the project's own repository is never touched.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -37,6 +36,7 @@ import yaml
 from nntune.config.mapping import flatten, typed_value
 from nntune.errors import NntuneError
 from nntune.experiments import same_params, use_this_python
+from nntune.locks import LockHeldError, record_lock
 
 GIT_REMOTE = "origin"  # the remote experiments are pushed to, in every clone
 STALE_SECONDS = 60  # an unlocked clone folder older than this was left by a killed attempt
@@ -143,7 +143,7 @@ def _check_same_point(spec: TrialSpec, ref: str, commit: str, cache: Path) -> No
     every ``-S`` value of ``spec``. Otherwise two points share a name."""
     mirror = _mirror(spec.git_url, cache)
     mirror.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(mirror.with_suffix(".lock")):
+    with record_lock(mirror.with_suffix(".lock")):
         if not (mirror / "HEAD").is_file():
             _git("init", "--quiet", "--bare", str(mirror))
         _git("fetch", "--quiet", spec.git_url, ref, cwd=mirror)
@@ -236,7 +236,7 @@ def _clone(spec: TrialSpec, work: Path, cache: Path, shell: _Shell) -> None:
     (fetched, not cloned, from the second trial on a machine)."""
     mirror = _mirror(spec.git_url, cache)
     mirror.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(mirror.with_suffix(".lock")):
+    with record_lock(mirror.with_suffix(".lock")):
         if (mirror / "HEAD").is_file():
             heads = "+refs/heads/*:refs/heads/*"
             shell("git", "fetch", "--quiet", "--prune", spec.git_url, heads, cwd=mirror)
@@ -313,30 +313,19 @@ def _work_dir(parent: Path, name: str) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):  # another sweeper was faster
             if time.time() - lock.stat().st_mtime < STALE_SECONDS:
                 continue  # maybe created a moment ago, its owner about to lock it
-        with lock.open("a") as handle:
-            try:
-                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a running trial's
-            shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
-            lock.unlink(missing_ok=True)
+        try:
+            with record_lock(lock, wait=False):
+                shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+                lock.unlink(missing_ok=True)
+        except (LockHeldError, FileNotFoundError):
+            continue  # a running trial's, or swept by another sweeper
     work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
-    with _locked(work.with_suffix(".lock")):
+    with record_lock(work.with_suffix(".lock")):
         try:
             yield work
         finally:
             shutil.rmtree(work, ignore_errors=True)
             work.with_suffix(".lock").unlink(missing_ok=True)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a", encoding="utf-8") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)  # a record lock: forked children do not keep it
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def parse_overrides(values: Sequence[str]) -> tuple[str, ...]:

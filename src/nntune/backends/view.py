@@ -72,7 +72,7 @@ def finished_trial(repo: Any, name: str, objective: Objective) -> Finished:
     return Finished(name=name, ok=True, objective=value, diverged=diverged)
 
 
-def _finished(repo: Any, key: tuple[str, str, bool], objective: Objective) -> Finished:
+def finished_from_key(repo: Any, key: tuple[str, str, bool], objective: Objective) -> Finished:
     name, _, ok = key
     return finished_trial(repo, name, objective) if ok else Finished(name=name, ok=False)
 

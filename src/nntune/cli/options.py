@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from nntune.backends.options import Backend, BackendOptions, RayOptions
 from nntune.config.params import parse_params, read_params_mapping
 from nntune.config.sections import Params
 from nntune.errors import NntuneError
@@ -18,18 +19,17 @@ ParamsOption = Annotated[
 ]
 
 
-def _load(path: Path) -> Params:
-    return _load_with_mapping(path)[0]
+def load_checked(path: Path) -> Params:
+    return load_with_mapping(path)[0]
 
 
-def _load_with_mapping(path: Path) -> tuple[Params, dict[str, Any]]:
+def load_with_mapping(path: Path) -> tuple[Params, dict[str, Any]]:
     """The checked params and the plain mapping they came from, from one read of the file."""
     raw = read_params_mapping(path)
     return parse_params(raw, source=str(path)), raw
 
 
 # Where trials run: `nntune run` and `nntune search` take the same options.
-Backend = Literal["local", "ray"]
 BackendOption = Annotated[
     Backend, typer.Option(help="local (DVC's queue on this machine) or ray (a Ray cluster)")
 ]
@@ -64,7 +64,7 @@ WarmOption = Annotated[
 ]
 
 
-def _gpu_list(text: str) -> list[str]:
+def gpu_list(text: str) -> list[str]:
     """``0,1,3`` -> ["0", "1", "3"]; ``all`` -> every GPU the backend sees."""
     if text.strip() == "all":
         from nntune.stage.device import list_gpus
@@ -84,7 +84,7 @@ Format = Annotated[
 ]
 
 
-def _wide_console() -> Any:
+def wide_console() -> Any:
     """A terminal's own width; piped or logged output gets room for the whole table
     instead of ellipses (rich assumes 80 columns when it cannot ask a terminal)."""
     from rich.console import Console
@@ -93,9 +93,24 @@ def _wide_console() -> Any:
     return console if console.is_terminal else Console(width=250)
 
 
-def _fmt(value: Any) -> str:
+def format_cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def backend_options(
+    backend: Backend,
+    address: str | None,
+    num_cpus: float,
+    num_gpus: float,
+    retries: int,
+    remote: str,
+    cache_dir: str | None,
+    warm: bool,
+) -> BackendOptions:
+    """The backend options ``run`` and ``search`` share, as one value."""
+    ray = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
+    return BackendOptions(backend, warm, ray)

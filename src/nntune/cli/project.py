@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from nntune.cli.app import app, schema_app
-from nntune.cli.options import ParamsOption, _fmt, _load
+from nntune.cli.options import ParamsOption, format_cell, load_checked
 from nntune.errors import NntuneError
 
 
@@ -18,7 +18,7 @@ def check(
     params: Annotated[Path, typer.Argument(help="params file")] = Path("params.yaml"),
 ) -> None:
     """Validate a params file without training anything; print the resolved settings."""
-    p = _load(params)
+    p = load_checked(params)
     from rich.console import Console
 
     layers = " x ".join(map(str, p.model.units)) or "none (linear model)"
@@ -36,7 +36,7 @@ def check(
 @app.command()
 def summary(params: ParamsOption = Path("params.yaml")) -> None:
     """Show the workspace's results: the objective, the test metrics and how training went."""
-    p = _load(params)
+    p = load_checked(params)
     from rich.console import Console
     from rich.table import Table
 
@@ -53,14 +53,14 @@ def summary(params: ParamsOption = Path("params.yaml")) -> None:
     table.add_column("value", justify="right")
     table.add_row(
         f"objective: {objective.metric} ({objective.direction})",
-        _fmt(metrics.get(objective.metric)),
+        format_cell(metrics.get(objective.metric)),
         style="bold",
     )
     others = [m for m in validation_metric_names(p.data.task) if m != objective.metric]
     for name in [*others, *holdout_metric_names(p.data.task)]:
-        table.add_row(name, _fmt(metrics.get(name)))
+        table.add_row(name, format_cell(metrics.get(name)))
     for name in ("epochs_trained", "best_epoch", "diverged", "train_seconds"):
-        table.add_row(name, _fmt(metrics.get(name)))
+        table.add_row(name, format_cell(metrics.get(name)))
     Console().print(table)
     if metrics.get("diverged"):
         typer.echo("warning: training diverged (NaN/inf loss); lower train.learning_rate", err=True)
@@ -126,7 +126,7 @@ def validate(
 
     from nntune.stage.schema import check_data, render_report
 
-    data = _load(params).data
+    data = load_checked(params).data
     if path is not None:
         data = dataclasses.replace(data, source=str(path))
     report = check_data(data)
@@ -154,7 +154,7 @@ def schema_infer(
     from nntune.stage.data import read_table
     from nntune.stage.schema import infer_schema
 
-    data = _load(params).data
+    data = load_checked(params).data
     if path is not None:
         data = dataclasses.replace(data, source=str(path))
     target = out or Path(data.schema)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from nntune.cli.app import app
-from nntune.cli.options import Format, ParamsOption, _load_with_mapping, _wide_console
+from nntune.cli.options import Format, ParamsOption, load_with_mapping, wide_console
 from nntune.errors import NntuneError
 
 
@@ -39,7 +39,7 @@ def gc(
     from nntune.tuning import ranking
     from nntune.tuning.study import needed_by_unfinished_studies
 
-    loaded, base = _load_with_mapping(params)
+    loaded, base = load_with_mapping(params)
     rows = experiments.list_experiments(".", flatten(base))
     comparison = ranking.compare(rows, loaded.evaluate.objective, loaded.data.task)
     if comparison.pending:
@@ -50,7 +50,7 @@ def gc(
         cache = experiments.shared_cache(repo)
     protected.update(needed_by_unfinished_studies(Path(), [e.name for e in rows]))
     cleanup = ranking.select_garbage(comparison, keep, protected)
-    console = _wide_console()
+    console = wide_console()
     table = Table(title="experiments kept", title_justify="left")
     table.add_column("experiment")
     table.add_column("why")
@@ -202,7 +202,7 @@ def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:
     from nntune.experiments import list_experiments
     from nntune.tuning.ranking import compare as rank
 
-    p, base = _load_with_mapping(params)
+    p, base = load_with_mapping(params)
     objective = p.evaluate.objective
     if metric:
         allowed = validation_metric_names(p.data.task)
@@ -218,7 +218,7 @@ def _print_comparison(comparison: Any, rows: list[dict[str, Any]]) -> None:
 
     from nntune.tuning.ranking import format_value
 
-    console = _wide_console()
+    console = wide_console()
     if not rows:
         console.print("no experiments yet: queue some with `nntune grid`, run `nntune run`")
         return

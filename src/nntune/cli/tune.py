@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -20,12 +20,16 @@ from nntune.cli.options import (
     RemoteOption,
     RetriesOption,
     WarmOption,
-    _gpu_list,
-    _load,
-    _load_with_mapping,
-    _wide_console,
+    backend_options,
+    gpu_list,
+    load_checked,
+    load_with_mapping,
+    wide_console,
 )
 from nntune.errors import NntuneError
+
+if TYPE_CHECKING:
+    from nntune.backends.ray import RayExecutor
 
 
 @app.command()
@@ -53,7 +57,7 @@ def grid(
     from nntune.config.mapping import flatten
     from nntune.tuning.grid import expand, load_space, parse_assignments
 
-    _, base = _load_with_mapping(params)  # the base must be valid before any point is
+    _, base = load_with_mapping(params)  # the base must be valid before any point is
     dimensions: dict[str, list[Any]] = {}
     space_file = space or Path(DEFAULT_SPACE)
     if space is not None or (space_file.is_file() and not param):
@@ -106,7 +110,7 @@ def _print_points(
 
     from nntune.tuning.ranking import format_value
 
-    console = _wide_console()
+    console = wide_console()
     title = "points (dry run: nothing queued)" if dry_run else "points to queue"
     table = Table(title=f"{len(to_queue)} {title}", title_justify="left")
     table.add_column("experiment")
@@ -151,26 +155,26 @@ def run(
 
     from nntune.experiments import queue_log_tail
 
-    objective = _load(params).evaluate.objective
+    objective = load_checked(params).evaluate.objective
     console = Console()
-    if backend == "ray":
-        from nntune.backends.ray import RayOptions, run_on_ray
+    chosen = backend_options(backend, address, num_cpus, num_gpus, retries, remote, cache_dir, warm)
+    if chosen.backend == "ray":
+        from nntune.backends.ray import run_on_ray
 
-        options = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
-        outcome = run_on_ray(".", options, objective, console)
+        outcome = run_on_ray(".", chosen.ray, objective, console)
     else:
         from nntune.backends.local import run_queue
 
-        pinned = _gpu_list(gpus) if gpus else None
+        pinned = gpu_list(gpus) if gpus else None
         if pinned:
             console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
         workers = len(pinned) if pinned else jobs
-        outcome = run_queue(".", workers, objective, console, pinned, warm=warm)
+        outcome = run_queue(".", workers, objective, console, pinned, warm=chosen.warm)
     if outcome.total == 0:
         console.print("the queue is empty: queue trials with `nntune grid` first")
         return
     if outcome.interrupted:
-        resume = "nntune run" + (" --backend ray" if backend == "ray" else "")
+        resume = chosen.resume("nntune run")
         console.print(
             f"[yellow]interrupted[/yellow]: {outcome.still_queued} trial(s) stay queued; resume "
             f"with `{resume}`"
@@ -250,24 +254,29 @@ def search_command(
     from rich.live import Live
 
     from nntune import experiments
-    from nntune.backends.local import announced_warm_runner
+    from nntune.backends.local import LocalQueue, announced_warm_runner
     from nntune.backends.view import search_view
-    from nntune.tuning import space as search
-    from nntune.tuning.driver import Driver
+    from nntune.tuning import search_space
+    from nntune.tuning.driver import Driver, Executor
     from nntune.tuning.study import Settings, open_study, study_lock
 
-    loaded, base = _load_with_mapping(params)
+    loaded, base = load_with_mapping(params)
     objective = loaded.evaluate.objective
     console = Console()
-    executor = None
+    chosen_backend = backend_options(
+        backend, address, num_cpus, num_gpus, retries, remote, cache_dir, warm
+    )
+    on_ray: RayExecutor | None = None
     try:
         name = study or method
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             raise NntuneError(f"--study {name!r}: use letters, digits and _ (it prefixes names)")
-        chosen = search.load_search_space(space) if space else dict(search.DEFAULT_SPACE)
-        search.check_against(chosen, base)
+        chosen = (
+            search_space.load_search_space(space) if space else dict(search_space.DEFAULT_SPACE)
+        )
+        search_space.check_against(chosen, base)
         top = max_epochs or (loaded.train.max_epochs if method == "tpe" else 27)
-        search.brackets(method, min_epochs, top, eta)  # checks the budgets
+        search_space.brackets(method, min_epochs, top, eta)  # checks the budgets
         settings = Settings(
             study=name,
             method=method,
@@ -276,21 +285,21 @@ def search_command(
             max_epochs=top,
             eta=eta,
             seed=seed,
-            space=search.describe_space(chosen),
+            space=search_space.describe_space(chosen),
         )
         root = Path()
         with study_lock(root, name), experiments.open_repo(root) as repo:
             experiments.use_this_python()
             baseline = experiments.baseline_rev(repo)
             the_study = open_study(root, settings, objective, baseline, chosen)
-            if backend == "ray":
-                from nntune.backends.ray import RayExecutor, RayOptions
+            executor: Executor = LocalQueue(jobs)
+            if chosen_backend.backend == "ray":
+                from nntune.backends.ray import RayExecutor
 
-                options = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
-                executor = RayExecutor.connect(root, options)
+                executor = on_ray = RayExecutor.connect(root, chosen_backend.ray)
             driver = Driver(settings, chosen, base, objective, jobs, executor)
             with (
-                announced_warm_runner(warm and executor is None, console),
+                announced_warm_runner(chosen_backend.uses_warm_runner, console),
                 Live(console=console, refresh_per_second=2) as live,
             ):
                 result = driver.run(
@@ -299,25 +308,25 @@ def search_command(
                     lambda snap: live.update(search_view(snap, trials, objective, method)),
                 )
             console.print()  # the live view leaves the cursor at the end of its last line
-            if executor is not None:
+            if on_ray is not None:
                 from nntune.backends.ray import fetch_models
 
-                fetch_models(executor, repo, console)
+                fetch_models(on_ray, repo, console)
     except KeyboardInterrupt:
-        if executor is not None:
-            executor.cancel()
-        where = "are stopped" if executor else "keep running in DVC's workers"
+        if on_ray is not None:
+            on_ray.cancel()
+        where = "are stopped" if on_ray else "keep running in DVC's workers"
         console.print(
             f"[yellow]interrupted[/yellow]: running experiments {where}; "
             "run the same command again to continue the study"
         )
         raise typer.Exit(130) from None
     finally:
-        if executor is not None:
-            executor.close()
+        if on_ray is not None:
+            on_ray.close()
     _print_search_summary(console, result, settings, chosen, objective)
-    if executor is not None and executor.failed:
-        for name, error in executor.failed.items():
+    if on_ray is not None and on_ray.failed:
+        for name, error in on_ray.failed.items():
             console.print(f"[red]failed on Ray[/red]: {name} (it stays queued):")
             console.print(error, markup=False, highlight=False)
 
@@ -325,7 +334,7 @@ def search_command(
 def _print_search_summary(
     console: Any, result: Any, settings: Any, space: Any, objective: Any
 ) -> None:
-    from nntune.tuning import space as search
+    from nntune.tuning import search_space
 
     failed = [job.name for job in result.jobs if job.state == "failed"]
     if result.best:
@@ -339,7 +348,7 @@ def _print_search_summary(
         f"epochs spent: {result.epochs_spent}, against {full} to train all {settings.trials} "
         f"sampled configurations for {settings.max_epochs} epochs"
     )
-    size = search.grid_size(space)
+    size = search_space.grid_size(space)
     if size is not None:
         line += f" and {size * settings.max_epochs} for the full grid of {size} points"
     console.print(line)

@@ -40,7 +40,7 @@ def flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def override_args(point: Point) -> list[str]:
+def override_args(point: Mapping[str, Any]) -> list[str]:
     """The point as ``dvc exp run -S`` arguments (one value each: no sweep)."""
     return [f"{key}={_dvc_value(value)}" for key, value in point.items()]
 

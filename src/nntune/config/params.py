@@ -21,7 +21,7 @@ from nntune.config.metrics import (
     infer_direction,
     validation_metric_names,
 )
-from nntune.config.reader import _Section
+from nntune.config.reader import SectionReader
 from nntune.config.sections import (
     ACTIVATIONS,
     DATA_SUFFIXES,
@@ -66,7 +66,7 @@ def read_params_mapping(path: str | Path) -> dict[str, Any]:
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Check an already-parsed mapping (what ``yaml.safe_load`` returns)."""
     problems: list[str] = []
-    root = _Section(raw, "", problems)
+    root = SectionReader(raw, "", problems)
     with root.section("data") as s:
         data = _parse_data(s)
     with root.section("model") as s:
@@ -93,7 +93,7 @@ def parse_params(raw: Any, source: str = "params") -> Params:
 _UNCHECKED_TOP_LEVEL: frozenset[str] = frozenset()
 
 
-def _parse_data(s: _Section) -> DataParams | None:
+def _parse_data(s: SectionReader) -> DataParams | None:
     source = s.string("source")
     if source and not source.lower().endswith(DATA_SUFFIXES):
         s.problem("source", source, f"must be a CSV or Parquet file ({', '.join(DATA_SUFFIXES)})")
@@ -152,7 +152,7 @@ def _parse_data(s: _Section) -> DataParams | None:
     return None if s.failed() else params
 
 
-def _column_list(s: _Section, key: str, allow_all: bool) -> tuple[str, ...] | None:
+def _column_list(s: SectionReader, key: str, allow_all: bool) -> tuple[str, ...] | None:
     value = s.take(key)
     if value is None and key in s.bad:
         return None
@@ -169,7 +169,7 @@ def _column_list(s: _Section, key: str, allow_all: bool) -> tuple[str, ...] | No
     return tuple(value)
 
 
-def _parse_model(s: _Section) -> ModelParams | None:
+def _parse_model(s: SectionReader) -> ModelParams | None:
     hidden_layers = s.integer("hidden_layers", minimum=0)
     units = _parse_units(s, hidden_layers)
     params = ModelParams(
@@ -182,7 +182,7 @@ def _parse_model(s: _Section) -> ModelParams | None:
     return None if s.failed() else params
 
 
-def _parse_units(s: _Section, hidden_layers: int) -> tuple[int, ...]:
+def _parse_units(s: SectionReader, hidden_layers: int) -> tuple[int, ...]:
     value = s.take("units")
     if isinstance(value, bool) or not isinstance(value, int | list):
         s.problem("units", value, "must be a positive integer or a list of them, one per layer")
@@ -205,7 +205,7 @@ def _parse_units(s: _Section, hidden_layers: int) -> tuple[int, ...]:
     return tuple(int(v) for v in values if isinstance(v, int))
 
 
-def _parse_train(s: _Section, task: Task | None) -> TrainParams | None:
+def _parse_train(s: SectionReader, task: Task | None) -> TrainParams | None:
     optimizer = s.choice("optimizer", OPTIMIZERS)
     learning_rate = s.number("learning_rate", low=0.0, open_interval=True)
     momentum = s.number("momentum", low=0.0, high=1.0, open_high=True)
@@ -242,7 +242,7 @@ def _parse_train(s: _Section, task: Task | None) -> TrainParams | None:
     return None if s.failed() else params
 
 
-def _parse_warm_start(s: _Section, max_epochs: int, max_epochs_bad: bool) -> WarmStartParams:
+def _parse_warm_start(s: SectionReader, max_epochs: int, max_epochs_bad: bool) -> WarmStartParams:
     experiment = s.take("experiment")
     md5 = s.take("model_md5")
     epochs = s.integer("epochs", minimum=0)
@@ -282,7 +282,7 @@ def _parse_warm_start(s: _Section, max_epochs: int, max_epochs_bad: bool) -> War
     return params
 
 
-def _parse_runtime(s: _Section) -> RuntimeParams:
+def _parse_runtime(s: SectionReader) -> RuntimeParams:
     device = s.string("device")
     if device and not re.fullmatch(r"auto|cpu|gpu:\d+", device):
         s.problem("device", device, "must be auto, cpu or gpu:N (N = 0, 1, ... among visible GPUs)")
@@ -296,7 +296,7 @@ def _parse_runtime(s: _Section) -> RuntimeParams:
     )
 
 
-def _parse_evaluate(s: _Section, task: Task | None) -> EvaluateParams | None:
+def _parse_evaluate(s: SectionReader, task: Task | None) -> EvaluateParams | None:
     with s.section("objective") as o:
         metric = o.choice("metric", validation_metric_names(task)) if task else o.string("metric")
         direction = cast(Direction, o.choice("direction", ("min", "max")))
@@ -312,7 +312,7 @@ def _parse_evaluate(s: _Section, task: Task | None) -> EvaluateParams | None:
 
 
 def _parse_pretrain(
-    s: _Section, model: ModelParams | None, train: TrainParams | None
+    s: SectionReader, model: ModelParams | None, train: TrainParams | None
 ) -> PretrainParams | None:
     enabled = s.boolean("enabled")
     freeze_epochs = s.integer("freeze_epochs", minimum=0)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, cast
 _T = TypeVar("_T")
 
 
-class _Section:
+class SectionReader:
     """One mapping in the params file: typed getters that record problems under a dotted
     key instead of raising, so the user sees every mistake in one go."""
 
@@ -45,10 +45,12 @@ class _Section:
         return self.raw[name]
 
     @contextmanager
-    def section(self, name: str) -> Iterator[_Section]:
+    def section(self, name: str) -> Iterator[SectionReader]:
         value = self.take(name)
         broken = not isinstance(value, Mapping)
-        child = _Section(value, f"{self.key(name)}.", self.problems, quiet=self.quiet or broken)
+        child = SectionReader(
+            value, f"{self.key(name)}.", self.problems, quiet=self.quiet or broken
+        )
         if value is not None and broken:
             self.problem(name, value, "must be a mapping of keys to values")
         yield child

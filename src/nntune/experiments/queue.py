@@ -6,15 +6,25 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nntune.config.mapping import override_args
-from nntune.experiments.refs import _changed_paths, _param_changes
+from nntune.experiments import dvc_internals
+from nntune.experiments.refs import changed_paths, param_changes
 from nntune.experiments.repo import ExperimentError, baseline_rev, open_repo, use_this_python
-from nntune.tuning.grid import Trial
+
+
+class NamedPoint(Protocol):
+    """What ``queue_trials`` queues (a grid's ``Trial`` is one): a name and its overrides."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def overrides(self) -> Mapping[str, Any]: ...
 
 
 @dataclass
@@ -31,7 +41,7 @@ class QueueState:
         return len(self.queued) + len(self.running)
 
 
-def queue_trials(root: str | Path, trials: Iterable[Trial]) -> list[str]:
+def queue_trials(root: str | Path, trials: Iterable[NamedPoint]) -> list[str]:
     """``dvc exp run --queue -n NAME -S key=value ...`` for each trial, in one DVC session."""
     queued = []
     with open_repo(root) as repo:
@@ -49,10 +59,10 @@ def queue_state(repo: Any) -> QueueState:
     queue = repo.experiments.celery_queue
     state = QueueState()
     state.queued = [_label(e) for e in queue.iter_queued()]
-    state.running = [_label(entry) for _, entry in queue._iter_active_tasks()]
-    for _, entry in queue._iter_done_tasks():
+    state.running = [_label(entry) for entry in dvc_internals.active_entries(queue)]
+    for entry in dvc_internals.done_entries(queue):
         try:
-            result = queue._load_info(entry.stash_rev).result
+            result = dvc_internals.executor_info(queue, entry.stash_rev).result
         except FileNotFoundError:  # the run never wrote its info file: it failed early
             result = None
         # Its ref is written before the task is done, unless its worker died before
@@ -85,7 +95,9 @@ def start_workers(repo: Any, jobs: int, gpus: list[str] | None = None) -> int:
             if any(name.endswith(f"-{number}@localhost") for name in active):
                 continue  # a worker with this number already runs, pinned when it started
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-            queue._spawn_worker(number)  # start_workers() would give every worker one env
+            dvc_internals.spawn_worker(
+                queue, number
+            )  # start_workers() would give every worker one env
             started += 1
     finally:
         if saved is None:
@@ -146,14 +158,14 @@ def settle_orphans(repo: Any, names: list[str]) -> dict[str, bool]:
     from dvc.repo.experiments.queue.tasks import collect_exp
 
     queue = repo.experiments.celery_queue
-    active = {_label(entry): entry for _, entry in queue._iter_active_tasks()}
+    active = {_label(entry): entry for entry in dvc_internals.active_entries(queue)}
     settled: dict[str, bool] = {}
     for name in names:
         entry = active.get(name)
         if entry is None or _trial_process_alive(queue, entry.stash_rev):
             continue
         try:
-            info = queue._load_info(entry.stash_rev)
+            info = dvc_internals.executor_info(queue, entry.stash_rev)
         except FileNotFoundError:
             info = None
         result = info.result if info is not None else None
@@ -235,14 +247,14 @@ def queued_trials(repo: Any, skip: Iterable[str] = ()) -> list[tuple[str, list[s
                 f"queued experiment {label} is based on commit {entry.baseline_rev[:7]}, not "
                 f"HEAD ({head[:7]}); check that commit out or remove it: dvc queue remove {label}"
             )
-        extra = [p for p in _changed_paths(repo, head, entry.stash_rev) if p != "params.yaml"]
+        extra = [p for p in changed_paths(repo, head, entry.stash_rev) if p != "params.yaml"]
         if extra:
             raise ExperimentError(
                 f"queued experiment {label} carries uncommitted changes to {', '.join(extra)}; "
                 "a remote trial runs the commit with its params only: commit the changes, "
                 f"then queue it again (dvc queue remove {label})"
             )
-        trials.append((label, _param_changes(repo, head, entry.stash_rev, label)))
+        trials.append((label, param_changes(repo, head, entry.stash_rev, label)))
     return trials
 
 

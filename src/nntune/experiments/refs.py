@@ -38,7 +38,7 @@ def output_md5(repo: Any, rev: str, stage: str, path: str) -> str:
     raise ExperimentError(f"{rev[:7]}: dvc.lock records no md5 for {stage} output {path}")
 
 
-def _changed_paths(repo: Any, base: str, rev: str) -> list[str]:
+def changed_paths(repo: Any, base: str, rev: str) -> list[str]:
     out = subprocess.run(
         ["git", "diff", "--name-only", base, rev, "--", "."],
         cwd=repo.root_dir,
@@ -51,7 +51,7 @@ def _changed_paths(repo: Any, base: str, rev: str) -> list[str]:
     return [p.as_posix() for p in paths if p.parts[:2] != (".dvc", "tmp")]
 
 
-def _param_changes(repo: Any, base: str, rev: str, label: str) -> list[str]:
+def param_changes(repo: Any, base: str, rev: str, label: str) -> list[str]:
     before, after = (flatten(_params_at(repo, r)) for r in (base, rev))
     dropped = sorted(set(before) - set(after))
     if dropped:

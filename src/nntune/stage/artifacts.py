@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import glob
+import hashlib
 import json
 import math
 import os
@@ -174,3 +175,13 @@ def _finite_or_null(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def file_md5(path: str | Path) -> str:
+    """MD5 of the file's bytes: the hash DVC 3 writes for a file dependency in dvc.lock,
+    so a run's lineage can be matched to the exact data version."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with Path(path).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -4,7 +4,6 @@ scikit-learn here: every stage imports this, and the split itself is ``nntune.st
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,16 +77,6 @@ def check_validated(report_path: str | Path, source: str) -> None:
             f"{path}: {source} has not passed validation; fix the data and run "
             "`dvc repro validate` (the report lists every failure)"
         )
-
-
-def file_md5(path: str | Path) -> str:
-    """MD5 of the file's bytes: the hash DVC 3 writes for a file dependency in dvc.lock,
-    so a run's lineage can be matched to the exact data version."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with Path(path).open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def digits_frame() -> pd.DataFrame:

@@ -19,6 +19,7 @@ from nntune.config.sections import RuntimeParams, TrainParams
 from nntune.stage import artifacts
 from nntune.stage.data import Prepared
 from nntune.stage.device import enable_determinism
+from nntune.stage.keras_internals import seed_generators
 from nntune.stage.model import compile_model
 
 
@@ -130,14 +131,11 @@ class EpochSeeds(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is un
         self.seed = seed
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        for position, layer in enumerate(self.model._flatten_layers()):
-            for number, generator in enumerate(layer._seed_generators):
-                key = [self.seed, epoch, position, number]
-                value = int(np.random.default_rng(key).integers(0, 2**31 - 1))
-                state = generator.state
-                state.assign(
-                    np.array([value, 0], dtype=keras.backend.standardize_dtype(state.dtype))
-                )
+        for position, number, generator in seed_generators(self.model):
+            key = [self.seed, epoch, position, number]
+            value = int(np.random.default_rng(key).integers(0, 2**31 - 1))
+            state = generator.state
+            state.assign(np.array([value, 0], dtype=keras.backend.standardize_dtype(state.dtype)))
 
 
 def fit(

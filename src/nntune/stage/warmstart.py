@@ -10,7 +10,6 @@ it from its params alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -52,7 +51,7 @@ def materialise(warm: WarmStartParams, out_dir: str | Path, repo_root: str | Pat
                 )
             model = tmp_dir / MODEL_FILE
             shutil.copyfile(source, model)
-            found = file_md5(model)
+            found = artifacts.file_md5(model)
             if found != warm.model_md5:
                 raise WarmStartError(
                     f"{source}: DVC's cache holds md5 {found} under {warm.model_md5}; the "
@@ -70,14 +69,6 @@ def cached_file(md5: str, repo_root: str | Path = ".") -> Path | None:
     with Repo(str(repo_root)) as repo:
         path = Path(repo.cache.local.oid_to_path(md5))
     return path if path.is_file() else None
-
-
-def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load(init_dir: str | Path, params: Params, data: Prepared) -> keras.Model | None:

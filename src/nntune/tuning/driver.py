@@ -14,11 +14,11 @@ from nntune.config.mapping import apply
 from nntune.config.metrics import Objective
 from nntune.config.params import parse_params
 from nntune.config.sections import ParamsError
-from nntune.tuning import space as search
+from nntune.tuning import search_space
 
 if TYPE_CHECKING:
     pass
-from nntune.backends.local import LocalQueue
+from nntune.tuning.optuna_internals import live_trial
 from nntune.tuning.study import Settings
 
 MODEL_OUT = ("train", "models/last.keras")  # the last epoch's state: what a promotion continues
@@ -71,19 +71,19 @@ class Driver:
     def __init__(
         self,
         settings: Settings,
-        space: Mapping[str, search.Dimension],
+        space: Mapping[str, search_space.Dimension],
         base: Mapping[str, Any],
         objective: Objective,
         jobs: int,
-        executor: Executor | None = None,
+        executor: Executor,
     ) -> None:
         self.settings = settings
         self.space = space
         self.base = base
         self.objective = objective
         self.jobs = jobs
-        self.executor = executor or LocalQueue(jobs)
-        self.brackets = search.brackets(
+        self.executor = executor
+        self.brackets = search_space.brackets(
             settings.method, settings.min_epochs, settings.max_epochs, settings.eta
         )
 
@@ -130,14 +130,14 @@ class Driver:
                 self._queue_first(repo, study, trial)
                 free, queued_now = free - 1, queued_now + 1
         if self.settings.method != "tpe" and free > 0:
-            for promotion in search.promotions(
+            for promotion in search_space.promotions(
                 states, self.brackets, self.objective, self.settings.eta
             )[:free]:
                 self._queue_promotion(repo, study, promotion, commits)
                 free, queued_now = free - 1, queued_now + 1
         while free > 0 and len(study.trials) < self.settings.trials:
             trial = study.ask()
-            states[trial.number] = search.TrialState(trial.number)
+            states[trial.number] = search_space.TrialState(trial.number)
             self._queue_first(repo, study, study.trials[trial.number])
             free, queued_now = free - 1, queued_now + 1
         running = sum(job.state == "running" for job in jobs)
@@ -174,17 +174,17 @@ class Driver:
 
     def _sync(
         self, repo: Any, study: Any, known: dict[str, str]
-    ) -> tuple[dict[int, search.TrialState], list[Job]]:
+    ) -> tuple[dict[int, search_space.TrialState], list[Job]]:
         """Tell Optuna every result it has not heard yet; return each trial's state."""
         import optuna
 
-        states: dict[int, search.TrialState] = {}
+        states: dict[int, search_space.TrialState] = {}
         jobs: list[Job] = []
         for frozen in study.get_trials(deepcopy=False):
             number = frozen.number
-            state = search.TrialState(number, finished=frozen.state.is_finished())
+            state = search_space.TrialState(number, finished=frozen.state.is_finished())
             state.results = {int(k): float(v) for k, v in frozen.intermediate_values.items()}
-            bracket = search.bracket_of(number, len(self.brackets))
+            bracket = search_space.bracket_of(number, len(self.brackets))
             budgets = self.brackets[bracket]
             for epochs in budgets:
                 name = self._name(number, epochs)
@@ -206,7 +206,7 @@ class Driver:
         return states, jobs
 
     def _result(
-        self, repo: Any, study: Any, frozen: Any, state: search.TrialState, job: Job
+        self, repo: Any, study: Any, frozen: Any, state: search_space.TrialState, job: Job
     ) -> float | None:
         import optuna
 
@@ -216,7 +216,7 @@ class Driver:
             return None
         metrics = experiments.experiment_metrics(repo, job.name)
         value = metrics.get(self.objective.metric)
-        trial = optuna.trial.Trial(study, frozen._trial_id)
+        trial = live_trial(study, frozen)
         spent = metrics.get("epochs_run", metrics.get("epochs_trained"))
         trial.set_user_attr(f"epochs_run_{job.epochs}", int(spent) if spent else 0)
         diverged = str(metrics.get("diverged")).lower() == "true"
@@ -233,15 +233,15 @@ class Driver:
 
     def _name(self, number: int, epochs: int) -> str:
         budget = None if self.settings.method == "tpe" else epochs
-        return search.experiment_name(self.settings.study, number, budget)
+        return search_space.experiment_name(self.settings.study, number, budget)
 
     def _point(self, study: Any, frozen: Any) -> dict[str, Any] | None:
         """The trial's params (sampled now, or read back from the journal), checked like
         any run; an invalid point is told to Optuna as failed, with the reason."""
         import optuna
 
-        trial = optuna.trial.Trial(study, frozen._trial_id)
-        point = search.suggest(trial, self.space)
+        trial = live_trial(study, frozen)
+        point = search_space.suggest(trial, self.space)
         try:
             parse_params(apply(self.base, point), source=f"trial {frozen.number}")
         except ParamsError as exc:
@@ -254,12 +254,12 @@ class Driver:
         point = self._point(study, frozen)
         if point is None:
             return
-        bracket = self.brackets[search.bracket_of(frozen.number, len(self.brackets))]
+        bracket = self.brackets[search_space.bracket_of(frozen.number, len(self.brackets))]
         overrides = {**point, **self._budget(bracket[0])}
         experiments.queue_experiment(repo, self._name(frozen.number, bracket[0]), overrides)
 
     def _queue_promotion(
-        self, repo: Any, study: Any, promotion: search.Promotion, commits: Mapping[str, str]
+        self, repo: Any, study: Any, promotion: search_space.Promotion, commits: Mapping[str, str]
     ) -> None:
         frozen = study.trials[promotion.trial]
         point = self._point(study, frozen)

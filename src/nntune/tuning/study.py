@@ -15,19 +15,18 @@ driver per study.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from nntune.config.metrics import Objective
 from nntune.errors import NntuneError
-from nntune.tuning import space as search
+from nntune.locks import LockHeldError, record_lock
+from nntune.tuning import search_space
 
 if TYPE_CHECKING:
     pass
@@ -44,13 +43,13 @@ class Settings:
     """What defines a study; resuming with different settings is refused."""
 
     study: str
-    method: search.Method
+    method: search_space.Method
     trials: int
     min_epochs: int
     max_epochs: int
     eta: int
     seed: int
-    space: dict[str, Any]  # search.describe_space()
+    space: dict[str, Any]  # search_space.describe_space()
 
     def identity(self) -> dict[str, Any]:
         """Everything but the trial count, which a later run may raise."""
@@ -63,15 +62,11 @@ def study_lock(root: Path, study: str) -> Iterator[None]:
     drops when the process dies, however it dies. (Not ``flock``: DVC's queue workers are
     forked from the driver and would inherit, and keep, an ``flock``.)"""
     path = root / STUDIES / f"{study}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+", encoding="utf-8") as handle:
+    with ExitStack() as stack:
         try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            handle = stack.enter_context(record_lock(path, wait=False))
+        except LockHeldError:
+            holder = path.read_text(encoding="utf-8").strip() or "another process"
             raise StudyError(
                 f"study {study} already has a driver ({holder}); wait for it, or stop it "
                 "first: a second driver would queue the same trials twice"
@@ -80,10 +75,7 @@ def study_lock(root: Path, study: str) -> Iterator[None]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
+        yield
 
 
 def _journal(root: Path, study: str) -> Any:
@@ -141,7 +133,7 @@ def open_study(
     settings: Settings,
     objective: Objective,
     baseline: str,
-    space: Mapping[str, search.Dimension],
+    space: Mapping[str, search_space.Dimension],
 ) -> Any:
     """Create the study, or load it and check it is the same study on the same commit."""
     import optuna
@@ -168,7 +160,7 @@ def open_study(
     return study
 
 
-def _sampler(settings: Settings, space: Mapping[str, search.Dimension], done: int) -> Any:
+def _sampler(settings: Settings, space: Mapping[str, search_space.Dimension], done: int) -> Any:
     """TPE for tpe. For successive halving, where promotions do the adapting: the grid in
     a seeded random order without repeats when the space is finite and has room for every
     trial, else random points."""
@@ -178,8 +170,8 @@ def _sampler(settings: Settings, space: Mapping[str, search.Dimension], done: in
     seed = settings.seed + done
     if settings.method == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    grid = search.grid_points(space)
-    if grid is not None and settings.trials <= (search.grid_size(space) or 0):
+    grid = search_space.grid_points(space)
+    if grid is not None and settings.trials <= (search_space.grid_size(space) or 0):
 
         class ShuffledGrid(optuna.samplers.GridSampler):
             # Trial N takes point N of the seeded shuffle (so a resumed driver gets the

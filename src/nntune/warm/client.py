@@ -61,7 +61,7 @@ CONNECT_TIMEOUT_ENV = "NNTUNE_WARM_CONNECT_TIMEOUT"
 CONNECT_TIMEOUT = 60.0  # seconds; a server answers once its imports are done
 # 2: the server answers `started` (the child's pid) and the child waits for the client's go.
 PROTOCOL = 2
-_GO = b"g"
+GO = b"g"
 LOST_EXIT = 1  # the stage's exit code when the runner died while it ran the stage
 # What the stages of a trial import; each one costs a cold stage its start-up time.
 # dvc.repo: dvclive's Live() opens the trial's DVC repository (0.18 s to import here).
@@ -93,7 +93,7 @@ _LOAD_TIME_KEYS = (
     "MKL_NUM_THREADS",
     "ARROW_DEFAULT_MEMORY_POOL",
 )
-_HEADER = struct.Struct("!Q")
+HEADER = struct.Struct("!Q")
 
 
 def load_time_env(env: dict[str, str]) -> dict[str, str]:
@@ -137,7 +137,7 @@ def handoff(module: str = "__main__", flavour: str = "") -> None:
     timeout = _connect_timeout()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        reply = _handshake(sock, _socket(base, flavour), request, timeout)
+        reply = _handshake(sock, flavour_socket(base, flavour), request, timeout)
     except TimeoutError:
         sock.close()
         print(
@@ -189,7 +189,7 @@ def _handshake(
     sock.connect(path)
     payload = json.dumps(request).encode()
     step()
-    sock.sendall(_HEADER.pack(len(payload)) + payload)
+    sock.sendall(HEADER.pack(len(payload)) + payload)
     data = b""
     while not data.endswith(b"\n"):
         step()
@@ -212,7 +212,7 @@ def _relay(sock: socket.socket, child: int) -> NoReturn:
     data = b""
     try:
         sock.settimeout(None)
-        socket.send_fds(sock, [_GO], [0, 1, 2])  # the go, with the stage's standard streams
+        socket.send_fds(sock, [GO], [0, 1, 2])  # the go, with the stage's standard streams
         while not data.endswith(b"\n"):
             chunk = sock.recv(4096)  # retried after the SIGINT handler (PEP 475)
             if not chunk:
@@ -244,32 +244,32 @@ def _lost(child: int, what: str) -> NoReturn:
 def _signal_group(child: int, signum: int) -> None:
     """Signal the child's process group (its own session), if the pid is still that child."""
     with suppress(OSError):
-        if os.getsid(child) == child and _alive(child):
+        if os.getsid(child) == child and process_alive(child):
             os.killpg(child, signum)
 
 
 def _end_group(child: int, grace: float = 5.0) -> bool:
     """Stop the child's process group, SIGTERM then SIGKILL; whether it was still alive."""
     try:
-        if os.getsid(child) != child or not _alive(child):
+        if os.getsid(child) != child or not process_alive(child):
             return False  # gone, or its pid is another process's by now
     except OSError:
         return False
     for signum in (signal.SIGTERM, signal.SIGKILL):
         _signal_group(child, signum)
         deadline = time.monotonic() + grace
-        while _alive(child) and time.monotonic() < deadline:
+        while process_alive(child) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if not _alive(child):
+        if not process_alive(child):
             break
     return True
 
 
-def _socket(base: str | Path, flavour: str) -> str:
+def flavour_socket(base: str | Path, flavour: str) -> str:
     return f"{base}.{flavour}" if flavour else str(base)
 
 
-def _read_exactly(conn: socket.socket, size: int) -> bytes:
+def read_exactly(conn: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
         chunk = conn.recv(size - len(data))
@@ -279,11 +279,11 @@ def _read_exactly(conn: socket.socket, size: int) -> bytes:
     return data
 
 
-def _send(conn: socket.socket, message: dict[str, Any]) -> None:
+def send_message(conn: socket.socket, message: dict[str, Any]) -> None:
     conn.sendall(json.dumps(message).encode() + b"\n")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process runs: a zombie (dead, its parent has not reaped it yet) does not.
     Where there is no ``/proc`` (not Linux), a zombie counts as alive."""
     if pid <= 0:

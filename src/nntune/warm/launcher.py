@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from nntune.warm.client import FLAVOURS, SOCKET_ENV, _alive, _socket
+from nntune.warm.client import FLAVOURS, SOCKET_ENV, flavour_socket, process_alive
 
 # -- the run's side: start and stop a server ----------------------------------------------
 
@@ -36,7 +36,7 @@ def warm_runner(
 
     folder = Path(tempfile.mkdtemp(prefix="nntune-warm-"))
     base = folder / "socket"
-    sockets = {flavour: Path(_socket(base, flavour)) for flavour in flavours}
+    sockets = {flavour: Path(flavour_socket(base, flavour)) for flavour in flavours}
     for flavour, modules in flavours.items():
         command = [sys.executable, "-m", "nntune.warm.server", str(sockets[flavour])]
         with Path(f"{sockets[flavour]}.log").open("wb") as log:
@@ -54,7 +54,7 @@ def warm_runner(
     while waiting and time.monotonic() < deadline:
         for flavour, path in list(waiting.items()):
             pid = _pid(path)
-            if path.exists() or (pid is not None and not _alive(pid)):
+            if path.exists() or (pid is not None and not process_alive(pid)):
                 del waiting[flavour]  # listening, or dead before it listened (its log says why)
         time.sleep(0.02)
     started = all(path.exists() for path in sockets.values())

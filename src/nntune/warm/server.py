@@ -19,17 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from nntune.warm.client import (
-    _GO,
-    _HEADER,
+    GO,
+    HEADER,
     PRELOAD,
     PROFILE_CLIENT_ENV,
     PROFILE_ENV,
     PROTOCOL,
     SOCKET_ENV,
-    _alive,
-    _read_exactly,
-    _send,
     load_time_env,
+    process_alive,
+    read_exactly,
+    send_message,
 )
 
 _NOT_RUN = 70  # a child's exit code when its go did not come (nobody is told it)
@@ -61,10 +61,10 @@ class Job:
         signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
         if self.gate is not None:
             try:  # b"": the client or the server went away
-                go, self.fds, _, _ = socket.recv_fds(self.gate, len(_GO), 3)
+                go, self.fds, _, _ = socket.recv_fds(self.gate, len(GO), 3)
             except BaseException:  # whatever it is (a Ctrl-C), the stage must not run
                 go = b""
-            if go != _GO or len(self.fds) != 3:
+            if go != GO or len(self.fds) != 3:
                 os._exit(_NOT_RUN)
             self.gate.close()
         for target, fd in enumerate(self.fds):
@@ -106,9 +106,9 @@ class _Child:
         child exits without running the stage. Whether the stage runs."""
         fds: list[int] = []
         try:
-            go, fds, _, _ = socket.recv_fds(self.conn, len(_GO), 3)
-            if go == _GO and len(fds) == 3 and self.gate is not None:
-                socket.send_fds(self.gate, [_GO], fds)
+            go, fds, _, _ = socket.recv_fds(self.conn, len(GO), 3)
+            if go == GO and len(fds) == 3 and self.gate is not None:
+                socket.send_fds(self.gate, [GO], fds)
                 self.released = True
         except OSError:
             pass
@@ -187,7 +187,7 @@ class Server:
         selector.register(self.listener, selectors.EVENT_READ, None)
         selector.register(wake_r, selectors.EVENT_READ, None)
         while True:
-            if self.owner is not None and not _alive(self.owner):
+            if self.owner is not None and not process_alive(self.owner):
                 self._stop()
             if self.stopping and self.listener.fileno() != -1:
                 selector.unregister(self.listener)
@@ -222,14 +222,14 @@ class Server:
         conn, _ = self.listener.accept()
         try:
             conn.settimeout(10)
-            (size,) = _HEADER.unpack(_read_exactly(conn, _HEADER.size))
-            request = json.loads(_read_exactly(conn, size))
+            (size,) = HEADER.unpack(read_exactly(conn, HEADER.size))
+            request = json.loads(read_exactly(conn, size))
             refused = self._refusal(request)
         except (OSError, ValueError, struct.error) as exc:
             refused = f"bad request: {exc}"
         if refused:
             with suppress(OSError):
-                _send(conn, {"refused": refused})
+                send_message(conn, {"refused": refused})
             conn.close()
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -246,7 +246,7 @@ class Server:
         theirs.close()
         child = self.children[pid] = _Child(conn, ours)
         try:
-            _send(conn, {"started": pid, "protocol": PROTOCOL})
+            send_message(conn, {"started": pid, "protocol": PROTOCOL})
         except OSError:  # its client is gone already: the child exits without running it
             child.close_gate()
             return None
@@ -280,7 +280,7 @@ class Server:
                 selector.unregister(child.conn)
             if child.released:  # else it did not run the stage: its client has no exit code
                 with suppress(OSError):
-                    _send(child.conn, {"exit": os.waitstatus_to_exitcode(status)})
+                    send_message(child.conn, {"exit": os.waitstatus_to_exitcode(status)})
             child.close()
 
     def _stop(self, *_: Any) -> None:

@@ -271,6 +271,31 @@ def test_init_force_repairs_gitignore_and_keeps_params(tmp_path: Path) -> None:
     assert "params.yaml" in reset.stdout.split("replaced")[1] and "kept" not in reset.stdout
 
 
+def test_init_force_removes_a_library_of_an_older_layout(tmp_path: Path) -> None:
+    """A project vendored by an nntune with the flat layout (src/nntune/params.py, ...):
+    --force leaves exactly this nntune's library, with the old modules' removal staged."""
+    project = init_customers(tmp_path, rows=120)
+    library = project / "src" / "nntune"
+    ours = sorted(p.relative_to(library) for p in library.rglob("*.py"))
+    old = ["params.py", "warm.py", "experiments.py", "stage.py", "old_pkg/__init__.py"]
+    for name in old:
+        (library / name).parent.mkdir(exist_ok=True)
+        (library / name).write_text("raise ImportError('a module of an older layout')\n")
+    run(project, "git", "add", "src")
+    run(project, "git", "commit", "--quiet", "-m", "an older nntune's library")
+
+    table = str(tmp_path / "customers.csv")
+    again = run(tmp_path, NNTUNE, "init", "shop", "--data", table, "--target", "churn", "--force")
+    assert sorted(p.relative_to(library) for p in library.rglob("*.py")) == ours
+    assert not (library / "old_pkg").exists()
+    (line,) = [x for x in again.stdout.splitlines() if x.startswith("removed")]
+    assert all(f"src/nntune/{name}" in line for name in old), line
+    staged = run(project, "git", "diff", "--cached", "--name-status").stdout.splitlines()
+    assert {f"D\tsrc/nntune/{name}" for name in old} <= set(staged)
+    make_tiny(project)
+    run(project, "dvc", "repro", "prepare")  # the pipeline runs on the new library
+
+
 def test_init_in_a_subfolder_of_a_git_repository(tmp_path: Path) -> None:
     """A DVC repository of its own (dvc init --subdir) inside the user's git repository;
     only init's files are staged, the user's own changes stay as they were."""

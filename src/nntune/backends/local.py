@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -18,6 +17,7 @@ from nntune import experiments
 from nntune.backends.view import RunOutcome, finished_from_key, trials_progress, trials_view
 from nntune.config.metrics import Objective
 from nntune.experiments import (
+    DvcRepo,
     QueueState,
     open_repo,
     queue_state,
@@ -28,9 +28,6 @@ from nntune.experiments import (
 from nntune.interrupts import deferred_ctrl_c
 from nntune.warm.launcher import warm_runner
 
-if TYPE_CHECKING:
-    pass
-
 
 @dataclass
 class LocalQueue:
@@ -40,10 +37,10 @@ class LocalQueue:
     started: float = -math.inf  # time.monotonic() of the last start or check
     check_seconds: float = 15.0
 
-    def refresh(self, repo: Any) -> None:
+    def refresh(self, repo: DvcRepo) -> None:
         return None  # DVC's workers commit finished experiments here themselves
 
-    def state(self, repo: Any) -> experiments.QueueState:
+    def state(self, repo: DvcRepo) -> experiments.QueueState:
         state = experiments.queue_state(repo)
         if state.pending and time.monotonic() - self.started >= self.check_seconds:
             # Workers that died leave their trials 'running' forever: fail those (the
@@ -53,11 +50,11 @@ class LocalQueue:
                 state = experiments.queue_state(repo)
         return state
 
-    def start(self, repo: Any) -> None:
+    def start(self, repo: DvcRepo) -> None:
         experiments.start_workers(repo, self.jobs)
         self.started = time.monotonic()
 
-    def stop(self, repo: Any) -> None:
+    def stop(self, repo: DvcRepo) -> None:
         experiments.stop_workers(repo)
 
 
@@ -99,7 +96,7 @@ def announced_warm_runner(enabled: bool, console: Console) -> Iterator[None]:
 
 
 def _run_started_queue(
-    repo: Any,
+    repo: DvcRepo,
     jobs: int,
     objective: Objective,
     console: Console,

@@ -20,9 +20,10 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeAlias, cast
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 
 from nntune import experiments
@@ -31,13 +32,18 @@ from nntune.backends.trial import LOG_TAIL, TrialError, TrialResult, TrialSpec
 from nntune.backends.view import Finished, RunOutcome, finished_trial, trials_progress, trials_view
 from nntune.config.metrics import Objective
 from nntune.errors import NntuneError
+from nntune.experiments import DvcRepo
+
+# mypy skips Ray (pyproject.toml), so its objects are untyped; these name what a value is.
+RayQueue: TypeAlias = Any  # ray.util.queue.Queue: started trials report (name, host) to it
+ObjectRef: TypeAlias = Any  # ray.ObjectRef of a submitted trial task
 
 
 class ClusterError(NntuneError):
     pass
 
 
-def ray_trial(spec: TrialSpec, cache_dir: str | None, events: Any) -> dict[str, Any]:
+def ray_trial(spec: TrialSpec, cache_dir: str | None, events: RayQueue) -> dict[str, Any]:
     """The Ray task: ``nntune trial`` in a child process that leads its own process group
     and dies with this worker (``remote.watch_parent``), so a lost node leaves nothing
     running that could race the retry."""
@@ -91,7 +97,9 @@ class RayExecutor:
     would show it. ``nntune run`` and ``nntune search`` drive it the same way.
     """
 
-    def __init__(self, ray: Any, events: Any, url: str, rev: str, options: RayOptions) -> None:
+    def __init__(
+        self, ray: ModuleType, events: RayQueue, url: str, rev: str, options: RayOptions
+    ) -> None:
         self.ray = ray
         self.events = events
         self.url, self.rev = url, rev
@@ -102,7 +110,7 @@ class RayExecutor:
             max_retries=options.retries,
             retry_exceptions=False,
         )
-        self.pending: dict[Any, TrialSpec] = {}
+        self.pending: dict[ObjectRef, TrialSpec] = {}
         self.started: dict[str, str] = {}  # name -> host, as tasks report their start
         self.failed: dict[str, str] = {}  # name -> error
         self.timings: dict[str, dict[str, float]] = {}  # name -> phase -> seconds
@@ -119,15 +127,15 @@ class RayExecutor:
     def close(self) -> None:
         self.ray.shutdown()
 
-    def start(self, repo: Any) -> None:
+    def start(self, repo: DvcRepo) -> None:
         busy = {spec.name for spec in self.pending.values()} | set(self.failed)
         for name, overrides in experiments.queued_trials(repo, skip=busy):
             spec = TrialSpec(self.url, self.rev, name, tuple(overrides))
             self.pending[self.task.remote(spec, self.options.cache_dir, self.events)] = spec
 
-    def refresh(self, repo: Any, timeout: float = 0.0) -> list[tuple[str, bool]]:
+    def refresh(self, repo: DvcRepo, timeout: float = 0.0) -> list[tuple[str, bool]]:
         """Wait up to ``timeout`` for a task to finish; collect every finished one."""
-        done: list[Any] = []
+        done: list[ObjectRef] = []
         if self.pending:
             refs = list(self.pending)
             first, _ = self.ray.wait(refs, num_returns=1, timeout=timeout)
@@ -153,7 +161,7 @@ class RayExecutor:
             finished.append((spec.name, True))
         return finished
 
-    def fetch_models(self, repo: Any) -> int:
+    def fetch_models(self, repo: DvcRepo) -> int:
         """``dvc exp pull`` of the finished experiments' outputs from the DVC remote, so
         ``dvc exp apply`` / ``nntune best --apply`` work here. Returns how many."""
         names, self.succeeded = self.succeeded, []
@@ -161,7 +169,7 @@ class RayExecutor:
             experiments.pull_experiments(repo, self.options.remote, names, cache=True)
         return len(names)
 
-    def state(self, repo: Any) -> experiments.QueueState:
+    def state(self, repo: DvcRepo) -> experiments.QueueState:
         """DVC's queue as the search driver reads it: entries failed on Ray are failed."""
         local = experiments.queue_state(repo)
         running = [s.name for s in self.pending.values() if s.name in self.started]
@@ -172,7 +180,7 @@ class RayExecutor:
             succeeded=local.succeeded,
         )
 
-    def stop(self, repo: Any) -> None:
+    def stop(self, repo: DvcRepo) -> None:
         return None  # Ray's tasks end with their trial; close() disconnects
 
     def cancel(self) -> int:
@@ -204,7 +212,7 @@ def run_on_ray(
     return outcome
 
 
-def fetch_models(executor: RayExecutor, repo: Any, console: Console) -> None:
+def fetch_models(executor: RayExecutor, repo: DvcRepo, console: Console) -> None:
     """The finished experiments' models, from the DVC remote, in one batch."""
     if not executor.succeeded:
         return
@@ -218,7 +226,7 @@ def fetch_models(executor: RayExecutor, repo: Any, console: Console) -> None:
 
 def _watch(
     executor: RayExecutor,
-    repo: Any,
+    repo: DvcRepo,
     outcome: RunOutcome,
     objective: Objective,
     console: Console,
@@ -227,7 +235,7 @@ def _watch(
     progress = trials_progress(console)
     bar = progress.add_task("trials", total=outcome.total)
 
-    def view() -> Any:
+    def view() -> Group:
         names = [s.name for s in executor.pending.values()]
         hosts = executor.started
         state = experiments.QueueState(
@@ -252,7 +260,7 @@ def _watch(
     console.print()
 
 
-def _drain(events: Any) -> dict[str, str]:
+def _drain(events: RayQueue) -> dict[str, str]:
     started: dict[str, str] = {}
     try:
         while not events.empty():
@@ -263,7 +271,7 @@ def _drain(events: Any) -> dict[str, str]:
     return started
 
 
-def _event_queue(ray: Any) -> Any:
+def _event_queue(ray: ModuleType) -> RayQueue:
     """Tasks report their start here: a queue actor pinned to the driver's node (so losing
     a worker node never loses it), reserving no CPU (it must never wait for a free one)."""
     from ray.util.queue import Queue
@@ -278,11 +286,11 @@ def _event_queue(ray: Any) -> Any:
     )
 
 
-def _import_ray() -> Any:
+def _import_ray() -> ModuleType:
     try:
         import ray
     except ImportError:
         raise ClusterError(
             "--backend ray needs Ray: pip install 'nntune[ray]' (or pip install 'ray>=2.9')"
         ) from None
-    return ray
+    return cast(ModuleType, ray)  # mypy skips Ray: the module is Any to it

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import yaml
 
@@ -208,7 +208,7 @@ class _Shell:
     """Runs commands in the clone, appends their output to the trial's log and turns a
     failure into a TrialError that quotes the command and the log's last lines."""
 
-    def __init__(self, cwd: Path, log: Any) -> None:
+    def __init__(self, cwd: Path, log: TextIO) -> None:
         self.cwd = cwd
         self.log = log
 

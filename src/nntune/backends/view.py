@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -13,9 +13,13 @@ from rich.table import Table
 
 from nntune.config.metrics import Objective
 from nntune.experiments import (
+    DvcRepo,
     QueueState,
     experiment_metrics,
 )
+
+if TYPE_CHECKING:
+    from nntune.tuning.driver import Snapshot
 
 RECENT = 8  # finished trials listed in the live view
 
@@ -63,7 +67,7 @@ def trials_progress(console: Console) -> Progress:
     )
 
 
-def finished_trial(repo: Any, name: str, objective: Objective) -> Finished:
+def finished_trial(repo: DvcRepo, name: str, objective: Objective) -> Finished:
     """A succeeded trial with the objective its experiment commit recorded."""
     metrics = experiment_metrics(repo, name)
     value = metrics.get(objective.metric)
@@ -72,7 +76,7 @@ def finished_trial(repo: Any, name: str, objective: Objective) -> Finished:
     return Finished(name=name, ok=True, objective=value, diverged=diverged)
 
 
-def finished_from_key(repo: Any, key: tuple[str, str, bool], objective: Objective) -> Finished:
+def finished_from_key(repo: DvcRepo, key: tuple[str, str, bool], objective: Objective) -> Finished:
     name, _, ok = key
     return finished_trial(repo, name, objective) if ok else Finished(name=name, ok=False)
 
@@ -106,7 +110,7 @@ def trials_view(
     return Group(progress, counts, table, best_line)
 
 
-def search_view(snapshot: Any, total: int, objective: Objective, method: str) -> Group:
+def search_view(snapshot: Snapshot, total: int, objective: Objective, method: str) -> Group:
     """``nntune search``'s live view: the queue counts of ``nntune run`` plus the rung
     (epoch budget) and bracket of each experiment, and the best finished trial."""
     jobs = snapshot.jobs

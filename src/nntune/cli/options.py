@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -11,6 +11,9 @@ from nntune.backends.options import Backend, BackendOptions, RayOptions
 from nntune.config.params import parse_params, read_params_mapping
 from nntune.config.sections import Params
 from nntune.errors import NntuneError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEFAULT_SPACE = "grid.yaml"
 
@@ -84,7 +87,7 @@ Format = Annotated[
 ]
 
 
-def wide_console() -> Any:
+def wide_console() -> Console:
     """A terminal's own width; piped or logged output gets room for the whole table
     instead of ellipses (rich assumes 80 columns when it cannot ask a terminal)."""
     from rich.console import Console

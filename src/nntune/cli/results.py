@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from nntune.cli.app import app
 from nntune.cli.options import Format, ParamsOption, load_with_mapping, wide_console
 from nntune.errors import NntuneError
+
+if TYPE_CHECKING:
+    from nntune.tuning.ranking import Comparison
 
 
 @app.command()
@@ -196,7 +199,7 @@ def _pull_remote(remote: str, quiet: bool) -> None:
     typer.echo(message, err=quiet)
 
 
-def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:
+def _comparison(params: Path, metric: str | None, all_commits: bool) -> Comparison:
     from nntune.config.mapping import flatten
     from nntune.config.metrics import Objective, infer_direction, validation_metric_names
     from nntune.experiments import list_experiments
@@ -213,7 +216,7 @@ def _comparison(params: Path, metric: str | None, all_commits: bool) -> Any:
     return rank(exps, objective, p.data.task)
 
 
-def _print_comparison(comparison: Any, rows: list[dict[str, Any]]) -> None:
+def _print_comparison(comparison: Comparison, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     from nntune.tuning.ranking import format_value

@@ -29,7 +29,18 @@ from nntune.cli.options import (
 from nntune.errors import NntuneError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from rich.console import Console
+
     from nntune.backends.ray import RayExecutor
+    from nntune.config.mapping import Point
+    from nntune.config.metrics import Objective
+    from nntune.experiments import Experiment
+    from nntune.tuning.driver import Snapshot
+    from nntune.tuning.grid import Trial
+    from nntune.tuning.search_space import Dimension
+    from nntune.tuning.study import Settings
 
 
 @app.command()
@@ -96,7 +107,7 @@ def grid(
     typer.echo(f"queued {len(queued)} experiment(s); run them with: nntune run -j 2")
 
 
-def _existing(base: dict[str, Any]) -> list[Any]:
+def _existing(base: dict[str, Any]) -> list[Experiment]:
     from nntune.config.mapping import flatten
     from nntune.experiments import list_experiments
 
@@ -104,7 +115,11 @@ def _existing(base: dict[str, Any]) -> list[Any]:
 
 
 def _print_points(
-    to_queue: list[Any], skipped: list[Any], dropped: list[Any], keys: list[str], dry_run: bool
+    to_queue: list[Trial],
+    skipped: list[tuple[Trial, Experiment]],
+    dropped: list[tuple[Point, str]],
+    keys: list[str],
+    dry_run: bool,
 ) -> None:
     from rich.table import Table
 
@@ -332,7 +347,11 @@ def search_command(
 
 
 def _print_search_summary(
-    console: Any, result: Any, settings: Any, space: Any, objective: Any
+    console: Console,
+    result: Snapshot,
+    settings: Settings,
+    space: Mapping[str, Dimension],
+    objective: Objective,
 ) -> None:
     from nntune.tuning import search_space
 

@@ -39,7 +39,13 @@ from nntune.experiments.remotes import (
     setup_remotes,
     sync_remote,
 )
-from nntune.experiments.repo import ExperimentError, baseline_rev, open_repo, use_this_python
+from nntune.experiments.repo import (
+    DvcRepo,
+    ExperimentError,
+    baseline_rev,
+    open_repo,
+    use_this_python,
+)
 from nntune.experiments.rows import (
     Experiment,
     experiment_metrics,
@@ -49,6 +55,7 @@ from nntune.experiments.rows import (
 )
 
 __all__ = [
+    "DvcRepo",
     "Experiment",
     "ExperimentError",
     "QueueState",

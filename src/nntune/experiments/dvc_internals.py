@@ -9,28 +9,28 @@ the installed DVC still has them.
 
 from __future__ import annotations
 
-from typing import Any
+from nntune.experiments.repo import DvcExecutorInfo, DvcQueue, DvcQueueEntry
 
 # The private methods of dvc.repo.experiments.queue.celery.LocalCeleryQueue used below.
 USED = ("_iter_active_tasks", "_iter_done_tasks", "_load_info", "_spawn_worker")
 
 
-def active_entries(queue: Any) -> list[Any]:
+def active_entries(queue: DvcQueue) -> list[DvcQueueEntry]:
     """The queue entries (``QueueEntry``) a worker is running now."""
     return [entry for _, entry in queue._iter_active_tasks()]
 
 
-def done_entries(queue: Any) -> list[Any]:
+def done_entries(queue: DvcQueue) -> list[DvcQueueEntry]:
     """The queue entries whose task finished, successfully or not."""
     return [entry for _, entry in queue._iter_done_tasks()]
 
 
-def executor_info(queue: Any, stash_rev: str) -> Any:
+def executor_info(queue: DvcQueue, stash_rev: str) -> DvcExecutorInfo:
     """The ``ExecutorInfo`` DVC wrote for a queued entry (its result once it finished)."""
     return queue._load_info(stash_rev)
 
 
-def spawn_worker(queue: Any, number: int) -> None:
+def spawn_worker(queue: DvcQueue, number: int) -> None:
     """Start worker ``number`` with this process's environment (``start_workers`` would
     give every worker the same one)."""
     queue._spawn_worker(number)

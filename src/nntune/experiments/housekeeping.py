@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from nntune.experiments.repo import ExperimentError, open_repo
+from nntune.experiments.repo import DvcRepo, ExperimentError, open_repo
 from nntune.experiments.rows import Experiment, same_params
 
 
@@ -35,7 +35,7 @@ def promote(root: str | Path, name: str, branch: str | None) -> None:
         repo.experiments.apply(name)
 
 
-def _uncommitted(repo: Any) -> list[str]:
+def _uncommitted(repo: DvcRepo) -> list[str]:
     """Tracked files that differ from HEAD (git's own view, untracked files aside)."""
     out = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
@@ -47,7 +47,7 @@ def _uncommitted(repo: Any) -> list[str]:
     return [line[3:] for line in out.stdout.splitlines() if line.strip()]
 
 
-def collect_garbage(repo: Any, other_projects: Iterable[str] = ()) -> None:
+def collect_garbage(repo: DvcRepo, other_projects: Iterable[str] = ()) -> None:
     """``dvc gc`` that keeps every object any branch, tag, commit, experiment or the
     workspace still uses, in this project and in ``other_projects`` (``dvc gc --projects``,
     for a shared cache): only what the removed experiments alone used goes."""
@@ -62,7 +62,7 @@ def collect_garbage(repo: Any, other_projects: Iterable[str] = ()) -> None:
     )
 
 
-def shared_cache(repo: Any) -> str | None:
+def shared_cache(repo: DvcRepo) -> str | None:
     """The DVC cache folder when it lies outside this project's ``.dvc/`` (``dvc cache
     dir``): other projects may use it, so ``dvc gc`` there could delete their objects."""
     cache = Path(repo.cache.local_cache_dir).resolve()
@@ -71,7 +71,7 @@ def shared_cache(repo: Any) -> str | None:
 
 
 def protected_experiments(
-    repo: Any, rows: list[Experiment], workspace: dict[str, Any]
+    repo: DvcRepo, rows: list[Experiment], workspace: dict[str, Any]
 ) -> dict[str, str]:
     """Experiments a user promoted: on a git branch (``dvc exp branch``, ``nntune best
     --branch``) or applied to the workspace (its params are the workspace's)."""

@@ -14,7 +14,15 @@ from typing import Any, Protocol
 from nntune.config.mapping import override_args
 from nntune.experiments import dvc_internals
 from nntune.experiments.refs import changed_paths, param_changes
-from nntune.experiments.repo import ExperimentError, baseline_rev, open_repo, use_this_python
+from nntune.experiments.repo import (
+    DvcQueue,
+    DvcQueueEntry,
+    DvcRepo,
+    ExperimentError,
+    baseline_rev,
+    open_repo,
+    use_this_python,
+)
 
 
 class NamedPoint(Protocol):
@@ -51,7 +59,7 @@ def queue_trials(root: str | Path, trials: Iterable[NamedPoint]) -> list[str]:
     return queued
 
 
-def queue_state(repo: Any) -> QueueState:
+def queue_state(repo: DvcRepo) -> QueueState:
     """Queued, running and finished entries of DVC's queue, in one linear pass over its
     processed messages. (DVC's own ``iter_done`` looks each finished entry up by scanning
     every processed message again: quadratic, minutes per call after a few hundred
@@ -75,11 +83,11 @@ def queue_state(repo: Any) -> QueueState:
     return state
 
 
-def _label(entry: Any) -> str:
+def _label(entry: DvcQueueEntry) -> str:
     return str(entry.name or entry.stash_rev[:7])
 
 
-def start_workers(repo: Any, jobs: int, gpus: list[str] | None = None) -> int:
+def start_workers(repo: DvcRepo, jobs: int, gpus: list[str] | None = None) -> int:
     """``dvc queue start -j jobs``; with ``gpus``, one worker per GPU instead, each started
     with its own ``CUDA_VISIBLE_DEVICES`` (workers and their trials inherit the environment
     they start with), so concurrent trials never share a card."""
@@ -107,12 +115,12 @@ def start_workers(repo: Any, jobs: int, gpus: list[str] | None = None) -> int:
     return started
 
 
-def stop_workers(repo: Any) -> None:
+def stop_workers(repo: DvcRepo) -> None:
     """Let running trials finish, keep queued ones queued: ``dvc queue stop``."""
     repo.experiments.celery_queue.shutdown(kill=False)
 
 
-def live_workers(repo: Any) -> list[int]:
+def live_workers(repo: DvcRepo) -> list[int]:
     """Pids of this project's DVC queue workers, read from the process table (celery's
     ping can time out on a busy machine and would report live workers dead)."""
     import hashlib
@@ -132,7 +140,7 @@ def live_workers(repo: Any) -> list[int]:
 
 
 def revive_queue(
-    repo: Any, state: QueueState, jobs: int, gpus: list[str] | None = None
+    repo: DvcRepo, state: QueueState, jobs: int, gpus: list[str] | None = None
 ) -> dict[str, bool]:
     """When every worker of this project has died (killed, out of memory) while the queue
     still holds work: settle the trials they were running (``settle_orphans``) and start
@@ -146,7 +154,7 @@ def revive_queue(
     return settled
 
 
-def settle_orphans(repo: Any, names: list[str]) -> dict[str, bool]:
+def settle_orphans(repo: DvcRepo, names: list[str]) -> dict[str, bool]:
     """Running entries whose worker died. A trial whose own process still runs is left to
     finish. Once it has ended, what the dead worker would have done is done here: a trial
     that completed is collected into its experiment ref (DVC's own ``collect_exp`` task),
@@ -183,7 +191,7 @@ def settle_orphans(repo: Any, names: list[str]) -> dict[str, bool]:
     return settled
 
 
-def _trial_process_alive(queue: Any, stash_rev: str) -> bool:
+def _trial_process_alive(queue: DvcQueue, stash_rev: str) -> bool:
     """Whether an entry's ``dvc exp exec-run`` process still runs (it may outlive its
     worker, as the child of a killed process)."""
     import psutil
@@ -212,7 +220,7 @@ def queue_log_tail(root: str | Path, name: str, lines: int = 12) -> str:
     return "\n".join(text[-lines:])
 
 
-def queue_experiment(repo: Any, name: str, overrides: dict[str, Any]) -> bool:
+def queue_experiment(repo: DvcRepo, name: str, overrides: dict[str, Any]) -> bool:
     """``dvc exp run --queue -n NAME -S key=value ...`` for one experiment. False, and
     nothing queued, when DVC already has an experiment of that name (it has finished: DVC
     checks the refs only)."""
@@ -225,7 +233,7 @@ def queue_experiment(repo: Any, name: str, overrides: dict[str, Any]) -> bool:
     return True
 
 
-def queued_trials(repo: Any, skip: Iterable[str] = ()) -> list[tuple[str, list[str]]]:
+def queued_trials(repo: DvcRepo, skip: Iterable[str] = ()) -> list[tuple[str, list[str]]]:
     """The entries of DVC's local queue as (name, ``-S`` overrides), for executors that run
     them elsewhere (Ray, Slurm), leaving out ``skip``. A remote trial clones the baseline
     commit and sets params only, so an entry must be named, queued on HEAD and change
@@ -258,7 +266,7 @@ def queued_trials(repo: Any, skip: Iterable[str] = ()) -> list[tuple[str, list[s
     return trials
 
 
-def remove_queued(repo: Any, names: list[str]) -> None:
+def remove_queued(repo: DvcRepo, names: list[str]) -> None:
     """``dvc queue remove NAME ...``: entries that ran elsewhere and were pulled back."""
     if names:
         repo.experiments.celery_queue.remove(names)

@@ -10,10 +10,10 @@ from typing import Any
 import yaml
 
 from nntune.config.mapping import flatten, override_args
-from nntune.experiments.repo import ExperimentError
+from nntune.experiments.repo import DvcRepo, ExperimentError
 
 
-def experiment_commits(repo: Any, baseline: str) -> dict[str, str]:
+def experiment_commits(repo: DvcRepo, baseline: str) -> dict[str, str]:
     """Every experiment of ``baseline`` that has a git ref, by name: its commit. A ref is
     what survives DVC's queue clean-ups, so it is the record of a finished experiment."""
     from dvc.repo.experiments.utils import exp_refs_by_baseline
@@ -22,7 +22,7 @@ def experiment_commits(repo: Any, baseline: str) -> dict[str, str]:
     return {ref.name: str(repo.scm.get_ref(str(ref))) for ref in refs}
 
 
-def output_md5(repo: Any, rev: str, stage: str, path: str) -> str:
+def output_md5(repo: DvcRepo, rev: str, stage: str, path: str) -> str:
     """The md5 dvc.lock records at commit ``rev`` for output ``path`` of ``stage``: how a
     later experiment names, exactly, the file it builds on."""
     fs = repo.scm.get_fs(rev)
@@ -38,7 +38,7 @@ def output_md5(repo: Any, rev: str, stage: str, path: str) -> str:
     raise ExperimentError(f"{rev[:7]}: dvc.lock records no md5 for {stage} output {path}")
 
 
-def changed_paths(repo: Any, base: str, rev: str) -> list[str]:
+def changed_paths(repo: DvcRepo, base: str, rev: str) -> list[str]:
     out = subprocess.run(
         ["git", "diff", "--name-only", base, rev, "--", "."],
         cwd=repo.root_dir,
@@ -51,7 +51,7 @@ def changed_paths(repo: Any, base: str, rev: str) -> list[str]:
     return [p.as_posix() for p in paths if p.parts[:2] != (".dvc", "tmp")]
 
 
-def param_changes(repo: Any, base: str, rev: str, label: str) -> list[str]:
+def param_changes(repo: DvcRepo, base: str, rev: str, label: str) -> list[str]:
     before, after = (flatten(_params_at(repo, r)) for r in (base, rev))
     dropped = sorted(set(before) - set(after))
     if dropped:
@@ -59,7 +59,7 @@ def param_changes(repo: Any, base: str, rev: str, label: str) -> list[str]:
     return override_args({k: v for k, v in after.items() if k not in before or before[k] != v})
 
 
-def _params_at(repo: Any, rev: str) -> dict[str, Any]:
+def _params_at(repo: DvcRepo, rev: str) -> dict[str, Any]:
     path = (Path(repo.root_dir).relative_to(repo.scm.root_dir) / "params.yaml").as_posix()
     with repo.scm.get_fs(rev).open(path, encoding="utf-8") as stream:
         loaded = yaml.safe_load(stream) or {}

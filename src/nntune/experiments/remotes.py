@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from nntune.experiments.queue import remove_queued
 from nntune.experiments.refs import experiment_commits
-from nntune.experiments.repo import ExperimentError, baseline_rev, open_repo
+from nntune.experiments.repo import DvcRepo, ExperimentError, baseline_rev, open_repo
 
 
 def git_remote_url(root: str | Path, remote: str) -> str:
@@ -42,7 +41,7 @@ def check_pushed(root: str | Path, remote: str, rev: str) -> None:
 
 
 def pull_experiments(
-    repo: Any, remote: str, names: list[str] | None = None, cache: bool = True
+    repo: DvcRepo, remote: str, names: list[str] | None = None, cache: bool = True
 ) -> list[str]:
     """``dvc exp pull REMOTE NAME ...`` (every experiment of HEAD when ``names`` is None):
     git refs and, with ``cache``, the outputs from the DVC remote. Returns the names that

@@ -8,9 +8,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from nntune.errors import NntuneError
+
+# DVC ships no type information (mypy skips it, see pyproject.toml): these name what a value
+# is where a signature takes or returns one of DVC's objects.
+DvcRepo: TypeAlias = Any  # dvc.repo.Repo; DVC ships no type information
+DvcQueue: TypeAlias = Any  # dvc.repo.experiments.queue.celery.LocalCeleryQueue
+DvcQueueEntry: TypeAlias = Any  # dvc.repo.experiments.queue.base.QueueEntry
+DvcExecutorInfo: TypeAlias = Any  # dvc.repo.experiments.executor.base.ExecutorInfo
 
 
 class ExperimentError(NntuneError):
@@ -27,7 +34,7 @@ def use_this_python() -> None:
 
 
 @contextmanager
-def open_repo(root: str | Path = ".") -> Iterator[Any]:
+def open_repo(root: str | Path = ".") -> Iterator[DvcRepo]:
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
@@ -43,6 +50,6 @@ def open_repo(root: str | Path = ".") -> Iterator[Any]:
         repo.close()
 
 
-def baseline_rev(repo: Any) -> str:
+def baseline_rev(repo: DvcRepo) -> str:
     """The commit experiments are queued on (HEAD)."""
     return str(repo.scm.get_rev())

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from nntune.config.mapping import flatten
-from nntune.experiments.repo import ExperimentError
+from nntune.experiments.repo import DvcRepo, ExperimentError
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def experiment_metrics(repo: Any, name: str) -> dict[str, Any]:
+def experiment_metrics(repo: DvcRepo, name: str) -> dict[str, Any]:
     """The metrics an experiment recorded, read from its git commit."""
     from dvc.repo.experiments.utils import resolve_name
 

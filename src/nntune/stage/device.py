@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -138,7 +138,7 @@ def enable_determinism() -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def distribution_scope(runtime: RuntimeParams) -> Any:
+def distribution_scope(runtime: RuntimeParams) -> AbstractContextManager[None]:
     """``with distribution_scope(runtime): build_model(...)``: MirroredStrategy replicates
     the model over every visible GPU (one replica on a CPU); ``none`` changes nothing."""
     if runtime.strategy == "none":

@@ -15,11 +15,14 @@ from nntune.config.metrics import Objective
 from nntune.config.params import parse_params
 from nntune.config.sections import ParamsError
 from nntune.tuning import search_space
-
-if TYPE_CHECKING:
-    pass
 from nntune.tuning.optuna_internals import live_trial
 from nntune.tuning.study import Settings
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial
+
+    from nntune.experiments import DvcRepo
 
 MODEL_OUT = ("train", "models/last.keras")  # the last epoch's state: what a promotion continues
 
@@ -51,16 +54,16 @@ class Snapshot:
 class Executor(Protocol):
     """What runs the experiments the driver queues in DVC's queue."""
 
-    def refresh(self, repo: Any) -> Any:
+    def refresh(self, repo: DvcRepo) -> object:
         """Collect what finished elsewhere (before the driver reads the refs)."""
 
-    def state(self, repo: Any) -> experiments.QueueState:
+    def state(self, repo: DvcRepo) -> experiments.QueueState:
         """Queued, running and failed experiments."""
 
-    def start(self, repo: Any) -> None:
+    def start(self, repo: DvcRepo) -> None:
         """Make the queued experiments run."""
 
-    def stop(self, repo: Any) -> None:
+    def stop(self, repo: DvcRepo) -> None:
         """The study is done: let go of the workers (they must not idle on)."""
 
 
@@ -89,8 +92,8 @@ class Driver:
 
     def run(
         self,
-        repo: Any,
-        study: Any,
+        repo: DvcRepo,
+        study: Study,
         show: Callable[[Snapshot], None] = lambda s: None,
         poll_seconds: float = 2.0,
     ) -> Snapshot:
@@ -107,7 +110,7 @@ class Driver:
                 if ctrl_c.wait(poll_seconds):
                     raise KeyboardInterrupt
 
-    def step(self, repo: Any, study: Any, baseline: str) -> Snapshot:
+    def step(self, repo: DvcRepo, study: Study, baseline: str) -> Snapshot:
         """One pass: read DVC, tell Optuna, queue what may run now."""
         self.executor.refresh(repo)
         # One consistent view: the queue first, the refs second. An entry only moves
@@ -136,9 +139,9 @@ class Driver:
                 self._queue_promotion(repo, study, promotion, commits)
                 free, queued_now = free - 1, queued_now + 1
         while free > 0 and len(study.trials) < self.settings.trials:
-            trial = study.ask()
-            states[trial.number] = search_space.TrialState(trial.number)
-            self._queue_first(repo, study, study.trials[trial.number])
+            asked = study.ask()
+            states[asked.number] = search_space.TrialState(asked.number)
+            self._queue_first(repo, study, study.trials[asked.number])
             free, queued_now = free - 1, queued_now + 1
         running = sum(job.state == "running" for job in jobs)
         if queued_now or (pending and not running):  # workers stop when the queue idles
@@ -173,7 +176,7 @@ class Driver:
         return {k: v for k, v in known.items() if k.startswith(prefix)}
 
     def _sync(
-        self, repo: Any, study: Any, known: dict[str, str]
+        self, repo: DvcRepo, study: Study, known: dict[str, str]
     ) -> tuple[dict[int, search_space.TrialState], list[Job]]:
         """Tell Optuna every result it has not heard yet; return each trial's state."""
         import optuna
@@ -206,7 +209,12 @@ class Driver:
         return states, jobs
 
     def _result(
-        self, repo: Any, study: Any, frozen: Any, state: search_space.TrialState, job: Job
+        self,
+        repo: DvcRepo,
+        study: Study,
+        frozen: FrozenTrial,
+        state: search_space.TrialState,
+        job: Job,
     ) -> float | None:
         import optuna
 
@@ -235,7 +243,7 @@ class Driver:
         budget = None if self.settings.method == "tpe" else epochs
         return search_space.experiment_name(self.settings.study, number, budget)
 
-    def _point(self, study: Any, frozen: Any) -> dict[str, Any] | None:
+    def _point(self, study: Study, frozen: FrozenTrial) -> dict[str, Any] | None:
         """The trial's params (sampled now, or read back from the journal), checked like
         any run; an invalid point is told to Optuna as failed, with the reason."""
         import optuna
@@ -250,7 +258,7 @@ class Driver:
             return None
         return point
 
-    def _queue_first(self, repo: Any, study: Any, frozen: Any) -> None:
+    def _queue_first(self, repo: DvcRepo, study: Study, frozen: FrozenTrial) -> None:
         point = self._point(study, frozen)
         if point is None:
             return
@@ -259,7 +267,11 @@ class Driver:
         experiments.queue_experiment(repo, self._name(frozen.number, bracket[0]), overrides)
 
     def _queue_promotion(
-        self, repo: Any, study: Any, promotion: search_space.Promotion, commits: Mapping[str, str]
+        self,
+        repo: DvcRepo,
+        study: Study,
+        promotion: search_space.Promotion,
+        commits: Mapping[str, str],
     ) -> None:
         frozen = study.trials[promotion.trial]
         point = self._point(study, frozen)
@@ -286,7 +298,7 @@ class Driver:
 
     # --- the end ------------------------------------------------------------------------
 
-    def _finish(self, study: Any) -> None:
+    def _finish(self, study: Study) -> None:
         """No promotion is left: trials waiting at a lower rung are pruned there."""
         import optuna
 
@@ -294,7 +306,7 @@ class Driver:
             if not frozen.state.is_finished():
                 study.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
 
-    def _snapshot(self, study: Any, jobs: list[Job]) -> Snapshot:
+    def _snapshot(self, study: Study, jobs: list[Job]) -> Snapshot:
         trials = study.get_trials(deepcopy=False)
         snapshot = Snapshot(jobs=jobs, asked=len(trials))
         snapshot.finished = sum(t.state.is_finished() for t in trials)

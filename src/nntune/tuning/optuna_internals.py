@@ -9,13 +9,16 @@ and ``tests/test_layout.py`` checks that the installed Optuna still has it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
 
 # The private attribute of optuna.trial.FrozenTrial used below.
 USED = ("_trial_id",)
 
 
-def live_trial(study: Any, frozen: Any) -> Any:
+def live_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.trial.Trial:
     """The ``optuna.trial.Trial`` of ``study`` that ``frozen`` (a ``FrozenTrial`` read back
     from the journal) records, to report to or sample for."""
     import optuna

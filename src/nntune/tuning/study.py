@@ -29,7 +29,9 @@ from nntune.locks import LockHeldError, record_lock
 from nntune.tuning import search_space
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Sequence
+
+    import optuna
 
 STUDIES = Path(".nntune") / "studies"
 
@@ -78,7 +80,7 @@ def study_lock(root: Path, study: str) -> Iterator[None]:
         yield
 
 
-def _journal(root: Path, study: str) -> Any:
+def _journal(root: Path, study: str) -> optuna.storages.JournalStorage:
     """The study's journal storage. A ``kill -9`` in the middle of an append can leave a
     last line without its newline: that record never took effect, so it is cut off (the
     driver holds the study lock, so nobody else is writing)."""
@@ -134,7 +136,7 @@ def open_study(
     objective: Objective,
     baseline: str,
     space: Mapping[str, search_space.Dimension],
-) -> Any:
+) -> optuna.Study:
     """Create the study, or load it and check it is the same study on the same commit."""
     import optuna
 
@@ -160,7 +162,9 @@ def open_study(
     return study
 
 
-def _sampler(settings: Settings, space: Mapping[str, search_space.Dimension], done: int) -> Any:
+def _sampler(
+    settings: Settings, space: Mapping[str, search_space.Dimension], done: int
+) -> optuna.samplers.BaseSampler:
     """TPE for tpe. For successive halving, where promotions do the adapting: the grid in
     a seeded random order without repeats when the space is finite and has room for every
     trial, else random points."""
@@ -176,7 +180,13 @@ def _sampler(settings: Settings, space: Mapping[str, search_space.Dimension], do
         class ShuffledGrid(optuna.samplers.GridSampler):
             # Trial N takes point N of the seeded shuffle (so a resumed driver gets the
             # same points: same seed); the driver, not the sampler, ends the study.
-            def after_trial(self, *args: Any) -> None:
+            def after_trial(
+                self,
+                study: optuna.Study,
+                trial: optuna.trial.FrozenTrial,
+                state: optuna.trial.TrialState,
+                values: Sequence[float] | None,
+            ) -> None:
                 pass
 
         return ShuffledGrid(grid, seed=settings.seed)

@@ -212,7 +212,7 @@ def _plots_setup(monkeypatch: pytest.MonkeyPatch, missing: list[str], drawn: int
         for n, u, v in (("u4", 4.0, 0.3), ("u8", 8.0, 0.2))
     ]
     comparison = compare(rows, Objective("val_loss", "min"), "binary")
-    monkeypatch.setattr("nntune.cli.results._comparison", lambda *_: comparison)
+    monkeypatch.setattr("nntune.cli.results.load_comparison", lambda *_: comparison)
     specs = [{"title": f"curve {i}"} for i in range(drawn)]
     monkeypatch.setattr(report, "learning_curves", lambda *_: report.LearningCurves(specs, missing))
     pages: list[Any] = []
@@ -241,3 +241,66 @@ def test_plots_fails_when_no_curve_could_be_drawn(monkeypatch: pytest.MonkeyPatc
         "found; u8: dvclive/plots/metrics/train/loss.tsv not found (is a .gitignore rule"
     )
     assert "Traceback" not in result.output and pages == []
+
+
+# `nntune compare` and `best` with a faked comparison: each trial's diagnosis and advice.
+
+
+def _diagnosed_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from nntune.config.metrics import Objective
+    from nntune.experiments import Experiment
+    from nntune.tuning.diagnosis import Diagnosis
+    from nntune.tuning.ranking import compare
+
+    rows = [
+        Experiment(n, n, "Success", {"train.learning_rate": r}, {"val_loss": v, "diverged": False})
+        for n, r, v in (
+            ("fast", 0.1, 0.2),
+            ("fast2", 0.1, 0.25),
+            ("mid", 0.01, 0.3),
+            ("slow", 0.001, 0.4),
+        )
+    ]
+    comparison = compare(rows, Objective("val_loss", "min"), "multiclass")
+    found = {
+        "fast": Diagnosis("overfitting", "val loss rose from 0.2 (epoch 4) to a median 0.5"),
+        "mid": Diagnosis("healthy", "best val loss 0.3 at epoch 20 of 30"),
+    }
+    comparison = dataclasses.replace(comparison, diagnoses=found)
+    monkeypatch.setattr("nntune.cli.results.load_comparison", lambda *_: comparison)
+
+
+EDGE = (
+    "train.learning_rate: the best trials use the largest value tried (0.1, in 2 of the top "
+    "3); extend the range above it"
+)
+
+
+def test_compare_json_has_each_diagnosis_and_its_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    _diagnosed_comparison(monkeypatch)
+    result = runner.invoke(app, ["compare", "--format", "json", "--top", "1"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    fast = payload["experiments"][0]
+    assert (fast["experiment"], fast["diagnosis"]) == ("fast", "overfitting")
+    assert fast["advice"] == "more dropout or L2, or fewer units"
+    assert fast["evidence"] == "val loss rose from 0.2 (epoch 4) to a median 0.5"
+    assert payload["advice"] == [EDGE]  # from the top 3, whatever --top shows
+
+
+def test_compare_table_and_best_print_the_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    _diagnosed_comparison(monkeypatch)
+    result = runner.invoke(app, ["compare"])
+    assert result.exit_code == 0, result.output
+    assert "diagnosis" in result.output and "overfitting" in result.output
+    assert "overfitting (1): try more dropout or L2, or fewer units" in result.output
+    assert f"search space: {EDGE}" in result.output
+    result = runner.invoke(app, ["best"])
+    assert result.exit_code == 0, result.output
+    assert "  diagnosis: overfitting (val loss rose from 0.2 (epoch 4)" in result.output
+    assert "  next: more dropout or L2, or fewer units" in result.output
+    assert f"advice: {EDGE}" in result.output

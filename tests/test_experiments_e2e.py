@@ -4,9 +4,13 @@ ranks the rest and sets the failure apart, `best --branch` promotes the winner."
 
 from __future__ import annotations
 
+import html
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -68,18 +72,36 @@ def test_grid_run_compare_best(tmp_path: Path) -> None:
     assert f"best: {shown['best']}" in best.stdout
     branches = run(project, "git", "branch", "--list", "tuned").stdout
     assert "tuned" in branches
-    # One offline page with the learning curves of the top 3 and the objective against each
-    # varied parameter, rendered for real by a browser.
+    # One offline page: the top 3's table and learning curves, parallel coordinates, the
+    # objective against each varied parameter, and (4 trials are too few) why importance is
+    # missing; rendered for real by a browser.
     written = run(project, NNTUNE, "plots", "--top", "3")
-    assert "4 charts, 3 experiments" in written.stdout
+    assert "5 charts, 3 experiments" in written.stdout
     assert "left out of the page" not in written.stderr  # every trial's curves reached git
-    dom = chromium_dom(project / "plots" / "experiments.html")
+    page = project / "plots" / "experiments.html"
+    dom = chromium_dom(page)
     svgs = re.findall(r"<svg.*?</svg>", dom, flags=re.DOTALL)
-    assert len(svgs) == 4
+    assert len(svgs) == 5
     assert all("<path" in svg or "<line" in svg for svg in svgs)  # drawn marks, not empty
-    for title in ("Loss", "Accuracy", "val_loss (min) vs model.units"):
-        assert title in dom
+    titles = ("Loss", "Accuracy", "one line per experiment", "val_loss (min) vs model.units")
+    assert all(title in dom for title in titles)
+    headings = re.findall(r"<h2>(.*?)</h2>", dom)
+    assert [h for h in headings if h != "Warnings"] == [
+        "Top experiments",
+        "Learning curves",
+        "Parameter importance",
+        "Parallel coordinates",
+        "Objective against each parameter",
+    ]
+    assert "Too few experiments to tell which parameters matter: 4 finished" in dom
     assert "error" not in dom.lower()
+    layout = _browser_layout(page, width=1400)
+    assert layout["overflowX"] == "auto"
+    assert layout["lastColumnRight"] <= layout["width"], layout  # every column reachable
+    assert len(layout["charts"]) == 5 and all(w > 200 and h > 150 for w, h in layout["charts"])
+    shot = tmp_path / "plots-1400.png"
+    _chromium(page, "--window-size=1400,2400", f"--screenshot={shot}")
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 50_000
     assert shown["best"] in dom
 
     # Plain DVC sees the same experiments.
@@ -101,6 +123,48 @@ def test_grid_run_compare_best(tmp_path: Path) -> None:
     assert [r["experiment"] for r in after["experiments"]] == ["broken"]  # old four removed
     assert len(after["pending"]) == 4
     run(project, "dvc", "queue", "remove", "--queued")
+
+
+# Measured in the page once loaded: the table box's overflow, the right edge of the last
+# column once the box is scrolled all the way right, and each chart's size.
+LAYOUT_PROBE = """<script>
+addEventListener("load", () => {
+  const box = document.querySelector(".table-box");
+  box.scrollLeft = box.scrollWidth;
+  const last = box.querySelector("tr > :last-child").getBoundingClientRect();
+  const charts = [...document.querySelectorAll("figure.chart svg")].map((svg) => {
+    const size = svg.getBoundingClientRect();
+    return [Math.round(size.width), Math.round(size.height)];
+  });
+  document.body.dataset.layout = JSON.stringify({
+    width: innerWidth, lastColumnRight: last.right, charts: charts,
+    overflowX: getComputedStyle(box).overflowX,
+  });
+});
+</script>"""
+
+
+def _browser_layout(page: Path, width: int) -> dict[str, Any]:
+    """How ``page`` lays out in headless Chromium ``width`` pixels wide (LAYOUT_PROBE)."""
+    probe = page.with_name("layout-probe.html")
+    probe.write_text(page.read_text().replace("</body>", f"{LAYOUT_PROBE}</body>"))
+    dom = _chromium(probe, f"--window-size={width},900", "--virtual-time-budget=5000", "--dump-dom")
+    found = re.search(r'data-layout="([^"]*)"', dom)
+    assert found, "the layout probe did not run"
+    measured: dict[str, Any] = json.loads(html.unescape(found.group(1)))
+    return measured
+
+
+def _chromium(page: Path, *flags: str) -> str:
+    """Headless Chromium on ``page`` with ``flags`` (chromium_dom skipped the test if it is
+    missing); its stdout."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser is not None
+    quiet = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars"]
+    quiet += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    profile = f"--user-data-dir={page.parent / '.chromium-profile'}"
+    cmd = [browser, *quiet, profile, *flags, page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
 def _recorded(project: Path, key: str) -> dict[str, object]:

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import REPO
 
 from nntune.config.mapping import apply, flatten, override_args
@@ -113,3 +114,49 @@ def test_override_args_and_apply(raw_params: dict[str, Any]) -> None:
     raw = apply(raw_params, point)
     assert flatten(raw)["model.units"] == [64, 32]
     assert raw_params["model"]["units"] == 128  # the base is not modified
+
+
+def test_lr_around_centres_the_learning_rate_dimension(raw_params: dict[str, Any]) -> None:
+    from nntune.tuning.grid import format_rate, rates_around, rates_around_dimension
+
+    assert rates_around(0.0029) == [0.00097, 0.0029, 0.0087]
+    assert rates_around(0.002512) == [0.00084, 0.0025, 0.0075]  # 2 significant digits
+    space = load_space(REPO / "grid.yaml")
+    space.update(rates_around_dimension(0.0029, {}))
+    assert space["train.learning_rate"] == [0.00097, 0.0029, 0.0087]
+    trials, _ = expand(space, raw_params)
+    assert len(trials) == 42 and "h2-u100-b32-lr0.00097" in [t.name for t in trials]
+    assert rates_around_dimension(None, {}) == {}
+    with pytest.raises(GridError, match=r"-p train\.learning_rate=\.\.\. and --lr-around both"):
+        rates_around_dimension(0.01, {"train.learning_rate": [0.1]})
+    for bad in (0.0, -0.01, float("nan")):
+        with pytest.raises(GridError, match="--lr-around must be a positive learning rate"):
+            rates_around(bad)
+    # What lr-find prints for grid.yaml reads back as numbers, small ones included.
+    assert [yaml.safe_load(format_rate(r)) for r in (0.0025, 1e-05, 3.3e-05)] == [
+        0.0025,
+        1e-05,
+        3.3e-05,
+    ]
+
+
+def test_grid_command_takes_lr_around(
+    tmp_path: Path, raw_params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from nntune.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    (tmp_path / "grid.yaml").write_text((REPO / "grid.yaml").read_text())
+    monkeypatch.setattr("nntune.cli.tune._existing", lambda base: [])  # no DVC repo here
+    args = ["grid", "--dry-run", "--lr-around", "0.0025"]
+    result = CliRunner().invoke(app, [*args, "-p", "model.units=64"])
+    assert result.exit_code == 0, result.output
+    assert "3 points (dry run: nothing queued)" in result.output
+    for name in ("lr0.00083", "lr0.0025", "lr0.0075"):
+        assert name in result.output
+    result = CliRunner().invoke(app, args)  # grid.yaml's other dimensions stay
+    assert "42 points (dry run: nothing queued)" in result.output
+    assert "h2-u200-b64-lr0.0075" in result.output

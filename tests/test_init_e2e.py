@@ -77,7 +77,8 @@ def test_init_then_repro_on_your_own_csv(tmp_path: Path) -> None:
     project = tmp_path / "shop"
     tracked = run(project, "git", "ls-files").stdout.splitlines()
     assert "data/customers.csv.dvc" in tracked and "data/customers.csv" not in tracked
-    assert {"dvc.yaml", "params.yaml", "stages/train.py", "src/nntune/stage/data.py"} <= set(tracked)
+    pipeline = {"dvc.yaml", "params.yaml", "stages/train.py", "src/nntune/stage/data.py"}
+    assert pipeline <= set(tracked)
     assert "data/customers.schema.yaml" in tracked
     assert run(project, "git", "status", "--porcelain").stdout == ""
     assert source.read_bytes() == before  # the raw file is never modified

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+
+import pytest
 
 from nntune.config.metrics import Objective
 from nntune.experiments import Experiment, same_params
@@ -114,3 +117,86 @@ def test_gc_keeps_the_best_the_promoted_and_their_warm_start_parents() -> None:
     assert sorted(cleanup.remove) == ["a-t1-e1", "a-t3-e1", "broken"]
     wider = select_garbage(comparison, 3, {})
     assert "a-t1-e1" in wider.keep and "a-t2-e1" in wider.remove
+
+
+def _diagnosed() -> Any:
+    import dataclasses
+
+    from nntune.tuning.diagnosis import Diagnosis
+
+    rows = [
+        exp("good", units=128.0, val_loss=0.1, diverged=False),
+        exp("noisy", units=32.0, val_loss=0.3, diverged=False),
+        exp("old", units=16.0, val_loss=0.4, diverged=False),  # made before dvclive curves
+        exp("broken", state="Failed", units=8.0, **BASELINE),
+    ]
+    c = compare(rows, Objective("val_loss", "min"), "multiclass")
+    found = {
+        "good": Diagnosis("healthy", "best val loss 0.1 at epoch 9 of 19"),
+        "noisy": Diagnosis("lr too high", "train loss climbed back from 0.2 to 0.5"),
+    }
+    return dataclasses.replace(c, diagnoses=found)
+
+
+def test_records_end_with_the_diagnosis_and_json_gives_its_advice() -> None:
+    c = _diagnosed()
+    table = records(c)
+    assert [(r["experiment"], r["diagnosis"]) for r in table] == [
+        ("good", "healthy"),
+        ("noisy", "lr too high"),
+        ("old", "-"),
+        ("broken", "-"),  # a failed row's files are the baseline's
+    ]
+    assert list(table[0])[-1] == "diagnosis"
+    assert to_csv(table).splitlines()[0].endswith(",train_seconds,diagnosis")
+    assert "| lr too high |" in to_markdown(table)
+    payload = json.loads(to_json(c, table))
+    noisy = payload["experiments"][1]
+    assert noisy["advice"] == "a lower rate"
+    assert noisy["evidence"] == "train loss climbed back from 0.2 to 0.5"
+    assert payload["experiments"][0]["advice"] == ""  # healthy: nothing to change
+    assert payload["experiments"][2]["evidence"].startswith("no learning curves")
+    assert payload["advice"] == []  # units: the best (128) is the largest, but 1 of 3
+
+
+def _trial(name: str, loss: float, **params: Any) -> Experiment:
+    return Experiment(name, name, "Success", params, {"val_loss": loss, "diverged": False})
+
+
+def test_edge_advice_when_the_best_sit_on_the_edge_of_a_range() -> None:
+    from nntune.tuning.ranking import edge_advice
+
+    rows = [
+        _trial("a", 0.10, **{"train.learning_rate": 0.1, "model.hidden_layers": 0.0}),
+        _trial("b", 0.20, **{"train.learning_rate": 0.1, "model.hidden_layers": 1.0}),
+        _trial("c", 0.30, **{"train.learning_rate": 0.01, "model.hidden_layers": 0.0}),
+        _trial("d", 0.40, **{"train.learning_rate": 0.001, "model.hidden_layers": 2.0}),
+    ]
+    c = compare(rows, Objective("val_loss", "min"), "multiclass")
+    assert edge_advice(c) == [
+        "train.learning_rate: the best trials use the largest value tried (0.1, in 2 of the "
+        "top 3); extend the range above it",
+        "model.hidden_layers: the best trials use the smallest value tried (0, in 2 of the "
+        "top 3); extend the range below it",
+    ]
+    # A value a diverged trial tried counts: 0.1 is then not the largest tried.
+    blown = _trial("e", math.nan, **{"train.learning_rate": 1.0, "model.hidden_layers": 1.0})
+    c = compare([*rows, blown], Objective("val_loss", "min"), "multiclass")
+    assert [line.split(":")[0] for line in edge_advice(c)] == ["model.hidden_layers"]
+
+
+@pytest.mark.parametrize(
+    ("key", "values"),
+    [
+        ("train.batch_size", [64.0, 64.0, 32.0, 32.0]),  # 2 distinct values: no range
+        ("model.units", [64.0, 16.0, 32.0, 64.0]),  # the best (64) on the edge, 1 of 3
+        ("model.units", ["[64, 32]", "[32]", "[16]", "[8]"]),  # lists: not one number
+        ("train.max_epochs", [27.0, 27.0, 9.0, 3.0]),  # successive halving's rungs
+        ("runtime.seed", [3.0, 3.0, 2.0, 1.0]),  # seeds have no order
+    ],
+)
+def test_no_edge_advice(key: str, values: list[Any]) -> None:
+    from nntune.tuning.ranking import edge_advice
+
+    rows = [_trial(f"t{i}", 0.1 * (i + 1), **{key: v}) for i, v in enumerate(values)]
+    assert edge_advice(compare(rows, Objective("val_loss", "min"), "multiclass")) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,6 +13,7 @@ from nntune.cli.options import Format, ParamsOption, load_with_mapping, wide_con
 from nntune.errors import NntuneError
 
 if TYPE_CHECKING:
+    from nntune.config.metrics import Task
     from nntune.tuning.ranking import Comparison
 
 
@@ -103,12 +105,15 @@ def compare(
     ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Rank experiments by the objective; failed and diverged ones are listed apart."""
+    """Rank experiments by the objective; failed and diverged ones are listed apart. Each
+    gets a diagnosis from its learning curves (overfitting, underfitting, lr too high, not
+    converged, healthy) with the next move to try, and the best ones sitting on the edge of
+    a searched range are pointed out."""
     from nntune.tuning import ranking
 
     if remote:
         _pull_remote(remote, quiet=fmt != "table")
-    comparison = _comparison(params, metric, all_commits)
+    comparison = load_comparison(params, metric, all_commits)
     rows = ranking.records(comparison, top)
     if fmt == "csv":
         typer.echo(ranking.to_csv(rows), nl=False)
@@ -130,11 +135,11 @@ def best(
 ) -> None:
     """Print the best experiment and optionally promote it (apply it or make a branch)."""
     from nntune.experiments import promote
-    from nntune.tuning.ranking import format_value, plain
+    from nntune.tuning.ranking import edge_advice, format_value, plain
 
     if apply and branch:
         raise NntuneError("use --apply or --branch, not both")
-    comparison = _comparison(params, None, False)
+    comparison = load_comparison(params, None, False)
     winner = comparison.best
     if winner is None:
         typer.echo(
@@ -145,6 +150,12 @@ def best(
     typer.echo(f"best: {winner.name} {metric} = {winner.metrics[metric]:.4f}")
     for key in comparison.varying:
         typer.echo(f"  {key} = {format_value(plain(winner.params.get(key)))}")
+    diagnosis = comparison.diagnosis(winner)
+    typer.echo(f"  diagnosis: {diagnosis.label} ({diagnosis.evidence})")
+    if diagnosis.advice:
+        typer.echo(f"  next: {diagnosis.advice}")
+    for line in edge_advice(comparison):
+        typer.echo(f"advice: {line}")
     if apply or branch:
         promote(".", winner.name, branch)
         typer.echo(f"created branch {branch}" if branch else "applied to the workspace")
@@ -158,12 +169,13 @@ def plots(
     ),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Write one offline HTML page: learning curves of the top K experiments (from
-    `dvc plots diff`) and the objective against each varied parameter."""
+    """Write one offline HTML page: the top K table, their learning curves (from
+    `dvc plots diff`), parameter importance, parallel coordinates and the objective
+    against each varied parameter."""
     from nntune.tuning import report
-    from nntune.tuning.ranking import records
+    from nntune.tuning.ranking import edge_advice, records
 
-    comparison = _comparison(params, None, False)
+    comparison = load_comparison(params, None, False)
     shown = comparison.ranked[:top]
     if not shown:
         typer.echo("no successful experiment to plot: run `nntune grid` and `nntune run`", err=True)
@@ -176,9 +188,10 @@ def plots(
         )
     for problem in curves.missing:
         typer.echo(f"warning: left out of the page: {problem}", err=True)
-    specs = curves.specs + report.objective_specs(comparison, comparison.ranked)
-    report.write_page(out, comparison, rows, specs)
-    typer.echo(f"wrote {out} ({len(specs)} charts, {len(shown)} experiments)")
+    sections = report.chart_sections(comparison, curves.specs)
+    report.write_page(out, comparison, rows, sections, edge_advice(comparison))
+    charts = sum(len(section.specs) for section in sections)
+    typer.echo(f"wrote {out} ({charts} charts, {len(shown)} experiments)")
 
 
 def _pull_remote(remote: str, quiet: bool) -> None:
@@ -199,7 +212,9 @@ def _pull_remote(remote: str, quiet: bool) -> None:
     typer.echo(message, err=quiet)
 
 
-def _comparison(params: Path, metric: str | None, all_commits: bool) -> Comparison:
+def load_comparison(params: Path, metric: str | None, all_commits: bool) -> Comparison:
+    """HEAD's (or every commit's) experiments, ranked by the objective and diagnosed: what
+    compare, best, plots and importance all read."""
     from nntune.config.mapping import flatten
     from nntune.config.metrics import Objective, infer_direction, validation_metric_names
     from nntune.experiments import list_experiments
@@ -213,13 +228,28 @@ def _comparison(params: Path, metric: str | None, all_commits: bool) -> Comparis
             raise NntuneError(f"--metric must be one of {', '.join(allowed)}, got {metric!r}")
         objective = Objective(metric, infer_direction(metric))
     exps = list_experiments(".", flatten(base), all_commits)
-    return rank(exps, objective, p.data.task)
+    return _diagnosed(rank(exps, objective, p.data.task), p.data.task)
+
+
+def _diagnosed(comparison: Comparison, task: Task) -> Comparison:
+    """The comparison with each ranked or diverged experiment's diagnosis, from the curves
+    in its commit (one git process for all of them)."""
+    import dataclasses
+    from functools import partial
+
+    from nntune.experiments import read_files
+    from nntune.tuning.diagnosis import diagnose_experiments
+
+    shown = comparison.ranked + comparison.diverged
+    found = diagnose_experiments(shown, task, partial(read_files, "."))
+    return dataclasses.replace(comparison, diagnoses=found)
 
 
 def _print_comparison(comparison: Comparison, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    from nntune.tuning.ranking import format_value
+    from nntune.tuning.diagnosis import ADVICE
+    from nntune.tuning.ranking import edge_advice, format_value
 
     console = wide_console()
     if not rows:
@@ -229,12 +259,19 @@ def _print_comparison(comparison: Comparison, rows: list[dict[str, Any]]) -> Non
     table = Table(title=f"ranked by {o.metric} ({o.direction})", title_justify="left")
     for column in rows[0]:
         header = column.rsplit(".", 1)[-1]  # model.units -> units
-        table.add_column(header, justify="left" if column in ("experiment", "status") else "right")
+        left = column in ("experiment", "status", "diagnosis")
+        table.add_column(header, justify="left" if left else "right")
     for row in rows:
         style = "bold green" if row["rank"] == 1 else ("red" if row["status"] == "failed" else None)
         if row["status"] == "diverged":
             style = "yellow"
         table.add_row(*(format_value(v) for v in row.values()), style=style)
     console.print(table)
+    labels = Counter(row["diagnosis"] for row in rows)
+    for label, advice in ADVICE.items():
+        if labels[label]:
+            console.print(f"{label} ({labels[label]}): try {advice}")
+    for line in edge_advice(comparison):
+        console.print(f"search space: {line}")
     if comparison.pending:
         console.print(f"{len(comparison.pending)} experiment(s) still queued or running")

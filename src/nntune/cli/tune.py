@@ -1,5 +1,5 @@
 """Commands that tune: ``grid`` queues a grid, ``run`` runs the queue (locally or on Ray),
-``search`` drives an Optuna study."""
+``search`` drives an Optuna study, ``lr-find`` runs the learning-rate range test."""
 
 from __future__ import annotations
 
@@ -60,21 +60,23 @@ def grid(
         bool, typer.Option("--dry-run", help="print the points, queue nothing")
     ] = False,
     force: Annotated[bool, typer.Option(help="re-queue points that already ran")] = False,
+    lr_around: Annotated[float | None, typer.Option(help="learning rates X/3, X, 3X")] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Queue the grid's points as DVC experiments (dvc exp run --queue), one named
     experiment per point; points that already ran with the same params are skipped."""
     from nntune import experiments
     from nntune.config.mapping import flatten
-    from nntune.tuning.grid import expand, load_space, parse_assignments
+    from nntune.tuning.grid import expand, load_space, parse_assignments, rates_around_dimension
 
     _, base = load_with_mapping(params)  # the base must be valid before any point is
     dimensions: dict[str, list[Any]] = {}
     space_file = space or Path(DEFAULT_SPACE)
     if space is not None or (space_file.is_file() and not param):
         dimensions.update(load_space(space_file))
-    if param:
-        dimensions.update(parse_assignments(param))
+    assigned = parse_assignments(param) if param else {}
+    dimensions.update(assigned)
+    dimensions.update(rates_around_dimension(lr_around, assigned))
     if not dimensions:
         raise NntuneError(f"no search space: create {DEFAULT_SPACE} or pass -p KEY=V1,V2")
     trials, dropped = expand(dimensions, base, random_points, seed)

@@ -9,6 +9,7 @@ queued once.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -102,6 +103,43 @@ def check_space(space: Mapping[Any, Any], source: str) -> dict[str, list[Any]]:
     if not checked:
         raise GridError(f"{source}: the search space is empty; vary at least one key")
     return checked
+
+
+LEARNING_RATE = "train.learning_rate"
+
+
+def rates_around(rate: float) -> list[float]:
+    """``--lr-around X``: X/3, X and 3X to 2 significant digits. A factor of 3 is half a
+    decade (3 is about the square root of 10): the spacing of a log grid with two values per
+    decade, close enough to X that all three sit in the range test's good stretch."""
+    if not (math.isfinite(rate) and rate > 0):
+        raise GridError(f"--lr-around must be a positive learning rate, got {rate:g}")
+    return [significant(rate / 3), significant(rate), significant(rate * 3)]
+
+
+def rates_around_dimension(
+    rate: float | None, assigned: Mapping[str, list[Any]]
+) -> dict[str, list[Any]]:
+    """``grid --lr-around X``'s dimension: ``train.learning_rate`` over ``rates_around(X)``
+    (nothing without it). ``assigned`` (the ``-p`` dimensions) must not set the rate too."""
+    if rate is None:
+        return {}
+    if LEARNING_RATE in assigned:
+        raise GridError(f"-p {LEARNING_RATE}=... and --lr-around both set it; pass one")
+    return {LEARNING_RATE: list(rates_around(rate))}
+
+
+def significant(value: float, digits: int = 2) -> float:
+    """``value`` rounded to ``digits`` significant digits: 0.0025118 -> 0.0025."""
+    return float(f"{value:.{digits}g}")
+
+
+def format_rate(rate: float) -> str:
+    """A rate as YAML reads back as a number: 0.0025, 1.0e-05 (YAML 1.1 takes ``1e-05``,
+    without a point, for a string)."""
+    text = f"{rate:.2g}"
+    mantissa, sep, exponent = text.partition("e")
+    return f"{mantissa}.0e{exponent}" if sep and "." not in mantissa else text
 
 
 def expand(

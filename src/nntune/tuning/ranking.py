@@ -1,5 +1,6 @@
-"""Rank experiments by the objective and lay the comparison out as a table, CSV, JSON or
-Markdown. Pure functions over ``Experiment`` rows: no DVC here."""
+"""Rank experiments by the objective, say where the best ones sit on the edge of the
+search space, and lay the comparison out as a table, CSV, JSON or Markdown. Pure functions
+over ``Experiment`` rows: no DVC here."""
 
 from __future__ import annotations
 
@@ -7,14 +8,24 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nntune.config.metrics import Objective, Task, holdout_metric_names
 from nntune.experiments import Experiment
+from nntune.tuning.diagnosis import UNKNOWN, UNKNOWN_LABEL, Diagnosis
 
 # Columns about how training went, shown after the metrics.
 TRAINING_COLUMNS = ("epochs_trained", "best_epoch", "train_seconds")
+
+# A failed experiment's row shows no diagnosis: DVC gives it the baseline's files.
+FAILED = Diagnosis(UNKNOWN_LABEL, "the pipeline failed: its files are not its own")
+
+# The best trials looked at for the edge of the search space, and the params whose extremes
+# say nothing about it: seeds have no order, and successive halving gives its best trials
+# the most epochs by design (train.max_epochs, continued from train.warm_start.epochs).
+EDGE_TOP = 3
+NOT_A_RANGE = ("train.max_epochs", "train.warm_start.epochs")
 
 
 @dataclass(frozen=True)
@@ -26,10 +37,14 @@ class Comparison:
     pending: list[Experiment]  # queued or running
     varying: list[str]  # params that differ between the experiments shown
     columns: list[str]  # metric columns shown after the objective
+    diagnoses: dict[str, Diagnosis] = field(default_factory=dict)  # by name; absent: unknown
 
     @property
     def best(self) -> Experiment | None:
         return self.ranked[0] if self.ranked else None
+
+    def diagnosis(self, exp: Experiment) -> Diagnosis:
+        return self.diagnoses.get(exp.name, UNKNOWN)
 
 
 def compare(experiments: list[Experiment], objective: Objective, task: Task) -> Comparison:
@@ -71,9 +86,44 @@ def varying_params(experiments: list[Experiment]) -> list[str]:
     return [k for k in keys if len({json.dumps(e.params.get(k)) for e in experiments}) > 1]
 
 
+def edge_advice(comparison: Comparison, top: int = EDGE_TOP) -> list[str]:
+    """One line per numeric param whose best trials sit on the edge of what was tried: the
+    best trial, and most of the top ``top``, use the largest (or the smallest) of at least
+    3 distinct values tried; the range should go on past it."""
+    tried = comparison.ranked + comparison.diverged
+    best = comparison.ranked[:top]
+    lines: list[str] = []
+    for key in comparison.varying if best else []:
+        values = {e.name: _number(e.params.get(key)) for e in tried}
+        distinct = sorted({v for v in values.values() if v is not None})
+        if key in NOT_A_RANGE or key.endswith("seed") or None in values.values():
+            continue
+        if len(distinct) < 3:
+            continue
+        for edge, side, beyond in (
+            (distinct[-1], "largest", "above"),
+            (distinct[0], "smallest", "below"),
+        ):
+            on_edge = sum(values[e.name] == edge for e in best)
+            if values[best[0].name] == edge and 2 * on_edge > len(best):
+                lines.append(
+                    f"{key}: the best trials use the {side} value tried "
+                    f"({format_value(plain(edge))}, in {on_edge} of the top {len(best)}); "
+                    f"extend the range {beyond} it"
+                )
+    return lines
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None  # exp_show gives booleans and lists as text
+    return float(value) if math.isfinite(value) else None
+
+
 def records(comparison: Comparison, top: int | None = None) -> list[dict[str, Any]]:
     """One flat record per experiment shown: ranked ones (best first, cut at ``top``),
-    then diverged, then failed, each with its ``rank`` and ``status``."""
+    then diverged, then failed, each with its ``rank``, ``status`` and, last, its
+    ``diagnosis`` (a failed one's is unknown: its curves are not its own)."""
     out = []
     ranked = comparison.ranked[:top] if top else comparison.ranked
     groups = (("ok", ranked), ("diverged", comparison.diverged), ("failed", comparison.failed))
@@ -88,6 +138,7 @@ def records(comparison: Comparison, top: int | None = None) -> list[dict[str, An
             own = status != "failed"  # a failed row shows the baseline's numbers: hide them
             record[comparison.objective.metric] = _metric(exp, comparison.objective.metric, own)
             record.update({c: _metric(exp, c, own) for c in comparison.columns})
+            record["diagnosis"] = (comparison.diagnosis(exp) if own else FAILED).label
             out.append(record)
     return out
 
@@ -103,14 +154,22 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def to_json(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
+    """The comparison as JSON: each experiment's record with its diagnosis's ``advice`` and
+    ``evidence``, and the search-space ``advice`` list (``edge_advice``)."""
+    found = {e.name: comparison.diagnosis(e) for e in comparison.ranked + comparison.diverged}
+    experiments = []
+    for row in rows:
+        diagnosis = found.get(row["experiment"], FAILED)
+        experiments.append({**row, "advice": diagnosis.advice, "evidence": diagnosis.evidence})
     payload = {
         "objective": {
             "metric": comparison.objective.metric,
             "direction": comparison.objective.direction,
         },
         "best": comparison.best.name if comparison.best else None,
-        "experiments": rows,
+        "experiments": experiments,
         "pending": [e.name for e in comparison.pending],
+        "advice": edge_advice(comparison),
     }
     return json.dumps(payload, indent=2)
 

@@ -8,6 +8,7 @@ import pytest
 
 from nntune.config.metrics import Objective
 from nntune.experiments import Experiment, same_params
+from nntune.tuning import ranking
 from nntune.tuning.ranking import compare, records, to_csv, to_json, to_markdown
 
 BASELINE = {"val_loss": 0.05, "test_accuracy": 0.99, "diverged": False}
@@ -200,3 +201,17 @@ def test_no_edge_advice(key: str, values: list[Any]) -> None:
 
     rows = [_trial(f"t{i}", 0.1 * (i + 1), **{key: v}) for i, v in enumerate(values)]
     assert edge_advice(compare(rows, Objective("val_loss", "min"), "multiclass")) == []
+
+
+def test_next_moves_count_each_diagnosis_with_its_advice() -> None:
+    rows = [
+        {"experiment": "a", "diagnosis": "overfitting"},
+        {"experiment": "b", "diagnosis": "healthy"},
+        {"experiment": "c", "diagnosis": "overfitting"},
+        {"experiment": "d", "diagnosis": "lr too high"},
+        {"experiment": "e", "diagnosis": "-"},
+    ]
+    assert ranking.next_moves(rows) == [
+        "overfitting (2): try more dropout or L2, or fewer units",
+        "lr too high (1): try a lower rate",
+    ]

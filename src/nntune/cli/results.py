@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -173,7 +172,7 @@ def plots(
     `dvc plots diff`), parameter importance, parallel coordinates and the objective
     against each varied parameter."""
     from nntune.tuning import report
-    from nntune.tuning.ranking import edge_advice, records
+    from nntune.tuning.ranking import edge_advice, next_moves, records
 
     comparison = load_comparison(params, None, False)
     shown = comparison.ranked[:top]
@@ -189,7 +188,8 @@ def plots(
     for problem in curves.missing:
         typer.echo(f"warning: left out of the page: {problem}", err=True)
     sections = report.chart_sections(comparison, curves.specs)
-    report.write_page(out, comparison, rows, sections, edge_advice(comparison))
+    advice = next_moves(rows) + [f"search space: {line}" for line in edge_advice(comparison)]
+    report.write_page(out, comparison, rows, sections, advice)
     charts = sum(len(section.specs) for section in sections)
     typer.echo(f"wrote {out} ({charts} charts, {len(shown)} experiments)")
 
@@ -248,8 +248,7 @@ def _diagnosed(comparison: Comparison, task: Task) -> Comparison:
 def _print_comparison(comparison: Comparison, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    from nntune.tuning.diagnosis import ADVICE
-    from nntune.tuning.ranking import edge_advice, format_value
+    from nntune.tuning.ranking import edge_advice, format_value, next_moves
 
     console = wide_console()
     if not rows:
@@ -267,10 +266,8 @@ def _print_comparison(comparison: Comparison, rows: list[dict[str, Any]]) -> Non
             style = "yellow"
         table.add_row(*(format_value(v) for v in row.values()), style=style)
     console.print(table)
-    labels = Counter(row["diagnosis"] for row in rows)
-    for label, advice in ADVICE.items():
-        if labels[label]:
-            console.print(f"{label} ({labels[label]}): try {advice}")
+    for line in next_moves(rows):
+        console.print(line)
     for line in edge_advice(comparison):
         console.print(f"search space: {line}")
     if comparison.pending:

@@ -13,7 +13,7 @@ from typing import Any
 
 from nntune.config.metrics import Objective, Task, holdout_metric_names
 from nntune.experiments import Experiment
-from nntune.tuning.diagnosis import UNKNOWN, UNKNOWN_LABEL, Diagnosis
+from nntune.tuning.diagnosis import ADVICE, UNKNOWN, UNKNOWN_LABEL, Diagnosis
 
 # Columns about how training went, shown after the metrics.
 TRAINING_COLUMNS = ("epochs_trained", "best_epoch", "train_seconds")
@@ -84,6 +84,18 @@ def varying_params(experiments: list[Experiment]) -> list[str]:
     for exp in experiments:
         keys += [k for k in exp.params if k not in keys]
     return [k for k in keys if len({json.dumps(e.params.get(k)) for e in experiments}) > 1]
+
+
+def next_moves(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per diagnosis found among ``rows`` (``records``' rows), with how many
+    trials got it and the suggested next move: ``overfitting (2): try more dropout ...``."""
+    found: dict[str, int] = {}
+    for row in rows:
+        label = str(row.get("diagnosis"))
+        found[label] = found.get(label, 0) + 1
+    return [
+        f"{label} ({found[label]}): try {move}" for label, move in ADVICE.items() if label in found
+    ]
 
 
 def edge_advice(comparison: Comparison, top: int = EDGE_TOP) -> list[str]:

@@ -189,3 +189,37 @@ def test_atomic_writes_leave_no_partial_file(tmp_path: Path) -> None:
         failing_writer()
     assert json.loads(target.read_text())["b"] == 1.5  # the old file is intact
     assert sorted(p.name for p in target.parent.iterdir()) == ["metrics.json"]  # no temp left
+
+
+def test_prepared_meta_records_the_fitted_preprocessing_and_the_test_rows(
+    tiny_params: Params, tmp_path: Path
+) -> None:
+    """What predict and export need to redo the prepare stage's transform on raw rows: each
+    numeric column's median, mean and scale, each categorical column's most frequent value
+    and categories, and which rows of the table are the test split."""
+    table = make_table(90, labels=["x", "y", "z"])
+    table["colour"] = np.where(table["a"] > 1, "red", "blue")
+    table.loc[[3, 4], "colour"] = None
+    table.loc[[5], "b"] = np.nan
+    data = dataclasses.replace(tiny_params.data, missing="impute")
+    prepared = prepare(table, data)
+    write_prepared(prepared, tmp_path / "prepared")
+    spec = read_prepared(tmp_path / "prepared", splits=("test",)).preprocessing
+    assert spec["missing"] == "impute"
+    assert [n["column"] for n in spec["numeric"]] == ["a", "b", "c", "uid"]
+    (colour,) = spec["categorical"]
+    assert colour["column"] == "colour" and colour["categories"] == ["blue", "red"]
+    assert colour["most_frequent"] in ("blue", "red")  # imputed from the training rows
+    # The test split's rows of the raw table, transformed with the recorded numbers, give the
+    # prepared test split (numbers here; the one-hot block is the category's position).
+    rows = table.loc[prepared.test_rows]
+    np.testing.assert_array_equal(
+        prepared.splits["test"]["target"].to_numpy(),
+        rows["target"].map({"x": 0, "y": 1, "z": 2}).to_numpy(),
+    )
+    for number in spec["numeric"]:
+        column = rows[number["column"]].fillna(number["median"])
+        expected = (column - number["mean"]) / number["scale"]
+        np.testing.assert_allclose(
+            prepared.splits["test"][number["column"]].to_numpy(), expected, rtol=1e-5, atol=1e-6
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,10 @@ class Prepared:
     scaler_mean: list[float]
     scaler_scale: list[float]
     source_md5: str | None = None  # the raw file's hash, as DVC records it in dvc.lock
+    # The fitted preprocessing, column by column (see preprocess.preprocessing_spec): what
+    # `nntune predict` applies to new rows and `nntune export` builds into the model.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    test_rows: list[int] = field(default_factory=list)  # the test split's rows in the table
 
     def xy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         frame = self.splits[split]
@@ -123,6 +127,8 @@ class Prepared:
             "rows": {name: len(frame) for name, frame in self.splits.items()},
             "scaler": {"mean": self.scaler_mean, "scale": self.scaler_scale},
             "source_md5": self.source_md5,
+            "preprocessing": self.preprocessing,
+            "test_rows": self.test_rows,
         }
 
 
@@ -151,4 +157,6 @@ def read_prepared(out_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> Prep
         scaler_mean=meta["scaler"]["mean"],
         scaler_scale=meta["scaler"]["scale"],
         source_md5=meta.get("source_md5"),
+        preprocessing=meta.get("preprocessing", {}),
+        test_rows=meta.get("test_rows", []),
     )

@@ -97,7 +97,54 @@ def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None
         scaler_mean=[float(v) for v in scaler.mean_] if scaler is not None else [],
         scaler_scale=[float(v) for v in scaler.scale_] if scaler is not None else [],
         source_md5=source_md5,
+        preprocessing=preprocessing_spec(transformer, numeric, categorical, data),
+        test_rows=[int(i) for i in test.index],
     )
+
+
+def preprocessing_spec(
+    transformer: ColumnTransformer, numeric: list[str], categorical: list[str], data: DataParams
+) -> dict[str, Any]:
+    """The fitted preprocessing as plain values, in the order of the model's inputs (the
+    numeric columns, then each categorical column's one-hot block): per numeric column its
+    imputed median (with ``data.missing: impute``), mean and scale; per categorical column
+    its imputed most frequent value and its categories (an unseen one encodes as zeros)."""
+    fitted = transformer.named_transformers_
+    spec: dict[str, Any] = {"missing": data.missing, "numeric": [], "categorical": []}
+    if numeric:
+        steps = fitted["numeric"].named_steps
+        scale = steps["scale"]
+        medians = steps["impute"].statistics_ if "impute" in steps else [None] * len(numeric)
+        spec["numeric"] = [
+            {
+                "column": column,
+                "median": None if median is None else float(median),
+                "mean": float(mean),
+                "scale": float(std),
+            }
+            for column, median, mean, std in zip(
+                numeric, medians, scale.mean_, scale.scale_, strict=True
+            )
+        ]
+    if categorical:
+        steps = fitted["categorical"].named_steps
+        frequent = steps["impute"].statistics_ if "impute" in steps else [None] * len(categorical)
+        spec["categorical"] = [
+            {
+                "column": column,
+                "most_frequent": _plain(top),
+                "categories": [_plain(c) for c in cats],
+            }
+            for column, top, cats in zip(
+                categorical, frequent, steps["onehot"].categories_, strict=True
+            )
+        ]
+    return spec
+
+
+def _plain(value: Any) -> Any:
+    """A category as JSON writes it (NumPy scalars become Python ones)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _keep_labels(

@@ -30,7 +30,7 @@ from nntune.experiments.queue import (
     start_workers,
     stop_workers,
 )
-from nntune.experiments.refs import experiment_commits, output_md5, read_files
+from nntune.experiments.refs import experiment_commits, output_md5, read_files, read_outputs
 from nntune.experiments.remotes import (
     check_pushed,
     default_dvc_remote,
@@ -79,6 +79,7 @@ __all__ = [
     "queue_trials",
     "queued_trials",
     "read_files",
+    "read_outputs",
     "remove_experiments",
     "remove_queued",
     "revive_queue",

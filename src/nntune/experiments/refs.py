@@ -1,5 +1,6 @@
 """Experiment refs and ``dvc.lock``: which commit each experiment is, the md5 of an output
-it recorded (what a warm start continues), and the git-tracked files it committed."""
+it recorded (what a warm start continues), the git-tracked files it committed, and any file
+or output of it read back whole (the model ``nntune predict`` uses)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,41 @@ def read_files(
         texts[key] = out[at : at + size].decode("utf-8", errors="replace") if blob else None
         at += size + 1
     return texts
+
+
+def read_outputs(root: str | Path, rev: str, paths: Iterable[str]) -> dict[str, bytes]:
+    """The bytes of each file in ``paths`` (relative to the project root) as commit or
+    experiment ``rev`` (a name DVC knows: an experiment's, a branch, a commit) recorded it:
+    a DVC output from the cache (or the default remote), a git-tracked file from git. The
+    workspace, its index and the queue are never touched."""
+    from dvc.api import DVCFileSystem
+
+    where = Path(root).resolve()
+    fs = DVCFileSystem(url=str(where), rev=rev)  # opens the repository on first use
+    found: dict[str, bytes] = {}
+    try:
+        for path in paths:
+            found[path] = _read_bytes(fs, rev, path, where)
+    finally:
+        fs.close()
+    return found
+
+
+def _read_bytes(fs: Any, rev: str, path: str, where: Path) -> bytes:
+    from dvc.scm import RevError
+
+    try:
+        return bytes(fs.read_bytes(path))
+    except RevError:
+        raise ExperimentError(
+            f"{where}: no experiment or commit named {rev!r}; `nntune compare` (or "
+            "`dvc exp show`) lists the experiments"
+        ) from None
+    except FileNotFoundError:
+        raise ExperimentError(
+            f"{rev}: has no {path} (neither in git nor in DVC's cache); check that it "
+            "finished (`nntune compare`), or `dvc pull` its outputs"
+        ) from None
 
 
 def _git(root: str | Path, args: list[str], stdin: bytes = b"") -> bytes:

@@ -1,0 +1,317 @@
+"""``nntune export``: the tuned model with the fitted preprocessing built in, as a Keras
+file or a TensorFlow SavedModel that takes the raw columns, plus its model card.
+
+The exported model has one named input per raw column: float32 for a numeric column (NaN
+where a value is missing), a string for a categorical one ("" where it is missing). Its
+first layers do what the prepare stage fitted with scikit-learn, with Keras' own layers and
+operations only, so that the file loads with Keras (or the SavedModel with TensorFlow)
+where nntune is not installed:
+
+- numbers: NaN -> the training median (``data.missing: impute``), then ``(x - mean) /
+  scale``, with ``keras.ops`` in float64 as scikit-learn computes it, so the scaled
+  features equal the prepared ones to float32 rounding;
+- categories: ``keras.layers.StringLookup`` one-hot, then a fixed 0/1 matrix (a frozen
+  ``Dense`` without bias) that drops the out-of-vocabulary slot (an unseen category is all
+  zeros) and sends "" to the most frequent category (``data.missing: impute``);
+- then the trained model, and for a binary task the sigmoid ``p`` becomes ``[1 - p, p]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import keras
+import numpy as np
+import yaml
+
+from nntune.config.sections import MISSING_POLICIES, MissingPolicy
+from nntune.errors import NntuneError
+from nntune.serving.card import ExportSource, card_markdown, model_card
+from nntune.serving.predict import META_PATH, MODEL_PATH, PARAMS_PATH
+from nntune.serving.preprocessing import CategoricalColumn, NumericColumn, PreprocessingSpec
+from nntune.stage import artifacts
+
+ExportFormat = Literal["keras", "savedmodel"]
+KERAS_FILE = "model.keras"
+CARD_JSON = "model_card.json"
+CARD_MARKDOWN = "MODEL_CARD.md"
+MISSING_CATEGORY = ""  # how a missing categorical value is spelled in the model's input
+TRAIN_METRICS = "metrics/train.json"
+EVALUATE_METRICS = "metrics/evaluate.json"
+TRAIN_RUN = "reports/train_run.json"  # the versions that trained the model
+RECORD_PATHS = (MODEL_PATH, META_PATH, TRAIN_METRICS, EVALUATE_METRICS, TRAIN_RUN)
+
+
+class ExportError(NntuneError):
+    pass
+
+
+@dataclass(frozen=True)
+class Exported:
+    out: Path
+    format: ExportFormat
+    files: list[str]  # relative to ``out``
+    size_bytes: int  # the whole folder's
+
+
+def export_model(source: ExportSource, out: str | Path, fmt: ExportFormat) -> Exported:
+    """Build the raw-column model from ``source`` and write it, with its model card, to the
+    folder ``out`` as a whole (atomically). ``out`` may be a new folder or an earlier
+    export; any other folder with files in it is refused rather than replaced."""
+    out = Path(out)
+    _check_out(out)
+    spec = PreprocessingSpec.from_meta(
+        source.meta, f"{source.label}: {META_PATH}", _missing_policy(source.params)
+    )
+    with tempfile.TemporaryDirectory(prefix="nntune-export-") as scratch:
+        model_path = Path(scratch) / KERAS_FILE
+        model_path.write_bytes(source.model)
+        net = keras.saving.load_model(model_path, compile=False)
+    names = input_names(spec)
+    raw = raw_input_model(net, spec, names)
+    card = model_card(source, spec, names, fmt, output_name(spec))
+    with artifacts.atomic_dir(out) as tmp:
+        if fmt == "keras":
+            raw.save(tmp / KERAS_FILE)
+        else:
+            write_saved_model(raw, spec, names, tmp)
+        artifacts.write_json(tmp / CARD_JSON, card)
+        artifacts.write_text(tmp / CARD_MARKDOWN, card_markdown(card))
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return Exported(out, fmt, files, size)
+
+
+def workspace_source(root: str | Path, params_file: str | Path | None = None) -> ExportSource:
+    """The workspace's model (what ``dvc repro`` left), the files that describe it, and the
+    params file (default: the project's params.yaml)."""
+    root = Path(root)
+    files: dict[str, bytes] = {}
+    for path in RECORD_PATHS:
+        if not (root / path).is_file():
+            raise ExportError(
+                f"{root / path}: not found; run `dvc repro` first (or pass --experiment NAME "
+                "to export a finished experiment's model)"
+            )
+        files[path] = (root / path).read_bytes()
+    files[PARAMS_PATH] = _params_bytes(Path(params_file or root / PARAMS_PATH))
+    from nntune import experiments
+
+    with experiments.open_repo(root) as repo:
+        commit = experiments.baseline_rev(repo)
+    return _source(files, None, commit)
+
+
+def experiment_source(
+    root: str | Path, name: str, params_file: str | Path | None = None
+) -> ExportSource:
+    """Experiment ``name``'s model, records and params.yaml (``params_file`` replaces the
+    latter), read through the DVC gateway from git and DVC's cache: nothing in the project
+    is written."""
+    from nntune import experiments
+
+    wanted = [*RECORD_PATHS] + ([] if params_file else [PARAMS_PATH])
+    files = experiments.read_outputs(root, name, wanted)
+    if params_file:
+        files[PARAMS_PATH] = _params_bytes(Path(params_file))
+    with experiments.open_repo(root) as repo:
+        commit = experiments.experiment_commits(repo, experiments.baseline_rev(repo)).get(name)
+    return _source(files, name, commit)
+
+
+def _params_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise ExportError(
+            f"{path}: params file not found; run from the project root or pass --params"
+        )
+    return path.read_bytes()
+
+
+def _source(files: dict[str, bytes], experiment: str | None, commit: str | None) -> ExportSource:
+    where = f"{experiment}:" if experiment else ""
+    return ExportSource(
+        model=files[MODEL_PATH],
+        meta=_json(files, META_PATH, where),
+        params=_yaml(files, PARAMS_PATH, where),
+        train_metrics=_json(files, TRAIN_METRICS, where),
+        evaluate_metrics=_json(files, EVALUATE_METRICS, where),
+        train_run=_json(files, TRAIN_RUN, where),
+        experiment=experiment,
+        commit=commit,
+    )
+
+
+def _json(files: dict[str, bytes], path: str, where: str) -> dict[str, Any]:
+    try:
+        loaded = json.loads(files[path].decode("utf-8"))
+    except ValueError as exc:
+        raise ExportError(f"{where}{path}: not valid JSON ({exc}); run `dvc repro`") from None
+    if not isinstance(loaded, dict):
+        raise ExportError(f"{where}{path}: expected a JSON object; run `dvc repro`")
+    return loaded
+
+
+def _yaml(files: dict[str, bytes], path: str, where: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(files[path].decode("utf-8"))
+    except yaml.YAMLError as exc:
+        raise ExportError(f"{where}{path}: not valid YAML ({exc})") from None
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: is a file; give a folder for the export")
+    if out.is_dir() and any(out.iterdir()) and not (out / CARD_JSON).is_file():
+        raise ExportError(
+            f"--out {out}: the folder has files and is not an earlier export (no {CARD_JSON}); "
+            "an export replaces its folder as a whole, so give a new or empty folder"
+        )
+
+
+def _missing_policy(params: Mapping[str, Any]) -> MissingPolicy | None:
+    """The run's ``data.missing``: what a meta.json of an older nntune does not record."""
+    value = (params.get("data") or {}).get("missing", "error")
+    return next((policy for policy in MISSING_POLICIES if policy == value), None)
+
+
+def input_names(spec: PreprocessingSpec) -> dict[str, str]:
+    """Each raw column's input name in the model and the SavedModel's signature: the column
+    name where TensorFlow accepts it (letters, digits, ``_ . -``), else a cleaned one."""
+    names: dict[str, str] = {}
+    for column in spec.columns:
+        name = re.sub(r"[^A-Za-z0-9_.\-]", "_", column)
+        if not re.match(r"[A-Za-z0-9.]", name):
+            name = f"x{name}"
+        base, n = name, 2
+        while name in names.values():
+            name, n = f"{base}_{n}", n + 1
+        names[column] = name
+    return names
+
+
+def output_name(spec: PreprocessingSpec) -> str:
+    return "value" if spec.task == "regression" else "probabilities"
+
+
+def raw_input_model(
+    net: keras.Model, spec: PreprocessingSpec, names: dict[str, str]
+) -> keras.Model:
+    """``net`` behind the fitted preprocessing: a model whose inputs are the raw columns (a
+    dict keyed by their ``input_names``; each input a batch of scalars) and whose output is
+    the class probabilities (``(n, classes)``) or the predicted value (``(n,)``)."""
+    inputs: dict[str, keras.KerasTensor] = {}
+    for numeric in spec.numeric:
+        inputs[numeric.column] = keras.Input((), dtype="float32", name=names[numeric.column])
+    for categorical in spec.categorical:
+        column = categorical.column
+        inputs[column] = keras.Input((), dtype="string", name=names[column])
+    blocks = []
+    if spec.numeric:
+        blocks.append(numeric_block([inputs[c.column] for c in spec.numeric], spec.numeric))
+    for i, categorical in enumerate(spec.categorical, start=1):
+        blocks.append(one_hot_block(inputs[categorical.column], categorical, i))
+    if not blocks:
+        raise ExportError("the preprocessing record has no input columns; run `dvc repro`")
+    features = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(name="features")(blocks)
+    named = {names[column]: tensor for column, tensor in inputs.items()}
+    return keras.Model(named, task_output(net(features), spec), name="nntune_export")
+
+
+def numeric_block(
+    inputs: list[keras.KerasTensor], columns: tuple[NumericColumn, ...]
+) -> keras.KerasTensor:
+    """``(n, len(columns))`` float32: the median fill and ``(x - mean) / scale``, computed
+    in float64 like scikit-learn's imputer and StandardScaler, with float64 NumPy constants
+    (Keras saves those with their dtype). Not ``keras.layers.Normalization``: its ``mean``
+    and ``variance`` pass through a Python list in its config and come back float32, which
+    moves a column like a year (mean 2002, scale 1.1) by about 3e-5 after scaling."""
+    x = keras.ops.cast(keras.ops.stack(inputs, axis=1), "float64")
+    medians = [c.median for c in columns]
+    if all(m is not None for m in medians):  # data.missing: impute
+        x = keras.ops.where(keras.ops.isnan(x), np.array(medians, dtype="float64"), x)
+    mean = np.array([c.mean for c in columns], dtype="float64")
+    scale = np.array([c.scale for c in columns], dtype="float64")  # never 0: 1 if constant
+    return keras.ops.cast(keras.ops.divide(keras.ops.subtract(x, mean), scale), "float32")
+
+
+def one_hot_block(
+    values: keras.KerasTensor, column: CategoricalColumn, number: int
+) -> keras.KerasTensor:
+    """``(n, len(column.categories))`` zeros and ones in the recorded category order.
+    StringLookup puts its out-of-vocabulary slot first; the frozen 0/1 matrix after it drops
+    that slot and adds the "" slot (missing) onto the most frequent category's column."""
+    vocabulary = [str(c) for c in column.categories]
+    if MISSING_CATEGORY in vocabulary:
+        raise ExportError(
+            f"column {column.column}: the empty string is one of its categories, and the "
+            "exported model spells a missing value that way; give that category a name"
+        )
+    imputed = column.most_frequent is not None
+    lookup_vocabulary = [*vocabulary, MISSING_CATEGORY] if imputed else vocabulary
+    oov = "[UNK]"
+    while oov in lookup_vocabulary:
+        oov += "_"
+    lookup = keras.layers.StringLookup(
+        vocabulary=lookup_vocabulary,
+        num_oov_indices=1,
+        oov_token=oov,
+        output_mode="one_hot",
+        name=f"lookup_{number}",
+    )
+    select = np.zeros((1 + len(lookup_vocabulary), len(vocabulary)), dtype="float32")
+    select[1 + np.arange(len(vocabulary)), np.arange(len(vocabulary))] = 1.0
+    if imputed:
+        if str(column.most_frequent) not in vocabulary:
+            raise ExportError(
+                f"column {column.column}: the imputed value {column.most_frequent!r} is not "
+                "among its categories; run `dvc repro prepare`"
+            )
+        select[-1, vocabulary.index(str(column.most_frequent))] = 1.0
+    one_hot = keras.layers.Dense(
+        len(vocabulary), use_bias=False, trainable=False, name=f"one_hot_{number}"
+    )
+    block = one_hot(lookup(values))
+    one_hot.set_weights([select])
+    return block
+
+
+def task_output(output: keras.KerasTensor, spec: PreprocessingSpec) -> keras.KerasTensor:
+    """Multiclass: the softmax as it is. Binary: ``[1 - p, p]`` from the sigmoid ``p``,
+    the evaluate stage's reading (``p`` is the probability of ``classes[1]``). Regression:
+    the value, one per row."""
+    if spec.task == "regression":
+        return keras.ops.squeeze(output, axis=1)
+    if spec.task == "binary":
+        return keras.ops.concatenate([keras.ops.subtract(1.0, output), output], axis=1)
+    return output
+
+
+def write_saved_model(
+    model: keras.Model, spec: PreprocessingSpec, names: dict[str, str], folder: Path
+) -> None:
+    """A SavedModel in ``folder`` whose ``serving_default`` signature takes one named
+    tensor per raw column (shape ``(None,)``) and returns ``{output_name: ...}``."""
+    import tensorflow as tf
+
+    dtypes = {c.column: tf.float32 for c in spec.numeric}
+    dtypes.update({c.column: tf.string for c in spec.categorical})
+    signature = {
+        names[column]: tf.TensorSpec(shape=(None,), dtype=dtypes[column], name=names[column])
+        for column in spec.columns
+    }
+    key = output_name(spec)
+
+    def serve(inputs: dict[str, Any]) -> dict[str, Any]:
+        return {key: model(inputs, training=False)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=serve, input_signature=[signature])
+    archive.write_out(str(folder), verbose=False)

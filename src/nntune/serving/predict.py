@@ -1,0 +1,272 @@
+"""``nntune predict``: the tuned model's predictions for raw rows.
+
+The rows are checked as the validate stage checks the training table (without the target),
+encoded with the training split's recorded preprocessing (``preprocessing.encode_rows``),
+and turned into what the evaluate stage would call the prediction: the label of the most
+probable class (``nntune.stage.evaluate``'s argmax, a sigmoid head as ``[1 - p, p]``), the
+probabilities, or a regression value in the target's own units (prepare never scales the
+target). The model and its preprocessing come from the workspace or, read through the DVC
+gateway, from one experiment: nothing in the project is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from nntune.config.params import load_params, parse_params
+from nntune.config.sections import DataParams
+from nntune.errors import NntuneError
+from nntune.serving.preprocessing import PreprocessingSpec, encode_rows, rows_text
+from nntune.stage import artifacts
+
+MODEL_PATH = "models/model.keras"
+META_PATH = "data/prepared/meta.json"
+PARAMS_PATH = "params.yaml"
+OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+
+class PredictError(NntuneError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model file and what reading raw rows for it takes: its preprocessing, the params'
+    data section (schema, delimiter, feature rules) and the schema file to check rows with."""
+
+    label: str  # "the workspace" or "experiment NAME", for messages
+    model_path: Path
+    spec: PreprocessingSpec
+    data: DataParams
+    schema_path: Path
+    schema_label: str  # the schema as the report names it
+
+
+def check_output_path(out: Path | None) -> None:
+    """Refuse an output file type before any work is done."""
+    if out is not None and out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise PredictError(f"{out}: write predictions to a .csv or .parquet file")
+
+
+def workspace_model(root: Path, params_path: Path) -> TrainedModel:
+    """The workspace's model (``dvc repro``'s) with the given params file."""
+    data = load_params(params_path).data
+    model_path, meta_path = root / MODEL_PATH, root / META_PATH
+    for path in (meta_path, model_path):
+        if not path.is_file():
+            raise PredictError(
+                f"{path}: not found; run `dvc repro` first (or pass --experiment NAME to use "
+                "a finished experiment's model)"
+            )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    spec = PreprocessingSpec.from_meta(meta, str(meta_path), missing=data.missing)
+    schema = root / data.schema
+    return TrainedModel(
+        "the workspace", model_path, spec, _with_target(data, spec), schema, data.schema
+    )
+
+
+@contextmanager
+def experiment_model(root: Path, name: str, params_path: Path | None) -> Iterator[TrainedModel]:
+    """Experiment ``name``'s model, preprocessing, params (``params_path`` overrides them)
+    and schema, read from git and DVC's cache into a temporary folder outside the project,
+    which is removed afterwards."""
+    from nntune.experiments import read_outputs
+
+    wanted = [MODEL_PATH, META_PATH] + ([] if params_path else [PARAMS_PATH])
+    files = read_outputs(root, name, wanted)
+    if params_path is not None:
+        data = load_params(params_path).data
+    else:
+        raw = yaml.safe_load(files[PARAMS_PATH].decode("utf-8"))
+        data = parse_params(raw, source=f"{name}:{PARAMS_PATH}").data
+    files.update(read_outputs(root, name, [data.schema]))
+    meta = json.loads(files[META_PATH].decode("utf-8"))
+    spec = PreprocessingSpec.from_meta(meta, f"{name}:{META_PATH}", missing=data.missing)
+    with tempfile.TemporaryDirectory(prefix="nntune-predict-") as scratch:
+        model_path = Path(scratch, "model.keras")  # Keras reads a .keras file by its name
+        model_path.write_bytes(files[MODEL_PATH])
+        schema_path = Path(scratch, Path(data.schema).name)
+        schema_path.write_bytes(files[data.schema])
+        yield TrainedModel(
+            f"experiment {name}",
+            model_path,
+            spec,
+            _with_target(data, spec),
+            schema_path,
+            f"{name}:{data.schema}",
+        )
+
+
+@contextmanager
+def open_model(
+    root: Path, experiment: str | None, params_path: Path | None
+) -> Iterator[TrainedModel]:
+    """The experiment's model when one is named, else the workspace's."""
+    if experiment is None:
+        yield workspace_model(root, params_path or Path(PARAMS_PATH))
+        return
+    with experiment_model(root, experiment, params_path) as model:
+        yield model
+
+
+def _with_target(data: DataParams, spec: PreprocessingSpec) -> DataParams:
+    """The model's target is the one its meta.json names, whatever the params say now."""
+    return dataclasses.replace(data, target=spec.target)
+
+
+def read_rows(path: Path, model: TrainedModel, keep: Sequence[str]) -> pd.DataFrame:
+    """The table to predict for, checked against the model's schema without the target
+    (absent, or present and ignored); a failure prints validate's report on stderr and
+    raises. Columns named by ``--keep`` that the schema does not know pass unchecked."""
+    from nntune.stage.data import read_table
+
+    frame = read_table(path, model.data.delimiter)
+    absent = [c for c in keep if c not in frame.columns]
+    if absent:
+        raise PredictError(f"{path}: no column {', '.join(absent)} to keep (--keep)")
+    validate_rows(frame, path, model, keep)
+    return frame
+
+
+def validate_rows(
+    frame: pd.DataFrame, path: Path, model: TrainedModel, keep: Sequence[str]
+) -> None:
+    """``validate_table`` (the validate stage's checks) on the rows, with the target taken
+    out of both the table and the schema."""
+    from nntune.stage.schema import load_schema, render_report, validate_table
+
+    target = model.data.target
+    schema = load_schema(model.schema_path)
+    if target in schema.columns:
+        schema = schema.remove_columns([target])
+    passing = [c for c in keep if c not in schema.columns and c != target]
+    rows = frame.drop(columns=[target, *passing], errors="ignore")
+    data = dataclasses.replace(model.data, source=str(path))
+    report = validate_table(rows, schema, data, model.schema_label)
+    # Only the target's own checks mention it (it is gone from both); a batch's constant
+    # columns say nothing about the model, so the warnings go too.
+    failures = [f for f in report.failures if f.column != target]
+    report = dataclasses.replace(report, failures=failures, warnings=[])
+    if not report.valid:
+        render_report(report)
+        raise PredictError(
+            f"{path}: {len(failures)} check(s) of {model.schema_label} fail (the report above "
+            "lists them); fix those rows, nothing was predicted"
+        )
+
+
+def load_keras_model(path: Path) -> Any:
+    """The ``.keras`` file, uncompiled (predicting needs no optimiser or loss), with
+    TensorFlow's start-up noise kept off stderr as in the stages."""
+    from nntune.stage.quiet import filter_tf_noise, import_keras_quietly
+
+    import_keras_quietly()
+    import keras
+
+    with filter_tf_noise():  # its first op starts TensorFlow's runtime
+        return keras.saving.load_model(path, compile=False)
+
+
+def model_output(net: Any, features: np.ndarray, label: str) -> np.ndarray:
+    """The model's raw output for the encoded rows, as the evaluate stage gets it."""
+    if len(features) == 0:
+        return np.empty((0, int(net.output_shape[-1])), dtype="float32")
+    output = np.asarray(net.predict(features, batch_size=1024, verbose=0))
+    if not np.all(np.isfinite(output)):
+        raise PredictError(
+            f"{label}: the model outputs NaN or infinity (its training diverged); use "
+            "another experiment (`nntune compare` marks the diverged ones)"
+        )
+    return output
+
+
+def class_probabilities(output: np.ndarray) -> np.ndarray:
+    """(n, K) float64 probabilities, as ``nntune.stage.evaluate`` computes them: a sigmoid
+    head's (n, 1) column becomes ``[1 - p, p]``, softmax rows are renormalised."""
+    output = output.astype("float64")
+    if output.ndim == 2 and output.shape[1] == 1:
+        p = output[:, 0]
+        return np.column_stack([1.0 - p, p])
+    normalised: np.ndarray = output / output.sum(axis=1, keepdims=True)
+    return normalised
+
+
+def predictions(output: np.ndarray, spec: PreprocessingSpec, proba: bool) -> pd.DataFrame:
+    """``prediction``: the original class label or the regression value; with ``proba``
+    one ``proba_<label>`` column per class instead."""
+    if spec.task == "regression":
+        return pd.DataFrame({"prediction": output.reshape(-1)})
+    probabilities = class_probabilities(output)
+    classes = np.asarray(spec.classes, dtype=object)
+    if proba:
+        columns = [f"proba_{label}" for label in spec.classes]
+        return pd.DataFrame(probabilities, columns=columns)
+    return pd.DataFrame({"prediction": classes[probabilities.argmax(axis=1)]})
+
+
+def with_kept(predicted: pd.DataFrame, rows: pd.DataFrame, keep: Sequence[str]) -> pd.DataFrame:
+    """The ``--keep`` columns of the predicted rows first, then the predictions."""
+    clash = [c for c in keep if c in predicted.columns]
+    if clash:
+        raise PredictError(
+            f"--keep {', '.join(clash)}: the output has a column of that name; rename it"
+        )
+    kept = rows[list(keep)].reset_index(drop=True)
+    return pd.concat([kept, predicted.reset_index(drop=True)], axis=1)
+
+
+def write_predictions(frame: pd.DataFrame, out: Path | None) -> None:
+    """CSV on stdout, or ``out`` (CSV or Parquet by its suffix) written atomically."""
+    if out is None:
+        sys.stdout.write(frame.to_csv(index=False, lineterminator="\n"))
+    elif out.suffix.lower() == ".parquet":
+        artifacts.write_parquet(out, frame)
+    else:
+        artifacts.write_csv(out, frame)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    frame: pd.DataFrame  # the --keep columns, then the predictions; one row per row kept
+    warnings: list[str]  # unseen categories, rows dropped for missing values
+    label: str  # whose model predicted
+
+
+def predict_table(
+    path: Path,
+    root: Path,
+    experiment: str | None,
+    params_path: Path | None,
+    proba: bool,
+    keep: Sequence[str],
+) -> Prediction:
+    """Everything ``nntune predict`` does but writing: read and check the rows, encode
+    them, run the model (Keras is loaded only once the rows passed), label the output."""
+    with open_model(root, experiment, params_path) as model:
+        if proba and model.spec.task == "regression":
+            raise PredictError(f"--proba: {model.label}'s model is a regression; it has no classes")
+        rows = read_rows(path, model, keep)
+        encoded = encode_rows(rows, model.spec, str(path))
+        warnings = [unseen.warning() for unseen in encoded.unseen]
+        if encoded.dropped:
+            warnings.append(
+                f"{path}: {len(encoded.dropped)} row(s) with missing values dropped, not "
+                f"predicted (data.missing: drop): data row(s) {rows_text(encoded.dropped)}"
+            )
+        output = model_output(load_keras_model(model.model_path), encoded.features, model.label)
+        predicted = predictions(output, model.spec, proba)
+    frame = with_kept(predicted, rows.loc[encoded.kept], keep)
+    return Prediction(frame, warnings, model.label)

@@ -1,0 +1,247 @@
+"""The training split's fitted preprocessing, as the prepare stage recorded it in
+``data/prepared/meta.json`` (key ``preprocessing``), and its application to raw rows.
+
+``PreprocessingSpec`` is the one reader of that record: ``nntune predict`` applies it with
+NumPy and pandas (``encode_rows``), ``nntune export`` builds the same steps as Keras layers.
+What ``encode_rows`` computes is what scikit-learn computed in ``nntune.stage.preprocess``
+(median / most-frequent imputation, ``(x - mean) / scale`` in float64, one-hot blocks in the
+recorded category order, an unseen category as all zeros, float32 at the end), without
+importing scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+
+from nntune.config.metrics import Task
+from nntune.config.sections import MissingPolicy
+from nntune.errors import NntuneError
+
+Category = str | int | float | bool  # a category as JSON stores it
+MAX_ROWS_NAMED = 5  # rows an error or warning names, as the validation report does
+
+
+class PreprocessingError(NntuneError):
+    pass
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    column: str
+    median: float | None  # the training median that fills a gap (data.missing: impute)
+    mean: float
+    scale: float  # the standard deviation (1.0 for a constant column, as scikit-learn)
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    column: str
+    most_frequent: Category | None  # fills a gap (data.missing: impute)
+    categories: tuple[Category, ...]  # the one-hot block's order
+
+    def feature_names(self) -> list[str]:
+        """The block's model inputs, named as scikit-learn names them (``colour_red``)."""
+        return [f"{self.column}_{category}" for category in self.categories]
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """What the model was trained on: the raw columns it reads, how each becomes model
+    inputs (numeric columns first, then each categorical column's one-hot block), and what
+    its outputs mean (``task``; ``classes`` maps a class index to the original label)."""
+
+    missing: MissingPolicy
+    numeric: tuple[NumericColumn, ...]
+    categorical: tuple[CategoricalColumn, ...]
+    features: tuple[str, ...]  # the model's input names, in order
+    target: str
+    task: Task
+    classes: tuple[Category, ...]
+
+    @classmethod
+    def from_meta(
+        cls,
+        meta: Mapping[str, Any],
+        source: str = "meta.json",
+        missing: MissingPolicy | None = None,
+    ) -> PreprocessingSpec:
+        """Read the prepare stage's ``meta.json`` (already parsed); ``source`` names the
+        file in errors. A meta.json written before nntune recorded its preprocessing is
+        read too when it is fully determined: every feature numeric (the scaler covers
+        them all) and ``missing`` (that run's ``data.missing``) is error or drop."""
+        try:
+            recorded = meta.get("preprocessing") or _legacy_record(meta, source, missing)
+            spec = cls(
+                missing=cast(MissingPolicy, recorded["missing"]),
+                numeric=tuple(
+                    NumericColumn(
+                        column=str(item["column"]),
+                        median=None if item["median"] is None else float(item["median"]),
+                        mean=float(item["mean"]),
+                        scale=float(item["scale"]),
+                    )
+                    for item in recorded["numeric"]
+                ),
+                categorical=tuple(
+                    CategoricalColumn(
+                        column=str(item["column"]),
+                        most_frequent=item["most_frequent"],
+                        categories=tuple(item["categories"]),
+                    )
+                    for item in recorded["categorical"]
+                ),
+                features=tuple(str(name) for name in meta["features"]),
+                target=str(meta["target"]),
+                task=cast(Task, meta["task"]),
+                classes=tuple(meta.get("classes") or ()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PreprocessingError(
+                f"{source}: malformed preprocessing record ({exc!r}); run `dvc repro prepare`"
+            ) from exc
+        spec.check_width(source)
+        return spec
+
+    @property
+    def columns(self) -> list[str]:
+        """The raw columns the model reads: numeric ones, then categorical ones."""
+        return [c.column for c in self.numeric] + [c.column for c in self.categorical]
+
+    def check_width(self, source: str) -> None:
+        """The record must produce exactly the model's inputs, in their order."""
+        names = [c.column for c in self.numeric]
+        for block in self.categorical:
+            names.extend(block.feature_names())
+        if len(names) != len(self.features):
+            raise PreprocessingError(
+                f"{source}: the preprocessing record makes {len(names)} inputs but `features` "
+                f"lists {len(self.features)}; run `dvc repro prepare` to write both again"
+            )
+
+
+def _legacy_record(
+    meta: Mapping[str, Any], source: str, missing: MissingPolicy | None
+) -> dict[str, Any]:
+    """The record an older prepare stage would have written, from its scaler, where that is
+    all there was: numeric features only, and no imputation (whose medians it never kept)."""
+    scaler = meta.get("scaler") or {}
+    features = list(meta.get("features") or [])
+    numeric_only = len(scaler.get("mean") or []) == len(features) > 0
+    if not numeric_only or missing not in ("error", "drop"):
+        raise PreprocessingError(
+            f"{source}: no `preprocessing` record (prepared by an older nntune), and the "
+            "scaler alone does not determine it (categorical columns, or data.missing: "
+            "impute); run `dvc repro prepare` (or the experiment again) to record it"
+        )
+    return {
+        "missing": missing,
+        "numeric": [
+            {"column": name, "median": None, "mean": mean, "scale": scale}
+            for name, mean, scale in zip(features, scaler["mean"], scaler["scale"], strict=True)
+        ],
+        "categorical": [],
+    }
+
+
+@dataclass(frozen=True)
+class UnseenCategories:
+    """Values of a categorical column the training split never had: encoded as zeros."""
+
+    column: str
+    rows: int
+    categories: tuple[str, ...]  # the distinct values, as text, sorted
+
+    def warning(self) -> str:
+        return (
+            f"column {self.column}: {self.rows} row(s) with categories not seen in training "
+            f"(encoded as zeros): {', '.join(self.categories)}"
+        )
+
+
+@dataclass(frozen=True)
+class EncodedRows:
+    features: np.ndarray  # (rows kept, len(spec.features)) float32, the model's input order
+    kept: np.ndarray  # bool per row of the frame: False where data.missing: drop dropped it
+    unseen: tuple[UnseenCategories, ...]
+
+    @property
+    def dropped(self) -> list[int]:
+        """The 0-based data rows dropped for missing values."""
+        return [int(r) for r in np.flatnonzero(~self.kept)]
+
+
+def encode_rows(frame: pd.DataFrame, spec: PreprocessingSpec, source: str) -> EncodedRows:
+    """The model's inputs for the raw rows of ``frame`` (any other columns are ignored):
+    gaps handled under ``spec.missing`` (impute: the training median / most frequent value;
+    error: ``PreprocessingError`` naming column and rows; drop: the row is left out), numbers
+    standardised, categories one-hot encoded with unseen ones as zeros and counted."""
+    absent = [c for c in spec.columns if c not in frame.columns]
+    if absent:
+        raise PreprocessingError(
+            f"{source}: no column {', '.join(absent)}, which the model reads; give a table "
+            "with the columns it was trained on"
+        )
+    gaps = frame[spec.columns].isna()
+    if spec.missing == "error" and gaps.to_numpy().any():
+        column = str(gaps.columns[gaps.any().to_numpy()][0])
+        where = np.flatnonzero(gaps[column].to_numpy())
+        raise PreprocessingError(
+            f"{source}: column {column} has missing values in data row(s) "
+            f"{rows_text(where)} and data.missing is error; fill them, or train with "
+            "data.missing: drop or impute"
+        )
+    kept: np.ndarray = np.ones(len(frame), dtype=bool)
+    if spec.missing == "drop":
+        kept = ~gaps.any(axis=1).to_numpy()
+    rows = frame.loc[kept]
+    blocks = [_standardised(rows[c.column], c) for c in spec.numeric]
+    unseen = []
+    for block in spec.categorical:
+        encoded, found = _one_hot(rows[block.column], block)
+        blocks.append(encoded)
+        if found is not None:
+            unseen.append(found)
+    width = len(spec.features)
+    matrix = np.hstack(blocks) if blocks else np.empty((len(rows), 0))
+    if matrix.shape[1] != width:  # check_width holds for a spec from from_meta
+        raise PreprocessingError(f"{source}: encoded {matrix.shape[1]} inputs, expected {width}")
+    return EncodedRows(matrix.astype("float32"), kept, tuple(unseen))
+
+
+def _standardised(values: pd.Series, column: NumericColumn) -> np.ndarray:
+    """``(x - mean) / scale`` in float64, as StandardScaler, after the median fill."""
+    array = values.to_numpy(dtype="float64", na_value=np.nan)
+    if column.median is not None:
+        array = np.where(np.isnan(array), column.median, array)
+    standardised: np.ndarray = ((array - column.mean) / column.scale).reshape(-1, 1)
+    return standardised
+
+
+def _one_hot(
+    values: pd.Series, column: CategoricalColumn
+) -> tuple[np.ndarray, UnseenCategories | None]:
+    """The column's one-hot block (float64 zeros and ones) and its unseen values, if any."""
+    objects = values.astype("object").where(values.notna(), None)
+    if column.most_frequent is not None:
+        objects = objects.where(objects.notna(), column.most_frequent)
+    position = {category: i for i, category in enumerate(column.categories)}
+    codes = np.array([position.get(v, -1) for v in objects], dtype="int64")
+    block = np.zeros((len(codes), len(column.categories)), dtype="float64")
+    seen = codes >= 0
+    block[np.flatnonzero(seen), codes[seen]] = 1.0
+    if seen.all():
+        return block, None
+    strange = sorted({str(v) for v in objects[~seen]})
+    return block, UnseenCategories(column.column, int((~seen).sum()), tuple(strange))
+
+
+def rows_text(rows: Sequence[int] | np.ndarray) -> str:
+    """``3, 7, 9`` or ``3, 7, 9, 12, 15 and 4 more``: the rows a message names."""
+    shown = ", ".join(str(int(r)) for r in rows[:MAX_ROWS_NAMED])
+    more = len(rows) - MAX_ROWS_NAMED
+    return f"{shown} and {more} more" if more > 0 else shown

@@ -1,9 +1,12 @@
 """``nntune predict``: raw rows through the recorded preprocessing and the model give what
 the model gives on the prepared test split (labels equal, probabilities within 1e-5), in a
-tmp project built in-process (prepare, write_prepared, build_model, save_model)."""
+tmp project built in-process (prepare, write_prepared, build_model, save_model); bad input
+is refused with one line per problem and no output file; predict, the exported Keras model
+and the evaluate stage agree on the same raw rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 from dataclasses import dataclass
@@ -18,10 +21,12 @@ from conftest import make_table, repo_params_dict, shrink
 from typer.testing import CliRunner
 
 from nntune.cli import app
-from nntune.config.params import parse_params
+from nntune.config.params import load_params, parse_params
+from nntune.serving.card import ExportSource
+from nntune.serving.predict import class_probabilities
 from nntune.serving.preprocessing import PreprocessingError, PreprocessingSpec, encode_rows
 from nntune.stage import artifacts
-from nntune.stage.data import Prepared, write_prepared
+from nntune.stage.data import Prepared, read_prepared, write_prepared
 from nntune.stage.preprocess import prepare
 from nntune.stage.schema import infer_schema
 
@@ -224,7 +229,12 @@ def test_regression_in_the_targets_units(in_tmp: Path) -> None:
     assert result.exit_code == 2 and "regression" in result.stderr
 
 
-def test_schema_violation_exits_2_with_the_report_and_writes_nothing(in_tmp: Path) -> None:
+def test_schema_violation_exits_2_with_one_line_per_problem_and_writes_nothing(
+    in_tmp: Path,
+) -> None:
+    """Every problem at once, each on its line: text in one column, a value outside the
+    schema's range in another; pandera's own dtype and range failures for the column with
+    text only repeat its problem and are left out."""
     project = make_project(in_tmp, make_table(150))
     rows = project.test_rows().drop(columns="target")
     rows["b"] = rows["b"].astype(object)
@@ -233,9 +243,16 @@ def test_schema_violation_exits_2_with_the_report_and_writes_nothing(in_tmp: Pat
     artifacts.write_csv(in_tmp / "new.csv", rows)
     result = predict("new.csv", "-o", "out.csv")
     assert result.exit_code == 2
-    assert "new.csv fails data/table.schema.yaml" in result.stderr  # validate's report
-    assert "numbers only" in result.stderr and "in_range" in result.stderr
-    assert "error: new.csv: " in result.stderr and "nothing was predicted" in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        "error: new.csv: 2 problems; fix those rows (checked against data/table.schema.yaml), "
+        "nothing was predicted:"
+    )
+    assert lines[1] == (
+        "  column b has text where the model needs numbers, in 1 row(s): row 0: 'oops'"
+    )
+    assert lines[2].startswith("  column a fails in_range(") and "row 1: 1000000000.0" in lines[2]
+    assert len(lines) == 3
     assert not (in_tmp / "out.csv").exists() and result.stdout == ""
 
 
@@ -298,3 +315,184 @@ def test_experiment_reads_its_model_from_git_and_dvc_not_the_workspace(in_tmp: P
     assert (
         missing.exit_code == 2 and "no experiment or commit named 'no-such-exp'" in missing.stderr
     )
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A briefly trained model of categorical_table (gaps imputed, the id excluded) whose
+    table has "purple", a colour no training row has, in two test rows: the tests below
+    share it and write their own files outside it."""
+    from nntune.stage.training import fit
+
+    table = categorical_table()
+    data = parse_params(shrink(repo_params_dict())).data
+    split = prepare(table, dataclasses.replace(data, missing="impute", exclude=("id",)))
+    table.loc[split.test_rows[1:3], "colour"] = "purple"  # the split depends on the target
+    root = tmp_path_factory.mktemp("tuned")
+    project = make_project(root, table, missing="impute", exclude=["id"])
+    assert project.prepared.test_rows == split.test_rows
+    params = load_params(root / "params.yaml")
+    fit(project.net, project.prepared, params.train, root / "dvclive", seed=0)
+    artifacts.save_model(project.net, root / "models/model.keras")
+    return project
+
+
+@pytest.fixture
+def in_tuned(tuned: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
+    monkeypatch.chdir(tuned.root)
+    return tuned
+
+
+def refused(result: Any, out: Path) -> str:
+    """The one error of a command that exits 2 and writes nothing."""
+    assert result.exit_code == 2, result.output
+    assert not out.exists() and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    return str(line)
+
+
+def test_a_missing_feature_column_is_named(in_tuned: Project, tmp_path: Path) -> None:
+    """The absent column, and the columns the table has that the model does not read (a
+    misspelt name shows up there)."""
+    rows, out = in_tuned.test_rows(), tmp_path / "out.csv"
+    artifacts.write_csv(tmp_path / "no-a.csv", rows.drop(columns="a"))
+    assert refused(predict(str(tmp_path / "no-a.csv"), "-o", str(out)), out) == (
+        f"error: {tmp_path}/no-a.csv: no column a, which the model needs (a feature it was "
+        "trained on); add it, nothing was predicted (the table's columns it does not read: id)"
+    )
+    artifacts.write_csv(tmp_path / "typo.csv", rows.rename(columns={"colour": "color", "b": "B"}))
+    assert refused(predict(str(tmp_path / "typo.csv"), "-o", str(out)), out) == (
+        f"error: {tmp_path}/typo.csv: no columns b, colour, which the model needs (features it "
+        "was trained on); add them, nothing was predicted (the table's columns it does not "
+        "read: B, color, id)"
+    )
+
+
+def test_columns_the_model_does_not_read_are_left_out_before_validation(
+    in_tuned: Project, tmp_path: Path
+) -> None:
+    """An unknown column (the strict schema would refuse it) is ignored with a warning; the
+    training table's id, which the model does not read, may be there or not, unchecked."""
+    rows, out = in_tuned.test_rows(), tmp_path / "out.csv"
+    expected = expected_labels(in_tuned, in_tuned.model_output()).tolist()
+    unknown = rows.drop(columns="id").assign(notes="text, not checked")
+    artifacts.write_csv(tmp_path / "notes.csv", unknown)
+    result = predict(str(tmp_path / "notes.csv"), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert (
+        f"warning: {tmp_path}/notes.csv: column notes is unknown to the model and its schema: "
+        "ignored (--keep notes copies it into the output)"
+    ) in result.stderr.splitlines()
+    assert pd.read_csv(out)["prediction"].tolist() == expected
+    artifacts.write_csv(tmp_path / "id.csv", rows)
+    with_id = predict(str(tmp_path / "id.csv"))
+    assert "unknown to the model" not in with_id.stderr  # the schema knows the id
+    assert stdout_frame(with_id)["prediction"].tolist() == expected
+
+
+def test_text_in_a_numeric_column_names_the_column_rows_and_values(
+    in_tuned: Project, tmp_path: Path
+) -> None:
+    rows, out = in_tuned.test_rows().copy(), tmp_path / "out.csv"
+    rows["uid"] = rows["uid"].astype(object)
+    rows.loc[rows.index[[2, 5]], "uid"] = ["none", "1,5"]
+    artifacts.write_csv(tmp_path / "text.csv", rows)
+    assert refused(predict(str(tmp_path / "text.csv"), "-o", str(out)), out) == (
+        f"error: {tmp_path}/text.csv: column uid has text where the model needs numbers, in "
+        "2 row(s): row 2: 'none', row 5: '1,5'; fix those rows (checked against "
+        "data/table.schema.yaml), nothing was predicted"
+    )
+
+
+def test_text_in_a_numeric_column_the_schema_does_not_type(tiny_params: Any) -> None:
+    """encode_rows checks too: a schema need not declare a dtype; six rows name five."""
+    table = make_table(120)
+    spec = PreprocessingSpec.from_meta(prepare(table, tiny_params.data).meta())
+    table["c"] = table["c"].astype(object)
+    table.loc[range(3, 9), "c"] = "x"
+    with pytest.raises(PreprocessingError) as raised:
+        encode_rows(table, spec, "new.csv")
+    assert str(raised.value) == (
+        "new.csv: column c has text where the model needs numbers, in 6 row(s): row 3: 'x', "
+        "row 4: 'x', row 5: 'x', row 6: 'x', row 7: 'x' and 1 more; fix those values, "
+        "nothing was predicted"
+    )
+
+
+def test_an_empty_file_is_refused(in_tuned: Project, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    (tmp_path / "empty.csv").write_bytes(b"")
+    assert refused(predict(str(tmp_path / "empty.csv"), "-o", str(out)), out) == (
+        f"error: {tmp_path}/empty.csv: the file is empty (0 bytes), nothing to predict; give "
+        "a CSV or Parquet table with a header row and one row per prediction"
+    )
+    artifacts.write_csv(tmp_path / "header.csv", in_tuned.test_rows().iloc[:0])
+    assert refused(predict(str(tmp_path / "header.csv"), "-o", str(out)), out) == (
+        f"error: {tmp_path}/header.csv: has a header but no data rows"
+    )
+
+
+def test_a_table_of_the_target_alone_has_no_feature_column(
+    in_tuned: Project, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.csv"
+    artifacts.write_csv(tmp_path / "target.csv", in_tuned.test_rows()[["target"]])
+    assert refused(predict(str(tmp_path / "target.csv"), "-o", str(out)), out) == (
+        f"error: {tmp_path}/target.csv: no feature column is present (the table has only the "
+        "target column target); the model reads a, b, c, uid, colour: give a table with "
+        "those columns, nothing was predicted"
+    )
+
+
+def test_predict_the_exported_model_and_evaluate_agree_on_the_raw_test_rows(
+    in_tuned: Project, tmp_path: Path
+) -> None:
+    """The same raw test rows (gaps imputed, a colour unseen in training) through
+    `nntune predict --proba`, the exported Keras model and the evaluate stage (the model
+    file on the prepared test split): the same labels, probabilities within 1e-5."""
+    import keras
+
+    from nntune.serving.export import export_model, input_names
+    from nntune.stage.evaluate import evaluate_predictions
+
+    rows = in_tuned.test_rows()
+    assert (rows["colour"] == "purple").sum() == 2
+    assert rows["a"].isna().any() and rows["colour"].isna().any()
+    prepared = read_prepared("data/prepared", splits=("test",))
+    x_test, y_test = prepared.xy("test")
+    output = keras.saving.load_model("models/model.keras").predict(x_test, verbose=0)
+    metrics, evaluated = evaluate_predictions(prepared, y_test, output)
+    labels, probabilities = evaluated["predicted"].tolist(), class_probabilities(output)
+    classes = np.asarray(prepared.classes, dtype=object)
+
+    artifacts.write_csv(tmp_path / "rows.csv", rows)
+    result = predict(str(tmp_path / "rows.csv"), "--proba", "-o", str(tmp_path / "proba.csv"))
+    assert result.exit_code == 0, result.output
+    predicted = pd.read_csv(tmp_path / "proba.csv").to_numpy()
+    assert classes[predicted.argmax(axis=1)].tolist() == labels
+    np.testing.assert_allclose(predicted, probabilities, atol=1e-5, rtol=0)
+    assert "colour: 2 row(s) with categories not seen in training" in result.stderr
+
+    source = ExportSource(
+        model=Path("models/model.keras").read_bytes(),
+        meta=in_tuned.prepared.meta(),
+        params=yaml.safe_load(Path("params.yaml").read_text()),
+        train_metrics={},  # the card's record, not what is compared here
+        evaluate_metrics=metrics,
+        train_run={},
+        experiment=None,
+        commit=None,
+    )
+    exported = export_model(source, tmp_path / "export", "keras")
+    spec = PreprocessingSpec.from_meta(source.meta)
+    categorical = {c.column for c in spec.categorical}
+    inputs = {  # as the export takes them: float32 with NaN, strings with "" for a gap
+        name: rows[column].fillna("").to_numpy(dtype=object)
+        if column in categorical
+        else rows[column].to_numpy(dtype="float32")
+        for column, name in input_names(spec).items()
+    }
+    net = keras.saving.load_model(exported.out / "model.keras")
+    from_export = np.asarray(net.predict(inputs, verbose=0))
+    assert classes[from_export.argmax(axis=1)].tolist() == labels
+    np.testing.assert_allclose(from_export, probabilities, atol=1e-5, rtol=0)

@@ -15,7 +15,10 @@ from nntune.cli.app import app
 def predict(
     data: Annotated[
         Path,
-        typer.Argument(help="CSV or Parquet table of raw rows; a target column is ignored"),
+        typer.Argument(
+            help="CSV or Parquet table of raw rows; the target and other columns the model "
+            "does not read are ignored (one the schema does not know, with a warning)"
+        ),
     ],
     experiment: Annotated[
         str | None,
@@ -49,9 +52,11 @@ def predict(
         ),
     ] = None,
 ) -> None:
-    """Predict for raw rows with the tuned model: the rows are checked against the schema
-    (as `nntune validate`, without the target), preprocessed exactly as the training split
-    was, and labelled with the original class names (or the target's units)."""
+    """Predict for raw rows with the tuned model: the columns it reads are checked against
+    the schema (as `nntune validate` checks them), preprocessed exactly as the training split
+    was, and labelled with the original class names (or the target's units). Bad input
+    (a missing column, text in a numeric one, an empty file) exits 2, one line per problem,
+    and writes no file."""
     from nntune.serving.predict import check_output_path, predict_table, write_predictions
 
     check_output_path(out)

@@ -1,12 +1,14 @@
 """``nntune predict``: the tuned model's predictions for raw rows.
 
-The rows are checked as the validate stage checks the training table (without the target),
-encoded with the training split's recorded preprocessing (``preprocessing.encode_rows``),
-and turned into what the evaluate stage would call the prediction: the label of the most
-probable class (``nntune.stage.evaluate``'s argmax, a sigmoid head as ``[1 - p, p]``), the
-probabilities, or a regression value in the target's own units (prepare never scales the
-target). The model and its preprocessing come from the workspace or, read through the DVC
-gateway, from one experiment: nothing in the project is written.
+The rows are checked as the validate stage checks the training table (the columns the model
+reads, and those --keep copies; a target column and the training table's other columns are
+ignored, a column the schema does not know is ignored with a warning), encoded with the
+training split's recorded preprocessing (``preprocessing.encode_rows``), and turned into
+what the evaluate stage would call the prediction: the label of the most probable class
+(``nntune.stage.evaluate``'s argmax, a sigmoid head as ``[1 - p, p]``), the probabilities,
+or a regression value in the target's own units (prepare never scales the target). The model
+and its preprocessing come from the workspace or, read through the DVC gateway, from one
+experiment: nothing in the project is written.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,13 +30,24 @@ import yaml
 from nntune.config.params import load_params, parse_params
 from nntune.config.sections import DataParams
 from nntune.errors import NntuneError
-from nntune.serving.preprocessing import PreprocessingSpec, encode_rows, rows_text
+from nntune.serving.preprocessing import (
+    PreprocessingSpec,
+    check_columns,
+    encode_rows,
+    names_text,
+    problems_message,
+    rows_text,
+    text_in_numbers,
+)
 from nntune.stage import artifacts
 
 MODEL_PATH = "models/model.keras"
 META_PATH = "data/prepared/meta.json"
 PARAMS_PATH = "params.yaml"
 OUTPUT_SUFFIXES = (".csv", ".parquet")
+
+if TYPE_CHECKING:
+    from nntune.stage.schema import Failure
 
 
 class PredictError(NntuneError):
@@ -128,12 +141,19 @@ def _with_target(data: DataParams, spec: PreprocessingSpec) -> DataParams:
 
 
 def read_rows(path: Path, model: TrainedModel, keep: Sequence[str]) -> pd.DataFrame:
-    """The table to predict for, checked against the model's schema without the target
-    (absent, or present and ignored); a failure prints validate's report on stderr and
-    raises. Columns named by ``--keep`` that the schema does not know pass unchecked."""
+    """The table to predict for, checked before anything is predicted: not empty, every
+    column the model reads present, then its values (``validate_rows``); a problem raises,
+    with one line per problem."""
     from nntune.stage.data import read_table
 
-    frame = read_table(path, model.data.delimiter)
+    if not path.is_file():
+        raise PredictError(f"{path}: not found; give the CSV or Parquet table to predict for")
+    if path.stat().st_size == 0:
+        raise PredictError(
+            f"{path}: the file is empty (0 bytes), nothing to predict; give a CSV or Parquet "
+            "table with a header row and one row per prediction"
+        )
+    frame = read_table(path, model.data.delimiter)  # a header without rows: DataError
     absent = [c for c in keep if c not in frame.columns]
     if absent:
         raise PredictError(f"{path}: no column {', '.join(absent)} to keep (--keep)")
@@ -144,28 +164,79 @@ def read_rows(path: Path, model: TrainedModel, keep: Sequence[str]) -> pd.DataFr
 def validate_rows(
     frame: pd.DataFrame, path: Path, model: TrainedModel, keep: Sequence[str]
 ) -> None:
-    """``validate_table`` (the validate stage's checks) on the rows, with the target taken
-    out of both the table and the schema."""
-    from nntune.stage.schema import load_schema, render_report, validate_table
-
-    target = model.data.target
-    schema = load_schema(model.schema_path)
-    if target in schema.columns:
-        schema = schema.remove_columns([target])
-    passing = [c for c in keep if c not in schema.columns and c != target]
-    rows = frame.drop(columns=[target, *passing], errors="ignore")
-    data = dataclasses.replace(model.data, source=str(path))
-    report = validate_table(rows, schema, data, model.schema_label)
-    # Only the target's own checks mention it (it is gone from both); a batch's constant
-    # columns say nothing about the model, so the warnings go too.
-    failures = [f for f in report.failures if f.column != target]
-    report = dataclasses.replace(report, failures=failures, warnings=[])
-    if not report.valid:
-        render_report(report)
+    """Every column the model reads present (else one line naming the absent ones); then
+    text in a numeric feature and ``validate_table`` (the validate stage's checks) on the
+    columns the model reads and the ``--keep`` columns the schema knows, with the schema cut
+    to the same columns (the target, the training table's unused columns such as an id, and
+    unknown ones are not checked): all problems at once, one line each."""
+    check_columns([str(c) for c in frame.columns], model.spec, str(path))
+    text = text_in_numbers(frame, model.spec)
+    # pandera's dtype and range checks on a column with text only repeat its problem
+    failures = [f for f in schema_failures(frame, path, model, keep) if f.column not in text]
+    problems = [*text.values(), *(_failure_line(f) for f in failures)]
+    if problems:
         raise PredictError(
-            f"{path}: {len(failures)} check(s) of {model.schema_label} fail (the report above "
-            "lists them); fix those rows, nothing was predicted"
+            problems_message(
+                str(path),
+                problems,
+                f"fix those rows (checked against {model.schema_label}), nothing was predicted",
+            )
         )
+
+
+def schema_failures(
+    frame: pd.DataFrame, path: Path, model: TrainedModel, keep: Sequence[str]
+) -> list[Failure]:
+    """The validate stage's failures for the columns the model reads and the ``--keep``
+    columns the schema knows; the target's own checks ask for it and are left out."""
+    from nntune.stage.schema import load_schema, validate_table
+
+    schema = load_schema(model.schema_path)
+    wanted = [*model.spec.columns, *(c for c in keep if c in schema.columns)]
+    checked = [c for c in dict.fromkeys(wanted) if c != model.data.target]
+    schema = schema.remove_columns([c for c in schema.columns if c not in checked])
+    data = dataclasses.replace(
+        model.data, source=str(path), features=tuple(model.spec.columns), exclude=()
+    )
+    report = validate_table(frame[checked], schema, data, model.schema_label)
+    # report.warnings (a batch's constant columns) say nothing about the model: dropped
+    return [f for f in report.failures if f.column != model.data.target]
+
+
+def _failure_line(failure: Failure) -> str:
+    """``column a fails in_range(0, 9) in 2 case(s): row 3: 12.0, row 9: -1.0``"""
+    where = f"column {failure.column}" if failure.column else "the table"
+    line = f"{where} fails {failure.check} in {failure.failure_count} case(s)"
+    examples = []
+    for example in failure.examples:
+        row, value = example["row"], example["value"]
+        if row is None:
+            examples.append(repr(value))
+        else:
+            examples.append(f"row {row}" if value is None else f"row {row}: {value!r}")
+    return f"{line}: {', '.join(examples)}" if examples else line
+
+
+def unknown_columns_warning(path: Path, unknown: Sequence[str]) -> str:
+    """The warning for the columns ``unknown_columns`` found."""
+    if len(unknown) == 1:
+        return (
+            f"{path}: column {unknown[0]} is unknown to the model and its schema: ignored "
+            f"(--keep {unknown[0]} copies it into the output)"
+        )
+    return (
+        f"{path}: columns {names_text(unknown)} are unknown to the model and its schema: "
+        "ignored (--keep NAME copies one into the output)"
+    )
+
+
+def unknown_columns(columns: Sequence[str], model: TrainedModel, keep: Sequence[str]) -> list[str]:
+    """The table's columns that neither the model, ``--keep``, nor the schema (the training
+    table's own columns, the target among them) know: ignored, with a warning."""
+    from nntune.stage.schema import load_schema
+
+    known = set(load_schema(model.schema_path).columns) | set(model.spec.columns) | set(keep)
+    return [c for c in columns if c not in known and c != model.data.target]
 
 
 def load_keras_model(path: Path) -> Any:
@@ -261,6 +332,9 @@ def predict_table(
         rows = read_rows(path, model, keep)
         encoded = encode_rows(rows, model.spec, str(path))
         warnings = [unseen.warning() for unseen in encoded.unseen]
+        unknown = unknown_columns([str(c) for c in rows.columns], model, keep)
+        if unknown:
+            warnings.insert(0, unknown_columns_warning(path, unknown))
         if encoded.dropped:
             warnings.append(
                 f"{path}: {len(encoded.dropped)} row(s) with missing values dropped, not "

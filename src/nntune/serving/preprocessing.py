@@ -24,6 +24,7 @@ from nntune.errors import NntuneError
 
 Category = str | int | float | bool  # a category as JSON stores it
 MAX_ROWS_NAMED = 5  # rows an error or warning names, as the validation report does
+MAX_COLUMNS_NAMED = 8  # columns a message lists (a digits model reads 64)
 
 
 class PreprocessingError(NntuneError):
@@ -179,13 +180,10 @@ def encode_rows(frame: pd.DataFrame, spec: PreprocessingSpec, source: str) -> En
     """The model's inputs for the raw rows of ``frame`` (any other columns are ignored):
     gaps handled under ``spec.missing`` (impute: the training median / most frequent value;
     error: ``PreprocessingError`` naming column and rows; drop: the row is left out), numbers
-    standardised, categories one-hot encoded with unseen ones as zeros and counted."""
-    absent = [c for c in spec.columns if c not in frame.columns]
-    if absent:
-        raise PreprocessingError(
-            f"{source}: no column {', '.join(absent)}, which the model reads; give a table "
-            "with the columns it was trained on"
-        )
+    standardised, categories one-hot encoded with unseen ones as zeros and counted. A column
+    the model reads that is absent, or text in a numeric one, raises ``PreprocessingError``."""
+    check_columns(list(frame.columns), spec, source)
+    check_numbers(frame, spec, source)
     gaps = frame[spec.columns].isna()
     if spec.missing == "error" and gaps.to_numpy().any():
         column = str(gaps.columns[gaps.any().to_numpy()][0])
@@ -211,6 +209,65 @@ def encode_rows(frame: pd.DataFrame, spec: PreprocessingSpec, source: str) -> En
     if matrix.shape[1] != width:  # check_width holds for a spec from from_meta
         raise PreprocessingError(f"{source}: encoded {matrix.shape[1]} inputs, expected {width}")
     return EncodedRows(matrix.astype("float32"), kept, tuple(unseen))
+
+
+def check_columns(columns: Sequence[str], spec: PreprocessingSpec, source: str) -> None:
+    """Every raw column the model reads must be in the table (others are ignored)."""
+    absent = [c for c in spec.columns if c not in columns]
+    if not absent:
+        return
+    if len(absent) == len(spec.columns):
+        held = "only the target column" if list(columns) == [spec.target] else "only"
+        raise PreprocessingError(
+            f"{source}: no feature column is present (the table has {held} "
+            f"{names_text(columns)}); the model reads {names_text(spec.columns)}: give a "
+            "table with those columns, nothing was predicted"
+        )
+    others = [c for c in columns if c not in spec.columns and c != spec.target]
+    unread = f" (the table's columns it does not read: {names_text(others)})" if others else ""
+    plural = len(absent) > 1
+    raise PreprocessingError(
+        f"{source}: no column{'s' if plural else ''} {names_text(absent)}, which the model "
+        f"needs ({'features' if plural else 'a feature'} it was trained on); add "
+        f"{'them' if plural else 'it'}, nothing was predicted{unread}"
+    )
+
+
+def text_in_numbers(frame: pd.DataFrame, spec: PreprocessingSpec) -> dict[str, str]:
+    """Each numeric feature with text among its values, and the problem in one line that
+    names its first rows and values (data rows count from 0)."""
+    problems = {}
+    for column in (c.column for c in spec.numeric):
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values):
+            continue  # the common case: no pass over the values
+        text = (pd.to_numeric(values, errors="coerce").isna() & values.notna()).to_numpy()
+        if text.any():
+            rows = np.flatnonzero(text)
+            shown = ", ".join(f"row {r}: {values.iloc[r]!r}" for r in rows[:MAX_ROWS_NAMED])
+            more = f" and {len(rows) - MAX_ROWS_NAMED} more" if len(rows) > MAX_ROWS_NAMED else ""
+            problems[column] = (
+                f"column {column} has text where the model needs numbers, in {len(rows)} "
+                f"row(s): {shown}{more}"
+            )
+    return problems
+
+
+def check_numbers(frame: pd.DataFrame, spec: PreprocessingSpec, source: str) -> None:
+    """Every value of a numeric feature must be a number or missing."""
+    problems = list(text_in_numbers(frame, spec).values())
+    if problems:
+        raise PreprocessingError(
+            problems_message(source, problems, "fix those values, nothing was predicted")
+        )
+
+
+def problems_message(source: str, problems: Sequence[str], fix: str) -> str:
+    """One line for one problem; for several, a count and then one indented line each."""
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}; {fix}"
+    listed = "".join(f"\n  {problem}" for problem in problems)
+    return f"{source}: {len(problems)} problems; {fix}:{listed}"
 
 
 def _standardised(values: pd.Series, column: NumericColumn) -> np.ndarray:
@@ -244,4 +301,11 @@ def rows_text(rows: Sequence[int] | np.ndarray) -> str:
     """``3, 7, 9`` or ``3, 7, 9, 12, 15 and 4 more``: the rows a message names."""
     shown = ", ".join(str(int(r)) for r in rows[:MAX_ROWS_NAMED])
     more = len(rows) - MAX_ROWS_NAMED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def names_text(names: Sequence[str]) -> str:
+    """``a, b, c``, or the first eight and ``and 56 more``: the columns a message names."""
+    shown = ", ".join(str(name) for name in names[:MAX_COLUMNS_NAMED])
+    more = len(names) - MAX_COLUMNS_NAMED
     return f"{shown} and {more} more" if more > 0 else shown

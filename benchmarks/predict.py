@@ -158,6 +158,11 @@ def timed(action: Callable[[], T]) -> tuple[T, float]:
     return result, time.perf_counter() - started
 
 
+def seconds(action: Callable[[], object]) -> float:
+    """``timed`` for an action whose result goes (a frame must not outlive its timing)."""
+    return timed(action)[1]
+
+
 def predict_batch_size(model: TrainedModel) -> int:
     """The batch size model_output gives ``net.predict`` (noted on a 2-row call), so the bare
     run uses the same whatever model_output becomes."""
@@ -179,8 +184,7 @@ def bare_predict(model_path: Path, features: np.ndarray, batch_size: int) -> flo
     import keras
 
     net = keras.saving.load_model(model_path, compile=False)
-    _, seconds = timed(lambda: net.predict(features, batch_size=batch_size, verbose=0))
-    return seconds
+    return seconds(lambda: net.predict(features, batch_size=batch_size, verbose=0))
 
 
 def phases(
@@ -193,11 +197,11 @@ def phases(
     keep: list[str] = []
     s: dict[str, float] = {}
     if not flip:
-        _, s["read_rows"] = timed(lambda: read_rows(path, model, keep))
+        s["read_rows"] = seconds(lambda: read_rows(path, model, keep))
     rows, s["read"] = timed(lambda: read_table(path, model.data.delimiter))
-    _, s["validate"] = timed(lambda: validate_rows(rows, path, model, keep))
+    s["validate"] = seconds(lambda: validate_rows(rows, path, model, keep))
     if flip:
-        _, s["read_rows"] = timed(lambda: read_rows(path, model, keep))
+        s["read_rows"] = seconds(lambda: read_rows(path, model, keep))
     encoded, s["preprocess"] = timed(lambda: encode_rows(rows, model.spec, str(path)))
     if flip:
         s["bare"] = bare_predict(model.model_path, encoded.features, batch_size)
@@ -211,7 +215,7 @@ def phases(
         return with_kept(predicted, rows.loc[encoded.kept], keep)
 
     frame, s["label"] = timed(label)
-    _, s["write"] = timed(lambda: write_predictions(frame, out))
+    s["write"] = seconds(lambda: write_predictions(frame, out))
     return s
 
 

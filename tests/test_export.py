@@ -21,10 +21,10 @@ from conftest import make_table, repo_params_dict, shrink
 from nntune.config.params import parse_params
 from nntune.serving.card import ExportSource
 from nntune.serving.export import ExportError, experiment_source, export_model
-from nntune.serving.predict import class_probabilities
 from nntune.stage import artifacts
 from nntune.stage.data import read_prepared, write_prepared
 from nntune.stage.evaluate import evaluate_predictions
+from nntune.stage.outputs import class_probabilities
 from nntune.stage.preprocess import prepare
 
 COLOURS = ["red", "green", "blue"]

@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 from nntune.cli import app
 from nntune.config.params import load_params, parse_params
 from nntune.serving.card import ExportSource
-from nntune.serving.predict import class_probabilities
 from nntune.serving.preprocessing import PreprocessingError, PreprocessingSpec, encode_rows
 from nntune.stage import artifacts
 from nntune.stage.data import Prepared, read_prepared, write_prepared
+from nntune.stage.outputs import class_probabilities
 from nntune.stage.preprocess import prepare
 from nntune.stage.schema import infer_schema
 

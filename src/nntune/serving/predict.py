@@ -40,6 +40,7 @@ from nntune.serving.preprocessing import (
     text_in_numbers,
 )
 from nntune.stage import artifacts
+from nntune.stage.outputs import class_probabilities
 
 MODEL_PATH = "models/model.keras"
 META_PATH = "data/prepared/meta.json"
@@ -270,17 +271,6 @@ def model_output(net: Any, features: np.ndarray, label: str) -> np.ndarray:
             "another experiment (`nntune compare` marks the diverged ones)"
         )
     return output
-
-
-def class_probabilities(output: np.ndarray) -> np.ndarray:
-    """(n, K) float64 probabilities, as ``nntune.stage.evaluate`` computes them: a sigmoid
-    head's (n, 1) column becomes ``[1 - p, p]``, softmax rows are renormalised."""
-    output = output.astype("float64")
-    if output.ndim == 2 and output.shape[1] == 1:
-        p = output[:, 0]
-        return np.column_stack([1.0 - p, p])
-    normalised: np.ndarray = output / output.sum(axis=1, keepdims=True)
-    return normalised
 
 
 def predictions(output: np.ndarray, spec: PreprocessingSpec, proba: bool) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from sklearn import metrics as skm
 
 from nntune.config.metrics import holdout_metric_names
 from nntune.stage.data import Prepared
+from nntune.stage.outputs import class_probabilities
 
 
 def evaluate_predictions(
@@ -33,7 +34,7 @@ def evaluate_predictions(
         }
         return values, pd.DataFrame({"actual": y_true, "predicted": predicted})
 
-    proba = _class_probabilities(output)
+    proba = class_probabilities(output)
     codes = proba.argmax(axis=1)
     labels = list(range(proba.shape[1]))
     values = {
@@ -46,14 +47,3 @@ def evaluate_predictions(
     classes = np.asarray(prepared.classes, dtype=object)
     frame = pd.DataFrame({"actual": classes[y_true], "predicted": classes[codes]})
     return {name: values[name] for name in names}, frame
-
-
-def _class_probabilities(output: np.ndarray) -> np.ndarray:
-    """(n, K) float64 probabilities summing to 1 per row; a sigmoid head's (n, 1) column
-    becomes [1 - p, p]. float32 softmax rows miss 1 by rounding, which log_loss warns about."""
-    output = output.astype("float64")
-    if output.ndim == 2 and output.shape[1] == 1:
-        p = output[:, 0]
-        return np.column_stack([1.0 - p, p])
-    normalised: np.ndarray = output / output.sum(axis=1, keepdims=True)
-    return normalised

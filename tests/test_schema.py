@@ -5,10 +5,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pandera.pandas as pa
 import pytest
 from conftest import REPO, make_table
 
-from nntune.config.sections import Params
+from nntune.config.sections import DataParams, Params
 from nntune.stage.data import digits_frame
 from nntune.stage.schema import SchemaFileError, digits_schema, load_schema, validate_table
 
@@ -72,3 +74,44 @@ def test_load_schema_errors(tmp_path: Path) -> None:
     bad.write_text("columns: [1, 2\n")
     with pytest.raises(SchemaFileError, match="not a valid pandera YAML schema"):
         load_schema(bad)
+
+
+def _bad_customers(data: DataParams) -> tuple[pd.DataFrame, pa.DataFrameSchema]:
+    """A table and its inferred schema, then values the schema refuses: a number out of
+    range, an unknown category, and a gap (which value checks ignore)."""
+    from nntune.stage.schema import infer_schema
+
+    table = make_table(60, labels=["x", "y", "z"])
+    table["colour"] = np.where(table["a"] > 1, "red", "blue")
+    schema = infer_schema(table, data)
+    bad = table.copy()
+    bad.loc[2, "b"] = 1e9
+    bad.loc[4, "colour"] = "purple"
+    bad.loc[6, "c"] = np.nan
+    return bad, schema
+
+
+def test_screening_drops_only_the_checks_a_column_passes(tiny_params: Params) -> None:
+    from nntune.stage.screening import screened
+
+    bad, schema = _bad_customers(dataclasses.replace(tiny_params.data, missing="impute"))
+    left = screened(bad, schema)
+    names = {c: [k.name for k in left.columns[c].checks] for c in ("a", "b", "c", "colour")}
+    assert names["a"] == [] and names["c"] == []  # every value inside: proven (gap ignored)
+    assert names["b"] == ["in_range"] and names["colour"] == ["isin"]  # left to pandera
+    assert screened(bad.iloc[:0], schema).columns["b"].checks == []  # no rows: nothing fails
+
+
+def test_screening_changes_no_report(tiny_params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same failures, counts and examples with the summaries' proof as with pandera
+    checking every row."""
+    from nntune.stage import schema as schema_module
+
+    data = dataclasses.replace(tiny_params.data, missing="impute")
+    bad, schema = _bad_customers(data)
+    screened_report = schema_module.validate_table(bad, schema, data, "s.yaml")
+    monkeypatch.setattr(schema_module, "screened", lambda frame, s: s)
+    full_report = schema_module.validate_table(bad, schema, data, "s.yaml")
+    assert screened_report.to_dict() == full_report.to_dict()
+    checks = {(f.column, f.check.split("(")[0]) for f in full_report.failures}
+    assert {("b", "in_range"), ("colour", "isin")} <= checks

@@ -199,8 +199,8 @@ def schema_failures(
     data = dataclasses.replace(
         model.data, source=str(path), features=tuple(model.spec.columns), exclude=()
     )
-    report = validate_table(frame[checked], schema, data, model.schema_label)
-    # report.warnings (a batch's constant columns) say nothing about the model: dropped.
+    report = validate_table(frame[checked], schema, data, model.schema_label, warnings=False)
+    # Warnings (a batch's constant columns) say nothing about the model: not computed.
     # A category the schema does not allow is one training never saw: the encoder turns it
     # into zeros and counts it in a warning, as the evaluate stage's rows would be.
     categorical = {c.column for c in model.spec.categorical}

@@ -20,6 +20,7 @@ from pandera.errors import SchemaErrors
 from nntune.config.sections import DataParams
 from nntune.errors import NntuneError
 from nntune.stage.data import read_table
+from nntune.stage.screening import screened
 
 MAX_EXAMPLES = 5  # failing values shown per (column, check)
 MIN_ROWS_PER_CLASS = 3  # one row each for train, validation and test
@@ -110,15 +111,21 @@ def check_data(data: DataParams) -> ValidationReport:
 
 
 def validate_table(
-    frame: pd.DataFrame, schema: pa.DataFrameSchema, data: DataParams, schema_path: str
+    frame: pd.DataFrame,
+    schema: pa.DataFrameSchema,
+    data: DataParams,
+    schema_path: str,
+    warnings: bool = True,
 ) -> ValidationReport:
     """Check ``frame`` against the schema (all failures, not just the first) and against
-    what the split and the task need from the target column."""
+    what the split and the task need from the target column; ``warnings`` (constant
+    columns, rare classes) only when asked, as they describe a training table."""
     failures: list[Failure] = _type_failures(frame, schema)
     try:
         # inplace: no copy of the whole table (pandera's default); the frame is ours alone
-        # and only a user schema with ``coerce: true`` would change it.
-        schema.validate(frame, lazy=True, inplace=True)
+        # and only a user schema with ``coerce: true`` would change it. Value checks that
+        # the column summaries prove are not run row by row (the report is the same).
+        screened(frame, schema).validate(frame, lazy=True, inplace=True)
     except SchemaErrors as errors:
         failures.extend(_summarise(errors.failure_cases))
     failures.extend(_column_failures(frame, data))
@@ -129,7 +136,7 @@ def validate_table(
         rows=len(frame),
         columns=frame.shape[1],
         failures=failures,
-        warnings=_warnings(frame, data),
+        warnings=_warnings(frame, data) if warnings else [],
     )
 
 

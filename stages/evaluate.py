@@ -1,13 +1,12 @@
 """evaluate: the only stage that touches the test split. Test metrics and plot rows."""
 
 import argparse
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+from nntune.stage.backend import select_for_stage
 from nntune.warm.client import handoff
 
-handoff(__name__, "sklearn")  # under `nntune run`: the warm runner (TF, scikit-learn)
+select_for_stage()  # runtime.backend of params.yaml becomes KERAS_BACKEND, before any import
+handoff(__name__, "sklearn")  # under `nntune run`: the warm runner (Keras, scikit-learn)
 
 from nntune.stage.quiet import filter_tf_noise
 
@@ -32,4 +31,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, "prepared", "model", "metrics", "predictions")
+    run_stage(main, __doc__, "params", "prepared", "model", "metrics", "predictions")

@@ -2,14 +2,13 @@
 pretrain.enabled; otherwise it only records that, without importing TensorFlow."""
 
 import argparse
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+from nntune.stage.backend import select_for_stage
 from nntune.warm.client import handoff
 
-handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
+select_for_stage()  # runtime.backend of params.yaml becomes KERAS_BACKEND, before any import
+handoff(__name__)  # under `nntune run`: the warm runner runs this stage (Keras loaded)
 
 from nntune.config.params import load_params
 from nntune.stage import artifacts

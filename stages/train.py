@@ -3,14 +3,13 @@ pretrain.enabled, or the parent's model continued when train.warm_start is set),
 stopping, dvclive curves; metrics and timings in separate files."""
 
 import argparse
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+from nntune.stage.backend import select_for_stage
 from nntune.warm.client import handoff
 
-handoff(__name__)  # under `nntune run`: the warm runner runs this stage (TensorFlow loaded)
+select_for_stage()  # runtime.backend of params.yaml becomes KERAS_BACKEND, before any import
+handoff(__name__)  # under `nntune run`: the warm runner runs this stage (Keras loaded)
 
 from nntune.stage.quiet import import_keras_quietly
 

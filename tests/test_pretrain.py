@@ -217,7 +217,7 @@ def test_pretrain_folders_are_replaced_whole_and_kept_when_it_crashes(
     """The curves and the encoder folder are each swapped in whole: a stray file of an
     older run is gone after a finished one, and a run that crashes at epoch 2 leaves the
     previous curves byte for byte and no temporary folder."""
-    from dvclive.keras import DVCLiveCallback
+    from nntune.stage.training import LiveEpochs
 
     params = _params()
     data = prepare(make_table(), params.data)
@@ -229,14 +229,14 @@ def test_pretrain_folders_are_replaced_whole_and_kept_when_it_crashes(
     before = {str(p.relative_to(live)): p.read_bytes() for p in live.rglob("*") if p.is_file()}
     assert {"metrics.json", "plots/metrics/train/loss.tsv"} <= set(before)
 
-    logged = DVCLiveCallback.on_epoch_end
+    logged = LiveEpochs.on_epoch_end
 
     def crash_after_epoch_2(self: Any, epoch: int, logs: Any = None) -> None:
         logged(self, epoch, logs)
         if epoch == 1:
             raise RuntimeError("killed after epoch 2")
 
-    monkeypatch.setattr(DVCLiveCallback, "on_epoch_end", crash_after_epoch_2)
+    monkeypatch.setattr(LiveEpochs, "on_epoch_end", crash_after_epoch_2)
     with pytest.raises(RuntimeError, match="killed after epoch 2"):
         pretrain.pretrain_encoder(data, params.model, params.pretrain, live)
     after = {str(p.relative_to(live)): p.read_bytes() for p in live.rglob("*") if p.is_file()}

@@ -87,7 +87,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runner() -> Iterator[str]:
-    with warm_runner(flavours={"": ("wave",), "extra": ("wave", "colorsys")}) as socket:
+    flavours = {"": ("wave",), "extra": ("wave", "colorsys")}
+    with warm_runner(flavours=flavours, backends=("tensorflow",)) as socket:
         assert socket is not None, "the warm runner did not start"
         yield socket
 
@@ -175,11 +176,41 @@ def test_uncaught_exception_and_signal_exit_as_in_a_cold_process(
 def test_settings_the_imports_read_must_match_or_the_stage_runs_cold(
     workspace: Path, runner: str
 ) -> None:
-    out = probe(workspace, runner, "exit", "0", KERAS_BACKEND="numpy-not-the-runners")
+    out = probe(workspace, runner, "exit", "0", KERAS_HOME="/not/the/runners")
     assert out.returncode == 0, out.stderr
     assert report(out)["preloaded"] is False
-    assert "warm runner refused (KERAS_BACKEND differ" in out.stderr
+    assert "warm runner refused (KERAS_HOME differ" in out.stderr
     assert "this stage starts cold" in out.stderr
+
+
+def test_a_stage_goes_to_the_runner_of_its_keras_backend(workspace: Path, runner: str) -> None:
+    """The runner of `runner` loaded TensorFlow only: a JAX stage finds no runner of its
+    backend and starts cold; with a JAX server beside it, it runs warm there."""
+    cold = probe(workspace, runner, "exit", "0", KERAS_BACKEND="jax")
+    assert report(cold)["preloaded"] is False
+    assert "warm runner not reachable" in cold.stderr
+    with warm_runner(flavours={"": ("wave",)}, backends=("tensorflow", "jax")) as both:
+        assert both is not None
+        assert Path(f"{both}.jax").exists()
+        warm = probe(workspace, both, "exit", "0", KERAS_BACKEND="jax")
+        default = probe(workspace, both, "exit", "0")  # no KERAS_BACKEND: TensorFlow's
+    assert warm.returncode == 0, warm.stderr
+    assert report(warm)["preloaded"] is True, warm.stderr
+    assert report(default)["preloaded"] is True, default.stderr
+
+
+def test_a_server_refuses_a_stage_of_another_backend(tmp_path: Path) -> None:
+    from nntune.warm.server import Server
+
+    server = Server(str(tmp_path / "socket"))
+    try:
+        request = {"protocol": PROTOCOL, "prefix": sys.prefix, "version": sys.version}
+        env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+        assert server._refusal({**request, "env": env}) is None
+        refused = server._refusal({**request, "env": {**env, "KERAS_BACKEND": "jax"}})
+        assert refused == "the stage runs Keras on jax, this runner loaded tensorflow"
+    finally:
+        server.listener.close()
 
 
 def test_unreachable_runner_means_a_cold_start(workspace: Path, tmp_path: Path) -> None:
@@ -250,14 +281,18 @@ def test_load_time_env_keeps_what_imports_read() -> None:
     env = {
         "TF_ENABLE_ONEDNN_OPTS": "0",
         "TF_CPP_MIN_LOG_LEVEL": "2",  # log level only
-        "KERAS_BACKEND": "tensorflow",
+        "KERAS_BACKEND": "jax",  # compared apart: each backend has servers of its own
+        "KERAS_HOME": "/k",
+        "JAX_ENABLE_X64": "1",
+        "XLA_FLAGS": "--xla_gpu_deterministic_ops=true",  # read when XLA starts, in the child
         "PYTHONHASHSEED": "0",
         "CUDA_VISIBLE_DEVICES": "1",  # read when the child starts CUDA, not at import
         "PATH": "/bin",
     }
     assert load_time_env(env) == {
         "TF_ENABLE_ONEDNN_OPTS": "0",
-        "KERAS_BACKEND": "tensorflow",
+        "KERAS_HOME": "/k",
+        "JAX_ENABLE_X64": "1",
         "PYTHONHASHSEED": "0",
     }
 

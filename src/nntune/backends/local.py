@@ -26,6 +26,7 @@ from nntune.experiments import (
     stop_workers,
 )
 from nntune.interrupts import deferred_ctrl_c
+from nntune.stage.backend import declared
 from nntune.warm.launcher import warm_runner
 
 
@@ -79,17 +80,21 @@ def run_queue(
         outcome = RunOutcome(total=before.pending)
         if outcome.total == 0:
             return outcome
-        with announced_warm_runner(warm, console):
+        with announced_warm_runner(warm, console, root):
             return _run_started_queue(
                 repo, jobs, objective, console, gpus, poll_seconds, outcome, before
             )
 
 
 @contextmanager
-def announced_warm_runner(enabled: bool, console: Console) -> Iterator[None]:
-    """The warm runner of ``nntune run`` and ``nntune search``; says so when it did not
-    start (the stages then start cold)."""
-    with warm_runner(enabled) as socket:
+def announced_warm_runner(
+    enabled: bool, console: Console, root: str | Path = "."
+) -> Iterator[None]:
+    """The warm runner of ``nntune run`` and ``nntune search``, on the Keras backend that the
+    project's params.yaml (under ``root``) declares; says so when it did not start (the
+    stages then start cold)."""
+    backend, _ = declared(Path(root) / "params.yaml")
+    with warm_runner(enabled, backends=(backend,)) as socket:
         if enabled and socket is None:
             console.print("[yellow]the warm runner did not start[/yellow]: stages start cold")
         yield

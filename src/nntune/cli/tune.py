@@ -316,7 +316,7 @@ def search_command(
                 executor = on_ray = RayExecutor.connect(root, chosen_backend.ray)
             driver = Driver(settings, chosen, base, objective, jobs, executor)
             with (
-                announced_warm_runner(chosen_backend.uses_warm_runner, console),
+                announced_warm_runner(chosen_backend.uses_warm_runner, console, root),
                 Live(console=console, refresh_per_second=2) as live,
             ):
                 result = driver.run(

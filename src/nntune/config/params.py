@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -24,8 +24,10 @@ from nntune.config.metrics import (
 from nntune.config.reader import SectionReader
 from nntune.config.sections import (
     ACTIVATIONS,
+    BACKENDS,
     DATA_SUFFIXES,
     LR_SCALING_RULES,
+    MIRRORED_ON_JAX,
     MISSING_POLICIES,
     OPTIMIZERS,
     RECONSTRUCTION_LOSSES,
@@ -230,6 +232,7 @@ def _parse_train(s: SectionReader, task: Task | None) -> TrainParams | None:
     with s.section("warm_start") as ws:
         warm_start = _parse_warm_start(ws, max_epochs, s.failed({"max_epochs"}))
     params = TrainParams(
+        steps_per_execution=_steps_per_execution(s),
         optimizer=optimizer,
         learning_rate=learning_rate,
         momentum=momentum,
@@ -286,14 +289,37 @@ def _parse_runtime(s: SectionReader) -> RuntimeParams:
     device = s.string("device")
     if device and not re.fullmatch(r"auto|cpu|gpu:\d+", device):
         s.problem("device", device, "must be auto, cpu or gpu:N (N = 0, 1, ... among visible GPUs)")
+    backend = s.choice("backend", BACKENDS) if s.has("backend") else BACKENDS[0]
+    strategy = s.choice("strategy", STRATEGIES)
+    if backend == "jax" and strategy == "mirrored":
+        s.problem("strategy", strategy, MIRRORED_ON_JAX)
     return RuntimeParams(
         seed=s.integer("seed", minimum=0),
         deterministic=s.boolean("deterministic"),
         device=device,
         allow_cpu_fallback=s.boolean("allow_cpu_fallback"),
         mixed_precision=s.boolean("mixed_precision"),
-        strategy=s.choice("strategy", STRATEGIES),
+        strategy=strategy,
+        # Optional: a project scaffolded before the key existed trains on TensorFlow.
+        backend=backend,
     )
+
+
+def _steps_per_execution(s: SectionReader) -> int | Literal["auto"]:
+    """``train.steps_per_execution``: "auto" (also when left out) or a whole number >= 1."""
+    if not s.has("steps_per_execution"):
+        return "auto"
+    value = s.take("steps_per_execution")
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        s.problem(
+            "steps_per_execution",
+            value,
+            "must be auto (chosen from the steps per epoch) or a whole number of batches >= 1",
+        )
+        return "auto"
+    return value
 
 
 def _parse_evaluate(s: SectionReader, task: Task | None) -> EvaluateParams | None:

@@ -44,6 +44,11 @@ class SectionReader:
             return None
         return self.raw[name]
 
+    def has(self, name: str) -> bool:
+        """Whether the key is there: for the keys that may be left out (added after
+        projects were scaffolded without them), which then take their default."""
+        return name in self.raw
+
     @contextmanager
     def section(self, name: str) -> Iterator[SectionReader]:
         value = self.take(name)

@@ -15,6 +15,7 @@ from nntune.errors import NntuneError
 Optimizer = Literal["adam", "sgd", "rmsprop"]
 LrScalingRule = Literal["none", "linear"]
 Strategy = Literal["none", "mirrored"]
+Backend = Literal["tensorflow", "jax"]
 MissingPolicy = Literal["error", "drop", "impute"]
 MISSING_POLICIES: tuple[MissingPolicy, ...] = ("error", "drop", "impute")
 ReconstructionLoss = Literal["reconstruction_crossentropy", "mse"]
@@ -24,6 +25,14 @@ OPTIMIZERS: tuple[Optimizer, ...] = ("adam", "sgd", "rmsprop")
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "tanh", "sigmoid", "swish", "leaky_relu")
 LR_SCALING_RULES: tuple[LrScalingRule, ...] = ("none", "linear")
 STRATEGIES: tuple[Strategy, ...] = ("none", "mirrored")
+BACKENDS: tuple[Backend, ...] = ("tensorflow", "jax")  # the first is the default
+# Why runtime.strategy: mirrored is refused on JAX (the params loader and the train stage).
+MIRRORED_ON_JAX = (
+    "is TensorFlow's MirroredStrategy; nntune does not map it to Keras' DataParallel on JAX, "
+    "which needs every batch to split evenly over the GPUs (an epoch's last batch usually "
+    "does not): set runtime.strategy: none (one GPU per trial: nntune run --gpus) or "
+    "runtime.backend: tensorflow"
+)
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
@@ -116,6 +125,9 @@ class TrainParams:
     early_stopping: EarlyStoppingParams
     lr_scaling: LrScalingParams
     warm_start: WarmStartParams
+    # Batches per compiled call of the training loop: "auto" (chosen from the steps per
+    # epoch, see nntune.stage.training.steps_per_execution) or a number of batches.
+    steps_per_execution: int | Literal["auto"] = "auto"
 
     @property
     def effective_learning_rate(self) -> float:
@@ -134,6 +146,7 @@ class RuntimeParams:
     allow_cpu_fallback: bool
     mixed_precision: bool
     strategy: Strategy
+    backend: Backend = "tensorflow"  # Keras' backend for train, pretrain and evaluate
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Everything about where a model trains: which device, GPU memory growth, mixed precision,
-the distribution strategy, and what to record about it. The only backend-specific code of
-nntune lives here, so the same model code also runs with ``KERAS_BACKEND=jax``.
+the distribution strategy, and what to record about it. The backend-specific code of the
+stages lives here (and in nntune.stage.backend, which picks the backend), so the same model
+code runs on TensorFlow and on JAX.
 
 ``list_gpus()`` is the one function that asks the backend which GPUs exist; everything
 else is decided by ``resolve_device`` from its answer, which tests can fake.
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from nntune.config.sections import RuntimeParams
+from nntune.config.sections import MIRRORED_ON_JAX, RuntimeParams
 from nntune.errors import NntuneError
 from nntune.stage.quiet import filter_tf_noise
 
@@ -50,7 +51,10 @@ def list_gpus() -> list[str]:
     if backend == "jax":
         import jax
 
-        return [f"{d.device_kind}" for d in jax.devices() if d.platform == "gpu"]
+        try:
+            return [str(d.device_kind) for d in jax.devices("gpu")]
+        except RuntimeError:  # no GPU backend: jaxlib without CUDA, no driver, or CPU only
+            return []
     names = []
     with filter_tf_noise():  # the first device query prints cuInit's failure without a GPU
         import tensorflow as tf
@@ -110,9 +114,13 @@ def configure(runtime: RuntimeParams) -> Device:
     precision policy. The caller reports ``device.name`` and ``device.notes``."""
     import keras
 
+    if _backend() == "jax" and runtime.device == "cpu":
+        _jax_cpu_only()  # before JAX's runtime starts: a GPU is then never touched
     device = resolve_device(runtime, list_gpus())
     if _backend() == "tensorflow":
         _configure_tensorflow(device)
+    else:
+        _configure_jax(device)
     keras.mixed_precision.set_global_policy(
         "mixed_float16" if device.mixed_precision else "float32"
     )
@@ -129,9 +137,56 @@ def _configure_tensorflow(device: Device) -> None:
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
+def _jax_cpu_only() -> None:
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+
+
+def _configure_jax(device: Device) -> None:
+    """Computations and new arrays on the chosen device (``gpu:N`` among the visible GPUs,
+    after ``CUDA_VISIBLE_DEVICES``). GPU memory is allocated as needed (nntune.stage.backend
+    set XLA_PYTHON_CLIENT_PREALLOCATE=false before JAX started)."""
+    import jax
+
+    platform = "gpu" if device.kind == "gpu" else "cpu"
+    chosen = jax.devices(platform)[device.index or 0]
+    jax.config.update("jax_default_device", chosen)
+    _compilation_cache(jax)
+
+
+# JAX compiles the train and test steps for every batch shape (the last batch of an epoch is
+# smaller): 19 compilations, 3.0 s of a 20-epoch digits trial. Kept on disk, a trial with
+# the same model shapes (a grid over rates, seeds, patience...) loads them instead: the
+# same executables, so the same numbers. JAX_COMPILATION_CACHE_DIR (JAX's own) overrides
+# the folder; NNTUNE_JAX_CACHE=off turns it off.
+CACHE_ENV = "NNTUNE_JAX_CACHE"
+CACHE_MAX_BYTES = 1 << 30  # JAX drops the least recently used entries beyond this
+
+
+def compilation_cache_dir() -> Path | None:
+    if os.environ.get(CACHE_ENV, "").lower() in {"off", "0", "false", "no"}:
+        return None
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nntune" / "jax"
+
+
+def _compilation_cache(jax: Any) -> None:
+    folder = compilation_cache_dir()
+    if folder is None:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # default: 1 s
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+
+
 def enable_determinism() -> None:
-    """Deterministic kernels (TensorFlow op determinism). JAX on GPU needs XLA_FLAGS=
-    --xla_gpu_deterministic_ops=true set before it starts; on CPU it is deterministic."""
+    """Deterministic kernels: TensorFlow's op determinism. On JAX, XLA's CPU kernels are
+    deterministic, and on a GPU nntune.stage.backend put --xla_gpu_deterministic_ops=true
+    in XLA_FLAGS before JAX started (it cannot be turned on later)."""
     if _backend() == "tensorflow":
         import tensorflow as tf
 
@@ -144,10 +199,7 @@ def distribution_scope(runtime: RuntimeParams) -> AbstractContextManager[None]:
     if runtime.strategy == "none":
         return nullcontext()
     if _backend() != "tensorflow":
-        raise DeviceError(
-            f"runtime.strategy: {runtime.strategy} needs the TensorFlow backend, "
-            f"not {_backend()}; set runtime.strategy: none"
-        )
+        raise DeviceError(f"runtime.strategy: {runtime.strategy} {MIRRORED_ON_JAX}")
     return _mirrored()
 
 

@@ -28,6 +28,7 @@ from nntune.errors import NntuneError
 from nntune.stage import artifacts
 from nntune.stage.data import UNLABELED, Prepared
 from nntune.stage.model import build_model, hidden_stack
+from nntune.stage.training import LiveEpochs
 
 INFO_FILE = "info.json"
 ENCODER_FILE = "encoder.keras"
@@ -158,7 +159,6 @@ def pretrain_encoder(
     """Fit the autoencoder on the training rows (labelled or not), stop early on the
     validation rows' reconstruction loss, keep the best epoch's weights."""
     from dvclive import Live
-    from dvclive.keras import DVCLiveCallback
 
     unlabeled = data.x(UNLABELED)  # prepare always writes it, empty when all rows have labels
     x_fit = np.concatenate([data.x("train"), unlabeled])
@@ -182,7 +182,7 @@ def pretrain_encoder(
             epochs=pretrain.epochs,
             batch_size=pretrain.batch_size,
             shuffle=True,
-            callbacks=[stopper, DVCLiveCallback(live=live)],
+            callbacks=[stopper, LiveEpochs(live, end_on_train_end=True)],
             verbose=2,
         )
     curve = history.history.get("loss", [])

@@ -8,11 +8,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
-from dvclive.keras import DVCLiveCallback
 
 from nntune.config.metrics import Task, fit_metric_names, infer_direction
 from nntune.config.sections import RuntimeParams, TrainParams
@@ -61,6 +60,9 @@ class FitResult:
     metrics: dict[str, Any]  # deterministic: goes to the metrics file
     train_seconds: float  # wall time of fit alone; varies run to run, kept apart
     samples_per_second: float
+    steps_per_execution: int = 1  # batches per compiled call (a speed setting, not a result)
+    # The pace after the first epoch (which traces or compiles the steps); None if only one.
+    steady_samples_per_second: float | None = None
 
 
 class BestWeights(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
@@ -87,29 +89,91 @@ class BestWeights(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is u
             self.best, self.epoch, self.weights = score, epoch, self.model.get_weights()
 
 
-class _LiveEpochs(DVCLiveCallback):  # type: ignore[misc]  # dvclive is untyped
-    """dvclive's Keras callback without the ``live.end()`` at the end of each ``fit``: a
-    fine-tuning run is two fits (frozen, then all layers) logged as one curve."""
+class EpochClock(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    """When each epoch ended (validation included): the first epoch carries the tracing or
+    compiling of the train and test steps, the later ones show the steady pace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[float] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.ends.append(time.perf_counter())
+
+    def steady_seconds(self) -> float | None:
+        """Seconds of the epochs after the first (None with fewer than two)."""
+        return self.ends[-1] - self.ends[0] if len(self.ends) > 1 else None
+
+
+class LiveEpochs(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
+    """Logs each epoch's metrics to a dvclive ``Live``, under the names dvclive's own Keras
+    callback gives them (``train/loss``, ``eval/loss``...). That callback subclasses
+    ``tf.keras``'s: it imports TensorFlow (2 s, and absent where only JAX is installed).
+    With ``end_on_train_end`` false it leaves ``live.end()`` to the caller: a fine-tuning run
+    is two fits (frozen, then all layers) logged as one curve."""
+
+    def __init__(self, live: Any, end_on_train_end: bool = False) -> None:
+        super().__init__()
+        self.live = live
+        self.end_on_train_end = end_on_train_end
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        from dvclive.utils import standardize_metric_name
+
+        for metric, value in (logs or {}).items():
+            self.live.log_metric(standardize_metric_name(metric, "dvclive.keras"), value)
+        self.live.next_step()
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        pass
+        if self.end_on_train_end:
+            self.live.end()
+
+
+# Most batches per compiled call that `steps_per_execution: auto` picks: enough to take the
+# per-step Python and callback work out of an epoch of a small table (digits: 34 steps).
+AUTO_STEPS_PER_EXECUTION = 128
+
+
+def steps_per_execution(setting: int | Literal["auto"], steps_per_epoch: int) -> int:
+    """Batches per compiled call of ``fit``: the largest divisor of ``steps_per_epoch`` not
+    above ``setting`` (:data:`AUTO_STEPS_PER_EXECUTION` for "auto"). A divisor keeps every
+    epoch's end on a call's end: Keras runs a call's batches even past the epoch's last
+    step, which would move batches between epochs and change the per-epoch curves."""
+    cap = AUTO_STEPS_PER_EXECUTION if setting == "auto" else setting
+    return max(d for d in range(1, min(cap, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+
+
+def epoch_orders(n: int, seed: int, first_epoch: int, end_epoch: int) -> Iterator[np.ndarray]:
+    """Each epoch's order of the ``n`` training rows: a permutation keyed by (seed, epoch),
+    not by a random state that advanced through earlier epochs, so that a run continued at
+    epoch 3 sees exactly the batches a run from scratch sees at epoch 3."""
+    for epoch in range(first_epoch, end_epoch):
+        yield np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def epoch_batches(
     x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, end_epoch: int
 ) -> tuple[Any, int]:
-    """The training batches of epochs ``first_epoch`` to ``end_epoch - 1`` as one dataset,
-    and the steps per epoch. Each epoch's order is a permutation keyed by (seed, epoch), not
-    by a random state that advanced through earlier epochs: a run continued at epoch 3 sees
-    exactly the batches a run from scratch sees at epoch 3. One gather per epoch, then
-    slicing: measured as fast as Keras' own shuffling of in-memory arrays."""
+    """The training batches of epochs ``first_epoch`` to ``end_epoch - 1`` as one stream,
+    and the steps per epoch; each epoch in its :func:`epoch_orders` order. One gather per
+    epoch, then slicing: measured as fast as Keras' own shuffling of in-memory arrays. On
+    TensorFlow a ``tf.data`` pipeline; on JAX a generator of NumPy batches (no TensorFlow:
+    the JAX-only install has none)."""
+    n = len(x)
+    steps = math.ceil(n / batch_size)
+    if keras.backend.backend() != "tensorflow":
+
+        def arrays() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for order in epoch_orders(n, seed, first_epoch, end_epoch):
+                xs, ys = x[order], y[order]
+                for start in range(0, n, batch_size):
+                    yield xs[start : start + batch_size], ys[start : start + batch_size]
+
+        return arrays(), steps
     import tensorflow as tf
 
-    n = len(x)
-
     def orders() -> Iterator[np.ndarray]:
-        for epoch in range(first_epoch, end_epoch):
-            yield np.random.default_rng([seed, epoch]).permutation(n)
+        return epoch_orders(n, seed, first_epoch, end_epoch)
 
     xs, ys = tf.constant(x), tf.constant(y)
     spec = tf.TensorSpec(shape=(n,), dtype=tf.int64)
@@ -118,7 +182,7 @@ def epoch_batches(
             (tf.gather(xs, order), tf.gather(ys, order))
         ).batch(batch_size)
     )
-    return batches.prefetch(tf.data.AUTOTUNE), math.ceil(n / batch_size)
+    return batches.prefetch(tf.data.AUTOTUNE), steps
 
 
 class EpochSeeds(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
@@ -178,9 +242,17 @@ def fit(
     keeper = BestWeights(es.monitor, es.min_delta)
     guard = DivergenceGuard()
     reseed = EpochSeeds(seed)
+    clock = EpochClock()
+
+    per_call = steps_per_execution(
+        train.steps_per_execution, math.ceil(len(x_train) / train.batch_size)
+    )
 
     def run(first: int, end: int, extra: Sequence[keras.callbacks.Callback]) -> dict[str, Any]:
         batches, steps = epoch_batches(x_train, y_train, train.batch_size, seed, first, end)
+        # Set after compile (a recompile resets it), before fit builds its functions; the
+        # compile config the model file saves keeps 1, so the file does not depend on it.
+        net.steps_per_execution = per_call
         history = net.fit(
             batches,
             steps_per_epoch=steps,
@@ -189,7 +261,7 @@ def fit(
             validation_data=(x_val, y_val),
             shuffle=False,  # the batches are already in the (seed, epoch) order
             verbose=2,
-            callbacks=[reseed, guard, *extra, logger, *callbacks],
+            callbacks=[reseed, guard, *extra, logger, clock, *callbacks],
         )
         return dict(history.history)
 
@@ -199,7 +271,7 @@ def fit(
         # dvcyaml=False: dvc.yaml is ours and declares the plots; dvclive must not rewrite it.
         live = Live(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None)
         live.step = initial_epoch  # a continued run's curve goes on from the parent's last
-        logger = _LiveEpochs(live=live)
+        logger = LiveEpochs(live)
         started = time.perf_counter()
         epoch = initial_epoch
         tuned: list[float] = []  # the monitored metric over the fine-tuning epochs
@@ -238,6 +310,12 @@ def fit(
         metrics=metrics,
         train_seconds=seconds,
         samples_per_second=len(x_train) * ran / seconds if seconds > 0 else 0.0,
+        steps_per_execution=per_call,
+        steady_samples_per_second=(
+            len(x_train) * (len(clock.ends) - 1) / steady
+            if (steady := clock.steady_seconds())
+            else None
+        ),
     )
 
 

@@ -72,7 +72,6 @@ PRELOAD = (
     "yaml",
     "keras",
     "dvclive",
-    "dvclive.keras",
     "dvc.repo",
 )
 # One server per preload set, named by the suffix of its socket. Scikit-learn gets its own:
@@ -80,9 +79,13 @@ PRELOAD = (
 # (paired medians of 5-6 runs; loaded in a cold process it does not), while the evaluate
 # stage needs its metrics (1.0-1.5 s to import).
 FLAVOURS: dict[str, tuple[str, ...]] = {"": PRELOAD, "sklearn": (*PRELOAD, "sklearn.metrics")}
-# Read by TensorFlow, Keras or the interpreter while they load, so a child must see the
-# values the server loaded with. (TF_CPP_* only sets the log level of C++ messages.)
-_LOAD_TIME_PREFIXES = ("TF_", "KERAS_")
+# Read by TensorFlow, Keras, JAX or the interpreter while they load, so a child must see the
+# values the server loaded with. (TF_CPP_* only sets the log level of C++ messages.) Keras'
+# backend is not compared here: each backend has servers of its own (flavour_socket), and a
+# server refuses a stage of another backend.
+_LOAD_TIME_PREFIXES = ("TF_", "KERAS_", "JAX_")
+BACKEND_ENV = "KERAS_BACKEND"
+DEFAULT_BACKEND = "tensorflow"
 _LOAD_TIME_KEYS = (
     "PYTHONHASHSEED",
     "PYTHONWARNINGS",
@@ -101,7 +104,11 @@ def load_time_env(env: dict[str, str]) -> dict[str, str]:
     return {
         key: value
         for key, value in env.items()
-        if (key.startswith(_LOAD_TIME_PREFIXES) and not key.startswith("TF_CPP_"))
+        if (
+            key.startswith(_LOAD_TIME_PREFIXES)
+            and not key.startswith("TF_CPP_")
+            and key != BACKEND_ENV
+        )
         or key in _LOAD_TIME_KEYS
     }
 
@@ -137,7 +144,8 @@ def handoff(module: str = "__main__", flavour: str = "") -> None:
     timeout = _connect_timeout()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        reply = _handshake(sock, flavour_socket(base, flavour), request, timeout)
+        path = flavour_socket(base, flavour, requested_backend(os.environ))
+        reply = _handshake(sock, path, request, timeout)
     except TimeoutError:
         sock.close()
         print(
@@ -265,8 +273,15 @@ def _end_group(child: int, grace: float = 5.0) -> bool:
     return True
 
 
-def flavour_socket(base: str | Path, flavour: str) -> str:
-    return f"{base}.{flavour}" if flavour else str(base)
+def flavour_socket(base: str | Path, flavour: str, backend: str = DEFAULT_BACKEND) -> str:
+    """The socket of the server with ``flavour``'s modules, loaded on Keras' ``backend``."""
+    name = f"{base}.{flavour}" if flavour else str(base)
+    return name if backend == DEFAULT_BACKEND else f"{name}.{backend}"
+
+
+def requested_backend(env: dict[str, str] | os._Environ[str]) -> str:
+    """The Keras backend a process with ``env`` loads (the stages set it from params)."""
+    return env.get(BACKEND_ENV) or DEFAULT_BACKEND
 
 
 def read_exactly(conn: socket.socket, size: int) -> bytes:

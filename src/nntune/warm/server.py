@@ -29,6 +29,7 @@ from nntune.warm.client import (
     load_time_env,
     process_alive,
     read_exactly,
+    requested_backend,
     send_message,
 )
 
@@ -158,6 +159,7 @@ class Server:
         own = set(_pythonpath())  # sys.path[0] is the server's folder (python -m)
         self.base_path = [p for p in sys.path[1:] if str(Path(p).absolute()) not in own]
         self.env = load_time_env(dict(os.environ))
+        self.backend = requested_backend(os.environ)  # what its `import keras` loads
 
     def preload(self, modules: Sequence[str] = PRELOAD) -> list[str]:
         """Import what the stages import; returns the modules that failed to import."""
@@ -260,6 +262,9 @@ class Server:
         if request.get("prefix") != sys.prefix or request.get("version") != sys.version:
             return f"the stage runs another Python ({request.get('prefix')}), not {sys.prefix}"
         env = load_time_env(request.get("env", {}))
+        backend = requested_backend(request.get("env", {}))
+        if backend != self.backend:
+            return f"the stage runs Keras on {backend}, this runner loaded {self.backend}"
         if env != self.env:
             keys = sorted(k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k))
             return f"{', '.join(keys)} differ from the runner's, which its imports read"

@@ -19,6 +19,12 @@ from nntune.config.params import parse_params
 from nntune.config.sections import Params
 
 REPO = Path(__file__).resolve().parents[1]
+# `make test` runs the Keras-side tests a second time with KERAS_BACKEND=jax (see Makefile).
+BACKEND = os.environ.get("KERAS_BACKEND") or "tensorflow"
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="TensorFlow only (MirroredStrategy, SavedModel export)"
+)
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="the JAX pass of `make test`")
 
 
 def repo_params_dict() -> dict[str, Any]:

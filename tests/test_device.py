@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import jax_only, tensorflow_only
 
 from nntune.config.sections import Params, RuntimeParams
 from nntune.stage import device
@@ -94,10 +95,11 @@ def test_record_names_device_and_environment(
         "device_kind": "gpu",
         "mixed_precision": True,
         "cuda_visible_devices": "3",
-        "keras_backend": "tensorflow",
+        "keras_backend": keras.backend.backend(),
     }
 
 
+@tensorflow_only
 def test_mirrored_strategy_builds_and_trains_with_one_replica_on_cpu(tiny_params: Params) -> None:
     mirrored = runtime(tiny_params, strategy="mirrored")
     with distribution_scope(mirrored):
@@ -121,3 +123,9 @@ def test_output_layer_stays_float32_under_mixed_precision(tiny_params: Params) -
         keras.mixed_precision.set_global_policy("float32")
     assert net.get_layer("hidden_1").compute_dtype == "float16"
     assert net.get_layer("output").compute_dtype == "float32"
+
+
+@jax_only
+def test_mirrored_strategy_is_refused_on_jax(tiny_params: Params) -> None:
+    with pytest.raises(DeviceError, match=r"runtime\.strategy: mirrored is TensorFlow's"):
+        distribution_scope(runtime(tiny_params, strategy="mirrored"))

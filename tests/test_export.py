@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_table, repo_params_dict, shrink
+from conftest import make_table, repo_params_dict, shrink, tensorflow_only
 
 from nntune.config.params import parse_params
 from nntune.serving.card import ExportSource
@@ -26,6 +26,9 @@ from nntune.stage.data import read_prepared, write_prepared
 from nntune.stage.evaluate import evaluate_predictions
 from nntune.stage.outputs import class_probabilities
 from nntune.stage.preprocess import prepare
+
+# The export is a TensorFlow model; on JAX it is refused (tests/test_backend.py).
+pytestmark = tensorflow_only
 
 COLOURS = ["red", "green", "blue"]
 

@@ -89,6 +89,11 @@ BAD_VALUES = [
     ("runtime.allow_cpu_fallback", "no", "runtime.allow_cpu_fallback must be true or false"),
     ("runtime.mixed_precision", None, "runtime.mixed_precision must be true or false"),
     ("runtime.strategy", "horovod", "runtime.strategy must be one of none, mirrored"),
+    ("runtime.backend", "torch", "runtime.backend must be one of tensorflow, jax, got 'torch'"),
+    ("train.steps_per_execution", 0, "train.steps_per_execution must be auto (chosen from"),
+    ("train.steps_per_execution", "max", "a whole number of batches >= 1, got 'max'"),
+    ("train.steps_per_execution", 2.5, "a whole number of batches >= 1, got 2.5"),
+    ("train.steps_per_execution", True, "a whole number of batches >= 1, got True"),
     ("evaluate.objective.metric", "test_accuracy", "evaluate.objective.metric must be one of"),
     ("evaluate.objective.direction", "max", "contradicts the metric: lower val_loss is better"),
     ("evaluate.objective.direction", "up", "evaluate.objective.direction must be one of min, max"),
@@ -221,3 +226,25 @@ def test_loader_does_not_import_tensorflow() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False False"
+
+
+def test_backend_and_steps_per_execution_are_read_and_may_be_left_out(
+    raw_params: dict[str, Any],
+) -> None:
+    """A project scaffolded before the keys existed still loads: TensorFlow, auto."""
+    _set(raw_params, "runtime.backend", "jax")
+    _set(raw_params, "train.steps_per_execution", 17)
+    given = parse_params(raw_params, source="params.yaml")
+    assert (given.runtime.backend, given.train.steps_per_execution) == ("jax", 17)
+    _delete(raw_params, "runtime.backend")
+    _delete(raw_params, "train.steps_per_execution")
+    left_out = parse_params(raw_params, source="params.yaml")
+    assert (left_out.runtime.backend, left_out.train.steps_per_execution) == ("tensorflow", "auto")
+
+
+def test_mirrored_strategy_is_refused_on_jax(raw_params: dict[str, Any]) -> None:
+    _set(raw_params, "runtime.backend", "jax")
+    _set(raw_params, "runtime.strategy", "mirrored")
+    (problem,) = _problems(raw_params)
+    assert problem.startswith("runtime.strategy is TensorFlow's MirroredStrategy; nntune does")
+    assert "set runtime.strategy: none" in problem

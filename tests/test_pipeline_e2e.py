@@ -89,7 +89,10 @@ def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project:
     lineage = json.loads((project / "reports" / "train_run.json").read_text())
     assert lineage["train_seconds"] > 0 and lineage["versions"]["nntune"]
     assert lineage["device"].startswith("CPU") and lineage["device_kind"] == "cpu"
-    assert set(lineage["versions"]) == {"nntune", "python", "tensorflow", "keras", "dvc", "dvclive"}
+    assert lineage["keras_backend"] == "tensorflow"
+    assert set(lineage["versions"]) == {
+        "nntune", "python", "keras", "tensorflow", "jax", "jaxlib", "dvc", "dvclive"
+    }  # fmt: skip
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     data_dep = next(d for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/digits.csv")
     assert lineage["data_md5"] == data_dep["md5"]
@@ -108,6 +111,42 @@ def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project:
     assert {"actual", "predicted"} <= set(rows["Confusion matrix (test)"][0])
     for title in rows:
         assert title in html
+
+
+def test_jax_backend_pretrains_trains_and_evaluates_byte_identically(project: Path) -> None:
+    """runtime.backend: jax, with pretraining (reconstruction cross-entropy): the Keras
+    stages run on JAX, and a forced rerun (its compilations then
+    come from JAX's cache) and a rerun forked from a JAX warm runner give the same bytes."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["runtime"]["backend"] = "jax"
+    params["pretrain"]["enabled"] = True
+    assert params["pretrain"]["loss"] == "reconstruction_crossentropy"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    deterministic = [*DETERMINISTIC, "metrics/pretrain.json"]
+    profile = project.parent / "profile.jsonl"
+    cache = project.parent / "jax-cache"
+    with _environ(JAX_COMPILATION_CACHE_DIR=str(cache), NNTUNE_PROFILE=str(profile)):
+        first = run(project, "dvc", "repro")
+        before = {name: (project / name).read_bytes() for name in deterministic}
+        assert any(cache.iterdir()), "JAX's compilation cache stayed empty"
+        run(project, "dvc", "repro", "--force")
+        again = [n for n in deterministic if before[n] != (project / n).read_bytes()]
+        assert not again, f"not reproducible on JAX: {again}"
+        profile.unlink()
+        with warm_runner(backends=("jax",)) as socket:
+            assert socket is not None
+            warm = run(project, "dvc", "repro", "--force")
+    assert "cold" not in warm.stderr, warm.stderr
+    forked = {r["stage"] for r in map(json.loads, profile.read_text().splitlines()) if r["warm"]}
+    assert forked == {"pretrain", "warmstart", "train", "evaluate"}
+    changed = [n for n in deterministic if before[n] != (project / n).read_bytes()]
+    assert not changed, f"not reproducible under the JAX warm runner: {changed}"
+    assert "training on CPU" in first.stderr + first.stdout
+    lineage = json.loads((project / "reports" / "train_run.json").read_text())
+    assert lineage["keras_backend"] == "jax" and lineage["versions"]["jax"]
+    assert lineage["steps_per_execution"] >= 1
+    assert json.loads(before["metrics/pretrain.json"])["pretrain_epochs"] >= 1
+    assert json.loads(before["metrics/evaluate.json"])["test_accuracy"] > 0.5
 
 
 def test_bad_params_stop_the_pipeline_before_training(project: Path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_table, repo_params_dict, shrink
+from conftest import make_table, repo_params_dict, shrink, tensorflow_only
 from typer.testing import CliRunner
 
 from nntune.cli import app
@@ -443,6 +443,7 @@ def test_a_table_of_the_target_alone_has_no_feature_column(
     )
 
 
+@tensorflow_only  # the export is a TensorFlow model
 def test_predict_the_exported_model_and_evaluate_agree_on_the_raw_test_rows(
     in_tuned: Project, tmp_path: Path
 ) -> None:

@@ -226,3 +226,29 @@ def _assert_same_weights(mine: list[np.ndarray], theirs: list[np.ndarray]) -> No
     assert len(mine) == len(theirs)
     for a, b in zip(mine, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_steps_per_execution_changes_speed_not_results(tmp_path: Path, tiny_params: Params) -> None:
+    """Batches per compiled call: with 1, with auto (a whole epoch here) and with 4 (not a
+    divisor of the 6 steps per epoch, so 3 is used), the same metrics, curves and weights."""
+    es = dataclasses.replace(tiny_params.train.early_stopping, enabled=False)
+    runs = {}
+    for setting in (1, "auto", 4):
+        train = dataclasses.replace(
+            tiny_params.train, max_epochs=4, batch_size=12, steps_per_execution=setting,
+            early_stopping=es,
+        )  # fmt: skip
+        params = dataclasses.replace(tiny_params, train=train)
+        live = tmp_path / str(setting)
+        net, data, result = _train(params, live)
+        curve = (live / "plots" / "metrics" / "eval" / "loss.tsv").read_text()
+        runs[setting] = (result, curve, net.get_weights())
+    steps = -(-len(data.xy("train")[0]) // 12)
+    assert steps % 4 != 0, "the test needs an epoch that 4 does not divide"
+    assert [r.steps_per_execution for r, _, _ in runs.values()] == [1, steps, 3]
+    (base, base_curve, base_weights), *others = runs.values()
+    for result, curve, weights in others:
+        assert result.metrics == base.metrics
+        assert curve == base_curve
+        for mine, theirs in zip(weights, base_weights, strict=True):
+            np.testing.assert_array_equal(mine, theirs)

@@ -115,8 +115,13 @@ def export(
     columns by name (numbers as float32, NaN if missing; categories as strings, "" if
     missing) and returns class probabilities or the predicted value. A model card
     (model_card.json, MODEL_CARD.md) goes beside it. Nothing in the project is written."""
+    import os
+
     from nntune.stage.quiet import filter_tf_noise, import_keras_quietly
 
+    # The export is a TensorFlow model (string lookups, SavedModel) whatever backend trained
+    # it: a .keras file is the same on both.
+    os.environ["KERAS_BACKEND"] = "tensorflow"
     import_keras_quietly()  # before nntune.serving.export imports Keras
     from nntune.serving.export import experiment_source, export_model, workspace_source
 

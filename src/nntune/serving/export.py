@@ -64,6 +64,12 @@ def export_model(source: ExportSource, out: str | Path, fmt: ExportFormat) -> Ex
     """Build the raw-column model from ``source`` and write it, with its model card, to the
     folder ``out`` as a whole (atomically). ``out`` may be a new folder or an earlier
     export; any other folder with files in it is refused rather than replaced."""
+    if keras.backend.backend() != "tensorflow":
+        raise ExportError(
+            f"the export is a TensorFlow model (string lookups, SavedModel), but Keras runs "
+            f"on {keras.backend.backend()} in this process: run nntune export (its CLI "
+            "always uses TensorFlow), or unset KERAS_BACKEND"
+        )
     out = Path(out)
     _check_out(out)
     spec = PreprocessingSpec.from_meta(

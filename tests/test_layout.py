@@ -8,6 +8,7 @@ import ast
 import importlib
 import importlib.metadata
 import re
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -25,6 +26,7 @@ STAGE_SIDE = ("nntune.stage", "nntune.config", "nntune.warm.client", "nntune.err
 STAGE_SIDE_FILES = ("src/nntune/__init__.py", "src/nntune/warm/__init__.py")
 ADAPTERS = {
     "dvc": "nntune.experiments.dvc_internals",
+    "dvclive": "nntune.stage.dvclive_internals",
     "keras": "nntune.stage.keras_internals",
     "optuna": "nntune.tuning.optuna_internals",
 }
@@ -131,6 +133,12 @@ def _private_holder(library: str) -> object:
         from dvc.repo.experiments.queue.celery import LocalCeleryQueue
 
         return LocalCeleryQueue
+    if library == "dvclive":
+        from nntune.stage.dvclive_internals import StepLive
+
+        live = StepLive(dir=tempfile.mkdtemp(), dvcyaml=False, save_dvc_exp=False, report=None)
+        live.end()  # closes the DVC repository it opened
+        return live
     if library == "optuna":
         import optuna
 

@@ -27,6 +27,7 @@ from nntune.config.sections import ModelParams, Params, PretrainParams
 from nntune.errors import NntuneError
 from nntune.stage import artifacts
 from nntune.stage.data import UNLABELED, Prepared
+from nntune.stage.dvclive_internals import StepLive
 from nntune.stage.model import build_model, hidden_stack
 from nntune.stage.training import LiveEpochs
 
@@ -158,8 +159,6 @@ def pretrain_encoder(
 ) -> PretrainResult:
     """Fit the autoencoder on the training rows (labelled or not), stop early on the
     validation rows' reconstruction loss, keep the best epoch's weights."""
-    from dvclive import Live
-
     unlabeled = data.x(UNLABELED)  # prepare always writes it, empty when all rows have labels
     x_fit = np.concatenate([data.x("train"), unlabeled])
     x_val = data.x("val")
@@ -174,17 +173,20 @@ def pretrain_encoder(
     # (the callback's live.end() wrote the summary), a non-finite loss included, so its
     # curves show how it diverged: a crash or a kill leaves the old curves intact.
     with artifacts.atomic_dir(live_dir) as live_tmp:
-        live = Live(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None)
-        history = autoencoder.fit(
-            x_fit,
-            y_fit,
-            validation_data=(x_val, y_val),
-            epochs=pretrain.epochs,
-            batch_size=pretrain.batch_size,
-            shuffle=True,
-            callbacks=[stopper, LiveEpochs(live, end_on_train_end=True)],
-            verbose=2,
-        )
+        live = StepLive(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None)
+        try:
+            history = autoencoder.fit(
+                x_fit,
+                y_fit,
+                validation_data=(x_val, y_val),
+                epochs=pretrain.epochs,
+                batch_size=pretrain.batch_size,
+                shuffle=True,
+                callbacks=[stopper, LiveEpochs(live, end_on_train_end=True)],
+                verbose=2,
+            )
+        finally:
+            live.close()  # the DVC repository it opened, also when the fit failed
     curve = history.history.get("loss", [])
     if not curve or not all(math.isfinite(v) for v in curve):
         raise PretrainError(

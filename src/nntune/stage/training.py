@@ -18,6 +18,7 @@ from nntune.config.sections import RuntimeParams, TrainParams
 from nntune.stage import artifacts
 from nntune.stage.data import Prepared
 from nntune.stage.device import enable_determinism
+from nntune.stage.dvclive_internals import StepLive
 from nntune.stage.keras_internals import seed_generators
 from nntune.stage.model import compile_model
 
@@ -227,8 +228,6 @@ def fit(
     the last epoch's state, not the best one: ``save_last`` receives the model in that state
     before the best epoch's weights are put back (``restore_best_weights``, with or without
     early stopping)."""
-    from dvclive import Live
-
     x_train, y_train = data.xy("train")
     x_val, y_val = data.xy("val")
     es = train.early_stopping
@@ -269,21 +268,25 @@ def fit(
     # diverged or not: a crash (or a kill) leaves the old curves, never half of new ones.
     with artifacts.atomic_dir(live_dir) as live_tmp:
         # dvcyaml=False: dvc.yaml is ours and declares the plots; dvclive must not rewrite it.
-        live = Live(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None)
+        live = StepLive(dir=str(live_tmp), dvcyaml=False, save_dvc_exp=False, report=None)
         live.step = initial_epoch  # a continued run's curve goes on from the parent's last
         logger = LiveEpochs(live)
         started = time.perf_counter()
         epoch = initial_epoch
         tuned: list[float] = []  # the monitored metric over the fine-tuning epochs
-        if freeze_epochs and frozen:
-            _set_trainable(net, frozen, False, train, data.task)
-            epoch += len(run(epoch, epoch + freeze_epochs, []).get("loss", []))
-            _set_trainable(net, frozen, True, train, data.task)
-        if not guard.diverged:
-            history = run(epoch, train.max_epochs, [stopper, keeper] if es.enabled else [keeper])
-            epoch += len(history.get("loss", []))
-            tuned = history.get(es.monitor, [])
-        live.end()
+        try:
+            if freeze_epochs and frozen:
+                _set_trainable(net, frozen, False, train, data.task)
+                epoch += len(run(epoch, epoch + freeze_epochs, []).get("loss", []))
+                _set_trainable(net, frozen, True, train, data.task)
+            if not guard.diverged:
+                fine_tune = [stopper, keeper] if es.enabled else [keeper]
+                history = run(epoch, train.max_epochs, fine_tune)
+                epoch += len(history.get("loss", []))
+                tuned = history.get(es.monitor, [])
+            live.end()
+        finally:
+            live.close()
     seconds = time.perf_counter() - started
     ran = epoch - initial_epoch
     if save_last is not None:

@@ -17,8 +17,13 @@ user would see them (fresh processes, imports included):
   splits of the same project, each trial seeded and built by nntune's own code;
 - bare Keras: a plain loop over the points in one Python process, likewise.
 
+Each contender also runs on Keras' JAX backend: `nntune-jax` (a second project whose
+params.yaml says `runtime.backend: jax`, so its warm runner loads JAX), `keras-tuner-jax`
+and `bare-keras-jax` (KERAS_BACKEND=jax). JAX's compilation cache is a fresh folder of the
+run's temp dir: empty at the first repeat, then warm, as on a user's machine.
+
 Per repeat it prints one JSON line per contender (wall seconds, best trial by val_loss, its
-val and test accuracy), then the medians and the ratio nntune / Keras Tuner.
+val and test accuracy), then the medians and the ratios nntune / Keras Tuner, per backend.
 """
 
 from __future__ import annotations
@@ -48,13 +53,23 @@ SPACE = {
 BUDGET = {"max_epochs": 50, "patience": 5}
 
 
-def env() -> dict[str, str]:
+JAX_CACHE: dict[str, str] = {}  # JAX_COMPILATION_CACHE_DIR, set once the temp dir exists
+
+
+def env(backend: str | None = None) -> dict[str, str]:
+    extra = {"KERAS_BACKEND": backend} if backend else {}
     return {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "DVC_NO_ANALYTICS": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        **JAX_CACHE,
+        **extra,
     }
+
+
+def backend_of(contender: str) -> str:
+    return "jax" if contender.endswith("-jax") else "tensorflow"
 
 
 def sh(cwd: Path, *cmd: str) -> str:
@@ -64,12 +79,14 @@ def sh(cwd: Path, *cmd: str) -> str:
     return out.stdout
 
 
-def make_project(tmp: Path) -> Path:
-    sh(tmp, str(BIN / "nntune"), "init", "proj", "--data", str(ROOT / "data/digits.csv"),
+def make_project(tmp: Path, backend: str = "tensorflow") -> Path:
+    name = f"proj-{backend}"
+    sh(tmp, str(BIN / "nntune"), "init", name, "--data", str(ROOT / "data/digits.csv"),
        "--target", "target")  # fmt: skip
-    project = tmp / "proj"
+    project = tmp / name
     params = project / "params.yaml"
     text = params.read_text()
+    text = re.sub(r"^(  backend: )\w+", rf"\g<1>{backend}", text, flags=re.M)
     text = re.sub(r"^(  max_epochs: )\d+", rf"\g<1>{BUDGET['max_epochs']}", text, flags=re.M)
     text = re.sub(r"^(    patience: )\d+", rf"\g<1>{BUDGET['patience']}", text, flags=re.M)
     params.write_text(text)
@@ -96,8 +113,9 @@ def time_nntune(project: Path, space: Path, jobs: int, mode: str = "warm") -> di
 
     rows = [e for e in list_experiments(project, list(SPACE)) if e.succeeded]
     best = min(rows, key=lambda e: float(e.metrics["val_loss"]))
+    backend = "" if "tensorflow" in project.name else "-jax"
     return {
-        "contender": "nntune" if mode == "warm" else "nntune-cold",
+        "contender": ("nntune" if mode == "warm" else "nntune-cold") + backend,
         "seconds": round(seconds, 1),
         "trials": len(rows),
         "best": best.name,
@@ -109,12 +127,14 @@ def time_nntune(project: Path, space: Path, jobs: int, mode: str = "warm") -> di
 
 def time_in_process(project: Path, kind: str, tmp: Path) -> dict[str, Any]:
     started = time.perf_counter()
+    inner_kind = kind.removesuffix("-jax")
     out = subprocess.run(
-        [sys.executable, __file__, "--inner", kind, "--project", str(project), "--tmp", str(tmp)],
-        env=env(),
+        [sys.executable, __file__, "--inner", inner_kind, "--project", str(project),
+         "--tmp", str(tmp)],
+        env=env(backend_of(kind)),
         capture_output=True,
         text=True,
-    )
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     if out.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
@@ -237,7 +257,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--only", nargs="+", default=["nntune", "keras-tuner", "bare-keras"])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=["nntune", "keras-tuner", "bare-keras", "nntune-jax", "keras-tuner-jax",
+                 "bare-keras-jax"],
+    )  # fmt: skip
     parser.add_argument("--inner", help=argparse.SUPPRESS)
     parser.add_argument("--project", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -248,11 +273,14 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in args.only}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        project = make_project(tmp)
+        JAX_CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp / "jax-cache")
+        backends = sorted({backend_of(name) for name in args.only})
+        projects = {backend: make_project(tmp, backend) for backend in backends}
         for repeat in range(args.repeats):
             for name in args.only:
-                if name in ("nntune", "nntune-cold"):
-                    mode = "warm" if name == "nntune" else "cold"
+                project = projects[backend_of(name)]
+                if name.startswith("nntune"):
+                    mode = "cold" if name.startswith("nntune-cold") else "warm"
                     row = time_nntune(project, tmp / "space.yaml", args.jobs, mode)
                 else:
                     row = time_in_process(project, name, tmp)
@@ -263,8 +291,12 @@ def main() -> None:
         name: statistics.median(r["seconds"] for r in rows) for name, rows in results.items()
     }
     summary: dict[str, Any] = {"median_seconds": medians}
-    if "nntune" in medians and "keras-tuner" in medians:
-        summary["nntune_over_keras_tuner"] = round(medians["nntune"] / medians["keras-tuner"], 2)
+    for suffix in ("", "-jax"):
+        ours, theirs = f"nntune{suffix}", f"keras-tuner{suffix}"
+        if ours in medians and theirs in medians:
+            summary[f"{ours}_over_{theirs}"] = round(medians[ours] / medians[theirs], 2)
+    if "nntune" in medians and "nntune-jax" in medians:
+        summary["nntune-jax_over_nntune"] = round(medians["nntune-jax"] / medians["nntune"], 2)
     print(json.dumps(summary))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -129,3 +130,28 @@ def test_output_layer_stays_float32_under_mixed_precision(tiny_params: Params) -
 def test_mirrored_strategy_is_refused_on_jax(tiny_params: Params) -> None:
     with pytest.raises(DeviceError, match=r"runtime\.strategy: mirrored is TensorFlow's"):
         distribution_scope(runtime(tiny_params, strategy="mirrored"))
+
+
+@jax_only
+def test_on_jax_the_device_is_jaxs_default_and_compilations_are_cached(
+    tiny_params: Params, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import jax
+
+    from nntune.stage.device import compilation_cache_dir, configure
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("NNTUNE_JAX_CACHE", raising=False)
+    try:
+        used = configure(runtime(tiny_params, device="cpu"))
+        assert used.kind == "cpu" and used.record()["keras_backend"] == "jax"
+        assert jax.config.jax_default_device == jax.devices("cpu")[0]
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "nntune" / "jax")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert compilation_cache_dir() == tmp_path / "mine"
+    monkeypatch.setenv("NNTUNE_JAX_CACHE", "off")
+    assert compilation_cache_dir() is None

@@ -51,8 +51,15 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy src
 
+# The Keras-side unit tests run a second time on JAX (runtime.backend: jax); the end-to-end
+# tests cover JAX through a project whose params.yaml picks it.
+JAX_TESTS := tests/test_backend.py tests/test_device.py tests/test_diagnosis.py \
+  tests/test_evaluate.py tests/test_lr_find.py tests/test_model.py tests/test_predict.py \
+  tests/test_pretrain.py tests/test_training.py tests/test_warmstart.py tests/test_export.py
+
 test: lint browser
 	$(BIN)/pytest
+	KERAS_BACKEND=jax $(BIN)/pytest -m "not e2e" $(JAX_TESTS)
 
 # Headless Chromium for the test that opens `nntune plots` output; installed only if missing
 # (Debian package, needs root, as on CI).

@@ -29,7 +29,7 @@ from nntune.stage import artifacts
 from nntune.stage.data import UNLABELED, Prepared
 from nntune.stage.dvclive_internals import StepLive
 from nntune.stage.model import build_model, hidden_stack
-from nntune.stage.training import LiveEpochs
+from nntune.stage.training import EpochLog, LiveEpochs
 
 INFO_FILE = "info.json"
 ENCODER_FILE = "encoder.keras"
@@ -182,8 +182,8 @@ def pretrain_encoder(
                 epochs=pretrain.epochs,
                 batch_size=pretrain.batch_size,
                 shuffle=True,
-                callbacks=[stopper, LiveEpochs(live, end_on_train_end=True)],
-                verbose=2,
+                callbacks=[stopper, LiveEpochs(live, end_on_train_end=True), EpochLog()],
+                verbose=0,  # EpochLog prints the epochs
             )
         finally:
             live.close()  # the DVC repository it opened, also when the fit failed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +57,22 @@ def _snapshot(project: Path) -> dict[str, bytes]:
     return {name: (project / name).read_bytes() for name in DETERMINISTIC}
 
 
+def _assert_forked_and_unchanged(
+    project: Path,
+    warm: subprocess.CompletedProcess[str],
+    profile: Path,
+    before: dict[str, bytes],
+    runner: str,
+) -> None:
+    """The forced rerun ran every Keras stage forked from the runner (its profile says so)
+    and rewrote each file of ``before`` byte for byte."""
+    assert "cold" not in warm.stderr, warm.stderr
+    forked = {r["stage"] for r in map(json.loads, profile.read_text().splitlines()) if r["warm"]}
+    assert forked == {"pretrain", "warmstart", "train", "evaluate"}
+    changed = [name for name in before if before[name] != (project / name).read_bytes()]
+    assert not changed, f"not reproducible under {runner}: {changed}"
+
+
 def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project: Path) -> None:
     first = run(project, "dvc", "repro")
     for stage in ("validate", "prepare", "pretrain", "train", "evaluate"):
@@ -80,11 +97,7 @@ def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project:
     with warm_runner() as socket, _environ(NNTUNE_PROFILE=str(profile)):
         assert socket is not None
         warm = run(project, "dvc", "repro", "--force")
-    assert "cold" not in warm.stderr, warm.stderr
-    forked = {r["stage"] for r in map(json.loads, profile.read_text().splitlines()) if r["warm"]}
-    assert forked == {"pretrain", "warmstart", "train", "evaluate"}
-    changed = [name for name in DETERMINISTIC if before[name] != (project / name).read_bytes()]
-    assert not changed, f"not reproducible under the warm runner: {changed}"
+    _assert_forked_and_unchanged(project, warm, profile, before, "the warm runner")
     # Lineage: what produced these numbers, down to the data file's DVC hash.
     lineage = json.loads((project / "reports" / "train_run.json").read_text())
     assert lineage["train_seconds"] > 0 and lineage["versions"]["nntune"]
@@ -136,11 +149,7 @@ def test_jax_backend_pretrains_trains_and_evaluates_byte_identically(project: Pa
         with warm_runner(backends=("jax",)) as socket:
             assert socket is not None
             warm = run(project, "dvc", "repro", "--force")
-    assert "cold" not in warm.stderr, warm.stderr
-    forked = {r["stage"] for r in map(json.loads, profile.read_text().splitlines()) if r["warm"]}
-    assert forked == {"pretrain", "warmstart", "train", "evaluate"}
-    changed = [n for n in deterministic if before[n] != (project / n).read_bytes()]
-    assert not changed, f"not reproducible under the JAX warm runner: {changed}"
+    _assert_forked_and_unchanged(project, warm, profile, before, "the JAX warm runner")
     assert "training on CPU" in first.stderr + first.stdout
     lineage = json.loads((project / "reports" / "train_run.json").read_text())
     assert lineage["keras_backend"] == "jax" and lineage["versions"]["jax"]

@@ -55,7 +55,8 @@ lint: setup
 # tests cover JAX through a project whose params.yaml picks it.
 JAX_TESTS := tests/test_backend.py tests/test_device.py tests/test_diagnosis.py \
   tests/test_evaluate.py tests/test_lr_find.py tests/test_model.py tests/test_predict.py \
-  tests/test_pretrain.py tests/test_training.py tests/test_warmstart.py tests/test_export.py
+  tests/test_pretrain.py tests/test_training.py tests/test_warmstart.py tests/test_export.py \
+  tests/test_tabular.py
 
 test: lint browser
 	$(BIN)/pytest

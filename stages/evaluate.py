@@ -23,7 +23,7 @@ def main(args: argparse.Namespace) -> None:
     data = read_prepared(args.prepared, splits=("test",))
     x_test, y_test = data.xy("test")
     with filter_tf_noise():  # its first op starts TensorFlow's runtime: cuInit's failure
-        net = keras.saving.load_model(args.model)
+        net = keras.saving.load_model(args.model, compile=False)  # predictions only
     output = net.predict(x_test, batch_size=1024, verbose=0)
     metrics, predictions = evaluate_predictions(data, y_test, output)
     artifacts.write_json(args.metrics, metrics)

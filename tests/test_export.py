@@ -98,12 +98,12 @@ class Trained:
     folder: Path
 
 
-def _train(folder: Path, frame: pd.DataFrame, task: str, unseen: bool) -> Trained:
-    from nntune.stage.model import build_model
+def _train(folder: Path, frame: pd.DataFrame, task: str, unseen: bool, **data: Any) -> Trained:
+    from nntune.stage.model import TargetScale, build_model
     from nntune.stage.training import fit, seed_everything
 
     raw = shrink(repo_params_dict())
-    raw["data"].update(task=task, missing="impute", target="target")
+    raw["data"].update(task=task, missing="impute", target="target", **data)
     params = parse_params(raw, source="test")
     first = prepare(frame, params.data)  # the split depends on the target alone
     frame = _with_gaps(frame, first.test_rows, unseen)
@@ -112,7 +112,14 @@ def _train(folder: Path, frame: pd.DataFrame, task: str, unseen: bool) -> Traine
     write_prepared(prepared, folder / "data" / "prepared")
     data = read_prepared(folder / "data" / "prepared")
     seed_everything(params.runtime)
-    net = build_model(params.model, params.train, len(data.features), data.task, len(data.classes))
+    net = build_model(
+        params.model,
+        params.train,
+        len(data.features),
+        data.task,
+        len(data.classes),
+        target=TargetScale.of(data.task, data.xy("train")[1]),
+    )
     result = fit(net, data, params.train, folder / "dvclive", seed=params.runtime.seed)
     artifacts.save_model(net, folder / "models" / "model.keras")
     x_test, y_test = data.xy("test")
@@ -142,6 +149,37 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trained]:
         ),
         "binary": _train(base / "binary", _classification_table(2, ["no", "yes"]), "binary", False),
         "regression": _train(base / "regression", _regression_table(), "regression", True),
+    }
+
+
+def _shops(frame: pd.DataFrame) -> pd.DataFrame:
+    """A categorical column with a long tail: three common values tied to the class and
+    thirty rare ones, for data.max_categories to group."""
+    rng = np.random.default_rng(4)
+    codes = frame["target"].map({label: i for i, label in enumerate(sorted(set(frame["target"])))})
+    common = np.array(["north", "south", "east"])[codes.to_numpy() % 3]
+    rare = np.array([f"kiosk{i}" for i in rng.integers(0, 30, len(frame))])
+    return frame.assign(shop=np.where(rng.random(len(frame)) < 0.7, common, rare))
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Trained, Path]]:
+    """Models prepared with the quantile and the robust scaling and a capped categorical
+    column (its rare values grouped), exported as .keras files."""
+    base = tmp_path_factory.mktemp("tabular")
+    table = _shops(_classification_table(3, ["x", "y", "z"]))
+    models = {
+        "quantile": _train(
+            base / "quantile", table, "multiclass", True, scaling="quantile", max_categories=4
+        ),
+        "robust": _train(
+            base / "robust", _shops(_regression_table()), "regression", True, scaling="robust",
+            max_categories=3,
+        ),
+    }  # fmt: skip
+    return {
+        name: (model, export_model(model.source, base / f"{name}-keras", "keras").out)
+        for name, model in models.items()
     }
 
 
@@ -377,3 +415,27 @@ def test_an_experiment_is_read_from_its_commit_without_touching_the_workspace(
     assert read.params == source.params and read.evaluate_metrics == source.evaluate_metrics
     assert _git(project, "status", "--porcelain", "--ignored") == before
     assert not (project / "models").exists()
+
+
+@pytest.mark.parametrize("name", ["quantile", "robust"])
+def test_the_export_builds_in_the_quantile_and_robust_scalings_and_grouped_categories(
+    tabular: dict[str, tuple[Trained, Path]], name: str
+) -> None:
+    """The features the exported model computes from raw rows (the quantile map through
+    erfinv, the grouped rare and unseen shops) are prepare's to 1e-6, and its predictions
+    the trained model's."""
+    import keras
+
+    model, folder = tabular[name]
+    net = keras.saving.load_model(folder / "model.keras")
+    inputs = _by_input_name(_raw_test_rows(model), folder)
+    features = keras.Model(net.inputs, net.get_layer("features").output)
+    got = np.asarray(features.predict(inputs, verbose=0))
+    prepared = read_prepared(model.folder / "data" / "prepared", splits=("test",))
+    assert "shop_infrequent_sklearn" in prepared.features
+    assert prepared.x("test")[:, prepared.features.index("shop_infrequent_sklearn")].any()
+    np.testing.assert_allclose(got, prepared.x("test"), rtol=0, atol=1e-6)
+    _assert_same_predictions(model, np.asarray(net.predict(inputs, verbose=0)))
+    card = json.loads((folder / "model_card.json").read_text())
+    shop = next(c for c in card["inputs"] if c["column"] == "shop")
+    assert shop["unseen"] == "the infrequent group" and len(shop["infrequent"]) >= 20

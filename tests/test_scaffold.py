@@ -13,11 +13,11 @@ from nntune.cli import project as cli_project
 from nntune.config.metrics import TASKS
 from nntune.config.params import parse_params
 from nntune.config.sections import Params
+from nntune.scaffold.params_text import params_text
 from nntune.scaffold.project import (
     ScaffoldError,
     _command,
     _mismatches,
-    _params_text,
     gitignore_text,
 )
 
@@ -54,7 +54,7 @@ def test_gitignore_drops_an_unanchored_rule_the_anchored_one_already_covers() ->
 def test_params_text_quotes_strings_so_they_round_trip(value: str) -> None:
     source = Path("data") / f"{value}.csv"
     schema = Path("data") / f"{value}.schema.yaml"
-    text = _params_text(REPO, source, schema, value, "binary")
+    text = params_text(REPO, source, schema, value, "binary")
     data = yaml.safe_load(text)["data"]
     assert data["target"] == value
     assert data["source"] == source.as_posix()
@@ -64,7 +64,7 @@ def test_params_text_quotes_strings_so_they_round_trip(value: str) -> None:
 
 
 def test_params_text_keeps_the_comments_in_their_column() -> None:
-    text = _params_text(REPO, Path("data/c.csv"), Path("data/c.schema.yaml"), "y", "binary")
+    text = params_text(REPO, Path("data/c.csv"), Path("data/c.schema.yaml"), "y", "binary")
     original = (REPO / "params.yaml").read_text().splitlines()
     for line, before in zip(text.splitlines(), original, strict=True):
         if before.startswith(("  source:", "  schema:", "  target:", "  task:")):

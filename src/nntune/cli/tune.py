@@ -235,7 +235,12 @@ def search_command(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="parallel experiments")] = 1,
     space: Annotated[
         Path | None,
-        typer.Option("--space", "-s", help="search space YAML (default: the seed's space)"),
+        typer.Option(
+            "--space",
+            "-s",
+            help="search space YAML, or a preset: seed (the default) or tabular (published "
+            "practice for MLPs on tables)",
+        ),
     ] = None,
     study: Annotated[
         str | None, typer.Option("--study", help="study name (default: the method)")
@@ -288,9 +293,7 @@ def search_command(
         name = study or method
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             raise NntuneError(f"--study {name!r}: use letters, digits and _ (it prefixes names)")
-        chosen = (
-            search_space.load_search_space(space) if space else dict(search_space.DEFAULT_SPACE)
-        )
+        chosen = search_space.chosen_space(space, loaded.data.task)
         search_space.check_against(chosen, base)
         top = max_epochs or (loaded.train.max_epochs if method == "tpe" else 27)
         search_space.brackets(method, min_epochs, top, eta)  # checks the budgets

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import yaml
 
@@ -26,24 +26,21 @@ from nntune.config.sections import (
     ACTIVATIONS,
     BACKENDS,
     DATA_SUFFIXES,
-    LR_SCALING_RULES,
     MIRRORED_ON_JAX,
     MISSING_POLICIES,
-    OPTIMIZERS,
     RECONSTRUCTION_LOSSES,
+    SCALINGS,
     STRATEGIES,
     DataParams,
-    EarlyStoppingParams,
     EvaluateParams,
-    LrScalingParams,
     ModelParams,
     Params,
     ParamsError,
     PretrainParams,
     RuntimeParams,
     TrainParams,
-    WarmStartParams,
 )
+from nntune.config.train_section import parse_train
 
 
 def load_params(path: str | Path) -> Params:
@@ -74,7 +71,7 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     with root.section("model") as s:
         model = _parse_model(s)
     with root.section("train") as s:
-        train = _parse_train(s, data.task if data else None)
+        train = parse_train(s, data.task if data else None)
     with root.section("runtime") as s:
         runtime = _parse_runtime(s)
     with root.section("evaluate") as s:
@@ -150,8 +147,24 @@ def _parse_data(s: SectionReader) -> DataParams | None:
         missing=s.choice("missing", MISSING_POLICIES),
         delimiter=delimiter,
         label_fraction=label_fraction,
+        # Optional keys (newer than some projects): their defaults are the old behaviour.
+        scaling=s.optional("scaling", "standard", lambda k: s.choice(k, SCALINGS)),
+        max_categories=s.optional("max_categories", 0, lambda k: _max_categories(s, k)),
+        min_frequency=s.optional("min_frequency", 1, lambda k: s.integer(k, minimum=1)),
     )
     return None if s.failed() else params
+
+
+def _max_categories(s: SectionReader, key: str) -> int:
+    value = s.integer(key, minimum=0)
+    if value == 1 and not s.failed({key}):
+        s.problem(
+            key,
+            value,
+            "must be 0 (no cap) or >= 2: one category plus the group of infrequent ones; "
+            "to drop a column, list it in data.exclude",
+        )
+    return value
 
 
 def _column_list(s: SectionReader, key: str, allow_all: bool) -> tuple[str, ...] | None:
@@ -180,6 +193,7 @@ def _parse_model(s: SectionReader) -> ModelParams | None:
         activation=s.choice("activation", ACTIVATIONS),
         dropout=s.number("dropout", low=0.0, high=1.0, open_high=True),
         l2=s.number("l2", low=0.0),
+        batch_norm=s.optional("batch_norm", False, s.boolean),
     )
     return None if s.failed() else params
 
@@ -207,84 +221,6 @@ def _parse_units(s: SectionReader, hidden_layers: int) -> tuple[int, ...]:
     return tuple(int(v) for v in values if isinstance(v, int))
 
 
-def _parse_train(s: SectionReader, task: Task | None) -> TrainParams | None:
-    optimizer = s.choice("optimizer", OPTIMIZERS)
-    learning_rate = s.number("learning_rate", low=0.0, open_interval=True)
-    momentum = s.number("momentum", low=0.0, high=1.0, open_high=True)
-    if momentum and optimizer == "adam":
-        s.problem("momentum", momentum, "is not used by adam; set it to 0 or pick sgd / rmsprop")
-    batch_size = s.integer("batch_size", minimum=1)
-    max_epochs = s.integer("max_epochs", minimum=1)
-    with s.section("early_stopping") as es:
-        allowed = validation_metric_names(task) if task else ()
-        early_stopping = EarlyStoppingParams(
-            enabled=es.boolean("enabled"),
-            monitor=es.choice("monitor", allowed) if task else es.string("monitor"),
-            patience=es.integer("patience", minimum=0),
-            min_delta=es.number("min_delta", low=0.0),
-            restore_best_weights=es.boolean("restore_best_weights"),
-        )
-    with s.section("lr_scaling") as lr:
-        lr_scaling = LrScalingParams(
-            rule=lr.choice("rule", LR_SCALING_RULES),
-            reference_batch_size=lr.integer("reference_batch_size", minimum=1),
-        )
-    with s.section("warm_start") as ws:
-        warm_start = _parse_warm_start(ws, max_epochs, s.failed({"max_epochs"}))
-    params = TrainParams(
-        steps_per_execution=_steps_per_execution(s),
-        optimizer=optimizer,
-        learning_rate=learning_rate,
-        momentum=momentum,
-        batch_size=batch_size,
-        max_epochs=max_epochs,
-        early_stopping=early_stopping,
-        lr_scaling=lr_scaling,
-        warm_start=warm_start,
-    )
-    return None if s.failed() else params
-
-
-def _parse_warm_start(s: SectionReader, max_epochs: int, max_epochs_bad: bool) -> WarmStartParams:
-    experiment = s.take("experiment")
-    md5 = s.take("model_md5")
-    epochs = s.integer("epochs", minimum=0)
-    experiment = "" if experiment is None else experiment
-    md5 = "" if md5 is None else md5
-    if not isinstance(experiment, str):
-        s.problem("experiment", experiment, 'must be an experiment name or "" (from scratch)')
-        experiment = ""
-    if not isinstance(md5, str):
-        s.problem("model_md5", md5, 'must be an md5 (32 hex digits) or ""')
-        md5 = ""
-    params = WarmStartParams(experiment=experiment.strip(), model_md5=md5.strip(), epochs=epochs)
-    if params.enabled:
-        if not re.fullmatch(r"[0-9a-f]{32}", params.model_md5) and not s.failed({"model_md5"}):
-            s.problem(
-                "model_md5",
-                md5,
-                f"must be the md5 of {params.experiment}'s models/last.keras (its dvc.lock "
-                "lists it) when warm_start.experiment is set",
-            )
-        if epochs < 1 and not s.failed({"epochs"}):
-            s.problem("epochs", epochs, "must be >= 1: the epochs the parent model trained")
-        elif epochs >= max_epochs and not max_epochs_bad and not s.failed({"epochs"}):
-            s.problem(
-                "epochs",
-                epochs,
-                f"must be < train.max_epochs ({max_epochs}): a continued run trains from "
-                "epoch warm_start.epochs up to max_epochs",
-            )
-    elif params.model_md5 or epochs:
-        s.problem(
-            "experiment",
-            "",
-            "is empty while warm_start.model_md5 or warm_start.epochs is set; set all three "
-            '(or leave model_md5 "" and epochs 0 to train from scratch)',
-        )
-    return params
-
-
 def _parse_runtime(s: SectionReader) -> RuntimeParams:
     device = s.string("device")
     if device and not re.fullmatch(r"auto|cpu|gpu:\d+", device):
@@ -303,23 +239,6 @@ def _parse_runtime(s: SectionReader) -> RuntimeParams:
         # Optional: a project scaffolded before the key existed trains on TensorFlow.
         backend=backend,
     )
-
-
-def _steps_per_execution(s: SectionReader) -> int | Literal["auto"]:
-    """``train.steps_per_execution``: "auto" (also when left out) or a whole number >= 1."""
-    if not s.has("steps_per_execution"):
-        return "auto"
-    value = s.take("steps_per_execution")
-    if value == "auto":
-        return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        s.problem(
-            "steps_per_execution",
-            value,
-            "must be auto (chosen from the steps per epoch) or a whole number of batches >= 1",
-        )
-        return "auto"
-    return value
 
 
 def _parse_evaluate(s: SectionReader, task: Task | None) -> EvaluateParams | None:

@@ -4,7 +4,7 @@ named by its dotted key, the bad value and what is allowed."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -48,6 +48,11 @@ class SectionReader:
         """Whether the key is there: for the keys that may be left out (added after
         projects were scaffolded without them), which then take their default."""
         return name in self.raw
+
+    def optional(self, name: str, default: _T, read: Callable[[str], _T]) -> _T:
+        """``read(name)`` when the key is there, else ``default`` (a key added after
+        projects were scaffolded without it)."""
+        return read(name) if self.has(name) else default
 
     @contextmanager
     def section(self, name: str) -> Iterator[SectionReader]:

@@ -3,6 +3,7 @@ its choices."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,8 +13,12 @@ from nntune.config.metrics import (
 )
 from nntune.errors import NntuneError
 
-Optimizer = Literal["adam", "sgd", "rmsprop"]
-LrScalingRule = Literal["none", "linear"]
+Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
+LrScalingRule = Literal["none", "linear", "sqrt"]
+Scaling = Literal["standard", "robust", "quantile"]
+SCALINGS: tuple[Scaling, ...] = ("standard", "robust", "quantile")
+Schedule = Literal["constant", "cosine", "plateau"]
+SCHEDULES: tuple[Schedule, ...] = ("constant", "cosine", "plateau")
 Strategy = Literal["none", "mirrored"]
 Backend = Literal["tensorflow", "jax"]
 MissingPolicy = Literal["error", "drop", "impute"]
@@ -21,9 +26,9 @@ MISSING_POLICIES: tuple[MissingPolicy, ...] = ("error", "drop", "impute")
 ReconstructionLoss = Literal["reconstruction_crossentropy", "mse"]
 RECONSTRUCTION_LOSSES: tuple[ReconstructionLoss, ...] = ("reconstruction_crossentropy", "mse")
 
-OPTIMIZERS: tuple[Optimizer, ...] = ("adam", "sgd", "rmsprop")
+OPTIMIZERS: tuple[Optimizer, ...] = ("adam", "adamw", "sgd", "rmsprop")
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "tanh", "sigmoid", "swish", "leaky_relu")
-LR_SCALING_RULES: tuple[LrScalingRule, ...] = ("none", "linear")
+LR_SCALING_RULES: tuple[LrScalingRule, ...] = ("none", "linear", "sqrt")
 STRATEGIES: tuple[Strategy, ...] = ("none", "mirrored")
 BACKENDS: tuple[Backend, ...] = ("tensorflow", "jax")  # the first is the default
 # Why runtime.strategy: mirrored is refused on JAX (the params loader and the train stage).
@@ -60,6 +65,14 @@ class DataParams:
     missing: MissingPolicy = "error"
     delimiter: str = "auto"  # CSV only: "auto" sniffs it
     label_fraction: float = 1.0  # share of training rows that keep their label
+    # How numeric features are scaled (fitted on the training split): standard (mean / sd),
+    # robust (median / interquartile range), quantile (ranks mapped to a normal).
+    scaling: Scaling = "standard"
+    # One-hot blocks keep at most this many categories, the rarer ones grouped as one
+    # "infrequent" input (0 = no cap); values seen fewer than min_frequency times in the
+    # training split are grouped there too (1 = none).
+    max_categories: int = 0
+    min_frequency: int = 1
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,7 @@ class ModelParams:
     activation: str
     dropout: float
     l2: float
+    batch_norm: bool = False  # BatchNormalization after each hidden layer's activation
 
 
 @dataclass(frozen=True)
@@ -128,13 +142,27 @@ class TrainParams:
     # Batches per compiled call of the training loop: "auto" (chosen from the steps per
     # epoch, see nntune.stage.training.steps_per_execution) or a number of batches.
     steps_per_execution: int | Literal["auto"] = "auto"
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW's; any optimizer), >= 0
+    schedule: Schedule = "constant"  # learning-rate schedule over the epochs
+    warmup_epochs: int = 0  # epochs of linear warm-up to the rate, before the schedule
+    label_smoothing: float = 0.0  # classification: targets (1 - e) one-hot + e / classes
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the rate changes during training (a schedule or a warm-up)."""
+        return self.schedule != "constant" or self.warmup_epochs > 0
 
     @property
     def effective_learning_rate(self) -> float:
         """The rate the optimiser really uses: with ``lr_scaling.rule: linear`` it grows in
-        proportion to the batch size (Goyal et al. 2017, "Accurate, Large Minibatch SGD")."""
+        proportion to the batch size (Goyal et al. 2017, "Accurate, Large Minibatch SGD"); with
+        ``sqrt`` in proportion to its square root, the rule for Adam-type optimisers (Malladi
+        et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms")."""
+        ratio = self.batch_size / self.lr_scaling.reference_batch_size
         if self.lr_scaling.rule == "linear":
-            return self.learning_rate * self.batch_size / self.lr_scaling.reference_batch_size
+            return self.learning_rate * ratio
+        if self.lr_scaling.rule == "sqrt":
+            return self.learning_rate * math.sqrt(ratio)
         return self.learning_rate
 
 

@@ -13,8 +13,6 @@ staged (``git add -- FILE...``), never the user's other changes.
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -28,8 +26,11 @@ from nntune.config.params import load_params
 from nntune.config.sections import DataParams
 from nntune.errors import NntuneError
 from nntune.experiments import use_this_python
+from nntune.scaffold.errors import ScaffoldError
+from nntune.scaffold.params_text import params_text
 from nntune.stage import artifacts
 from nntune.stage.data import read_table
+from nntune.stage.profiling import id_like_columns
 from nntune.stage.schema import infer_schema
 
 PIPELINE_FILES = ("dvc.yaml", "grid.yaml", ".dvcignore")  # and params.yaml, stages/
@@ -43,10 +44,6 @@ GITIGNORE = [".venv/", "__pycache__/", "/plots/", "/dvc_plots/", "/.nntune/", ".
 GITIGNORE += [".*.old-*/"]
 UNANCHORED = {f"{line[1:]}": line for line in GITIGNORE if line.startswith("/")}
 UNANCHORED |= {name.rstrip("/"): line for name, line in UNANCHORED.items()}
-
-
-class ScaffoldError(NntuneError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -149,8 +146,15 @@ def init_project(
     kept, notes = [], []
     if kept_params is None:
         schema_path = Path("data") / f"{data_file.stem}.schema.yaml"
-        written.text("params.yaml", _params_text(root, inside, schema_path, target, chosen))
+        ids = id_like_columns(frame, target)
+        text = params_text(root, inside, schema_path, target, chosen, [i.column for i in ids])
+        written.text("params.yaml", text)
         data = load_params(project / "params.yaml").data
+        notes += [
+            f"data.exclude: {found.column}: {found.reason()}; remove it from data.exclude in "
+            "params.yaml to use it as a feature"
+            for found in ids
+        ]
     else:
         kept.append("params.yaml")
         data = kept_params
@@ -256,27 +260,6 @@ def gitignore_text(lines: list[str]) -> str:
         if anchored == line or anchored not in (*lines, *kept):  # no duplicate rule
             kept.append(anchored)
     return "\n".join(kept + [w for w in GITIGNORE if w not in kept]) + "\n"
-
-
-def _params_text(root: Path, source: Path, schema: Path, target: str, task: Task) -> str:
-    """This checkout's params.yaml, comments kept, with the data keys set for the table.
-    Values are YAML-quoted: a target named ``yes``, ``null`` or ``1``, or a path with
-    ``#`` or ``: `` in it, stays the string it is."""
-    text = (root / "params.yaml").read_text(encoding="utf-8")
-    values = {"source": source.as_posix(), "schema": schema.as_posix(), "target": target}
-    for key, value in {**values, "task": task}.items():
-        pattern = re.compile(rf"^(  {key}: )(\S+)( *)(#.*)?$", flags=re.MULTILINE)
-        match = pattern.search(text)
-        if match is None:
-            raise ScaffoldError(f"{root / 'params.yaml'}: no data.{key} line to fill in")
-        quoted = json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML string
-        line = match.group(1) + quoted
-        if match.group(4):  # the comment stays in its column where the value allows
-            width = len(match.group(2)) + len(match.group(3))
-            line = line.ljust(len(match.group(1)) + width) + " " * (len(quoted) >= width)
-            line += match.group(4)
-        text = text[: match.start()] + line + text[match.end() :]
-    return text
 
 
 def _write_readme(written: _Written, data: Path, target: str, task: Task) -> None:

@@ -82,6 +82,7 @@ def input_columns(spec: PreprocessingSpec, names: dict[str, str]) -> list[dict[s
                 "kind": "numeric",
                 "dtype": "float32",
                 "missing": gap,
+                "scaling": spec.scaling,
                 "mean": numeric.mean,
                 "scale": numeric.scale,
             }
@@ -90,7 +91,8 @@ def input_columns(spec: PreprocessingSpec, names: dict[str, str]) -> list[dict[s
         if impute:
             gap = f'"" -> most frequent {categorical.most_frequent!r}'
         else:
-            gap = '"" -> all zeros (as an unseen category)'
+            gap = '"" -> as an unseen category'
+        unseen = "the infrequent group" if categorical.infrequent else "all zeros"
         columns.append(
             {
                 "column": categorical.column,
@@ -99,6 +101,9 @@ def input_columns(spec: PreprocessingSpec, names: dict[str, str]) -> list[dict[s
                 "dtype": "string",
                 "missing": gap,
                 "categories": list(categorical.categories),
+                # grouped into one input, with any unseen category
+                "infrequent": list(categorical.infrequent),
+                "unseen": unseen,
             }
         )
     return columns

@@ -7,12 +7,14 @@ first layers do what the prepare stage fitted with scikit-learn, with Keras' own
 operations only, so that the file loads with Keras (or the SavedModel with TensorFlow)
 where nntune is not installed:
 
-- numbers: NaN -> the training median (``data.missing: impute``), then ``(x - mean) /
-  scale``, with ``keras.ops`` in float64 as scikit-learn computes it, so the scaled
+- numbers: NaN -> the training median (``data.missing: impute``), then (``data.scaling:
+  quantile``) the map through the fitted quantiles to a standard normal, then ``(x - mean)
+  / scale``, with ``keras.ops`` in float64 as scikit-learn computes it, so the scaled
   features equal the prepared ones to float32 rounding;
 - categories: ``keras.layers.StringLookup`` one-hot, then a fixed 0/1 matrix (a frozen
-  ``Dense`` without bias) that drops the out-of-vocabulary slot (an unseen category is all
-  zeros) and sends "" to the most frequent category (``data.missing: impute``);
+  ``Dense`` without bias) that sends the out-of-vocabulary slot to the group of infrequent
+  categories where there is one (else an unseen category is all zeros) and "" to the most
+  frequent category (``data.missing: impute``);
 - then the trained model, and for a binary task the sigmoid ``p`` becomes ``[1 - p, p]``.
 """
 
@@ -34,7 +36,12 @@ from nntune.config.sections import MISSING_POLICIES, MissingPolicy
 from nntune.errors import NntuneError
 from nntune.serving.card import ExportSource, card_markdown, model_card
 from nntune.serving.predict import META_PATH, MODEL_PATH, PARAMS_PATH
-from nntune.serving.preprocessing import CategoricalColumn, NumericColumn, PreprocessingSpec
+from nntune.serving.preprocessing import (
+    QUANTILE_BOUND,
+    CategoricalColumn,
+    NumericColumn,
+    PreprocessingSpec,
+)
 from nntune.stage import artifacts
 
 ExportFormat = Literal["keras", "savedmodel"]
@@ -242,17 +249,64 @@ def numeric_block(
     medians = [c.median for c in columns]
     if all(m is not None for m in medians):  # data.missing: impute
         x = keras.ops.where(keras.ops.isnan(x), np.array(medians, dtype="float64"), x)
+    if all(c.quantiles for c in columns):  # data.scaling: quantile
+        x = keras.ops.stack(
+            [quantile_normal_op(x[:, i], np.array(c.quantiles)) for i, c in enumerate(columns)],
+            axis=1,
+        )
     mean = np.array([c.mean for c in columns], dtype="float64")
     scale = np.array([c.scale for c in columns], dtype="float64")  # never 0: 1 if constant
     return keras.ops.cast(keras.ops.divide(keras.ops.subtract(x, mean), scale), "float32")
 
 
+def quantile_normal_op(x: keras.KerasTensor, quantiles: np.ndarray) -> keras.KerasTensor:
+    """``nntune.serving.preprocessing.quantile_normal`` (scikit-learn's quantile scaling to
+    a normal) with ``keras.ops`` on a float64 column: NaN stays NaN."""
+    references = np.linspace(0.0, 1.0, len(quantiles))
+    level = 0.5 * (
+        _interp(x, quantiles, references)
+        - _interp(-x, -quantiles[::-1].copy(), -references[::-1].copy())
+    )
+    level = keras.ops.where(x + QUANTILE_BOUND > quantiles[-1], 1.0, level)
+    level = keras.ops.where(x - QUANTILE_BOUND < quantiles[0], 0.0, level)
+    # the normal's inverse CDF (a NumPy scalar on the left would try to convert the tensor)
+    normal = keras.ops.multiply(keras.ops.erfinv(2.0 * level - 1.0), float(np.sqrt(2.0)))
+    bound = float(np.sqrt(2.0) * _erfinv_np(2.0 * (QUANTILE_BOUND - np.spacing(1)) - 1.0))
+    clipped = keras.ops.clip(normal, bound, -bound)
+    return keras.ops.where(keras.ops.isnan(x), np.nan, clipped)
+
+
+def _erfinv_np(value: float) -> float:
+    from scipy.special import erfinv
+
+    return float(erfinv(value))
+
+
+def _interp(x: keras.KerasTensor, xp: np.ndarray, fp: np.ndarray) -> keras.KerasTensor:
+    """``np.interp(x, xp, fp)`` (``xp`` increasing, ties allowed) in ``keras.ops``."""
+    last = len(xp) - 1
+    if last == 0:
+        return keras.ops.full_like(x, fp[0])
+    xp_const = keras.ops.convert_to_tensor(xp, dtype="float64")
+    found = keras.ops.searchsorted(xp_const, keras.ops.where(keras.ops.isnan(x), 0.0, x), "right")
+    index = keras.ops.clip(found, 1, last)
+    x0, x1 = keras.ops.take(xp, index - 1), keras.ops.take(xp, index)
+    y0, y1 = keras.ops.take(fp, index - 1), keras.ops.take(fp, index)
+    span = keras.ops.subtract(x1, x0)
+    step = keras.ops.where(span > 0, (x - x0) / keras.ops.where(span > 0, span, 1.0), 0.0)
+    y = y0 + step * (y1 - y0)
+    y = keras.ops.where(x <= xp[0], fp[0], y)
+    return keras.ops.where(x >= xp[-1], fp[-1], y)
+
+
 def one_hot_block(
     values: keras.KerasTensor, column: CategoricalColumn, number: int
 ) -> keras.KerasTensor:
-    """``(n, len(column.categories))`` zeros and ones in the recorded category order.
-    StringLookup puts its out-of-vocabulary slot first; the frozen 0/1 matrix after it drops
-    that slot and adds the "" slot (missing) onto the most frequent category's column."""
+    """``(n, column.width)`` zeros and ones in the recorded category order. StringLookup
+    puts its out-of-vocabulary slot first; the frozen 0/1 matrix after it sends that slot to
+    the infrequent group's column (the last) or drops it where there is no group, and adds
+    the "" slot (missing) onto the most frequent category's column. The grouped rare
+    categories are not in the vocabulary: they are out of it, as an unseen one."""
     vocabulary = [str(c) for c in column.categories]
     if MISSING_CATEGORY in vocabulary:
         raise ExportError(
@@ -271,8 +325,10 @@ def one_hot_block(
         output_mode="one_hot",
         name=f"lookup_{number}",
     )
-    select = np.zeros((1 + len(lookup_vocabulary), len(vocabulary)), dtype="float32")
+    select = np.zeros((1 + len(lookup_vocabulary), column.width), dtype="float32")
     select[1 + np.arange(len(vocabulary)), np.arange(len(vocabulary))] = 1.0
+    if column.infrequent:
+        select[0, -1] = 1.0  # out of vocabulary: the group of infrequent categories
     if imputed:
         if str(column.most_frequent) not in vocabulary:
             raise ExportError(
@@ -281,7 +337,7 @@ def one_hot_block(
             )
         select[-1, vocabulary.index(str(column.most_frequent))] = 1.0
     one_hot = keras.layers.Dense(
-        len(vocabulary), use_bias=False, trainable=False, name=f"one_hot_{number}"
+        column.width, use_bias=False, trainable=False, name=f"one_hot_{number}"
     )
     block = one_hot(lookup(values))
     one_hot.set_weights([select])

@@ -16,7 +16,12 @@ from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import (
+    OneHotEncoder,
+    QuantileTransformer,
+    RobustScaler,
+    StandardScaler,
+)
 
 from nntune.config.sections import DataParams
 from nntune.stage.data import SPLITS, UNLABELED, DataError, Prepared
@@ -79,7 +84,7 @@ def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None
     unlabeled = unlabeled.assign(**{data.target: np.nan})
     categorical = categorical_columns(frame, features)
     numeric = [c for c in features if c not in categorical]
-    transformer = _preprocessor(numeric, categorical, data.missing == "impute")
+    transformer = _preprocessor(numeric, categorical, data, len(whole_train))
     # Fitted on the whole training split, labels kept or not: features only, no leak.
     transformer.fit(_model_inputs(whole_train, numeric, categorical))
     names = [str(n) for n in transformer.get_feature_names_out()]
@@ -87,17 +92,17 @@ def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None
         name: _transformed(part, numeric, categorical, transformer, names, data.target)
         for name, part in zip((*SPLITS, UNLABELED), (train, val, test, unlabeled), strict=True)
     }
-    scaler = transformer.named_transformers_["numeric"].named_steps["scale"] if numeric else None
+    spec = preprocessing_spec(transformer, numeric, categorical, data)
     return Prepared(
         splits=splits,
         features=names,
         target=data.target,
         task=data.task,
         classes=classes,
-        scaler_mean=[float(v) for v in scaler.mean_] if scaler is not None else [],
-        scaler_scale=[float(v) for v in scaler.scale_] if scaler is not None else [],
+        scaler_mean=[item["mean"] for item in spec["numeric"]],
+        scaler_scale=[item["scale"] for item in spec["numeric"]],
         source_md5=source_md5,
-        preprocessing=preprocessing_spec(transformer, numeric, categorical, data),
+        preprocessing=spec,
         test_rows=[int(i) for i in test.index],
     )
 
@@ -106,40 +111,64 @@ def preprocessing_spec(
     transformer: ColumnTransformer, numeric: list[str], categorical: list[str], data: DataParams
 ) -> dict[str, Any]:
     """The fitted preprocessing as plain values, in the order of the model's inputs (the
-    numeric columns, then each categorical column's one-hot block): per numeric column its
-    imputed median (with ``data.missing: impute``), mean and scale; per categorical column
-    its imputed most frequent value and its categories (an unseen one encodes as zeros)."""
+    numeric columns, then each categorical column's one-hot block). ``scaling`` says how
+    numbers are scaled; per numeric column its imputed median (with ``data.missing:
+    impute``), then ``(x - mean) / scale`` (standard: mean and standard deviation; robust:
+    median and interquartile range; quantile: 0 and 1, after mapping the value through its
+    ``quantiles`` to a standard normal). Per categorical column its imputed most frequent
+    value, the categories with their own input, and the ``infrequent`` ones that share the
+    block's last input with any unseen value (``data.max_categories``,
+    ``data.min_frequency``; without that group an unseen value encodes as zeros)."""
     fitted = transformer.named_transformers_
-    spec: dict[str, Any] = {"missing": data.missing, "numeric": [], "categorical": []}
+    spec: dict[str, Any] = {
+        "missing": data.missing,
+        "scaling": data.scaling,
+        "numeric": [],
+        "categorical": [],
+    }
     if numeric:
         steps = fitted["numeric"].named_steps
-        scale = steps["scale"]
         medians = steps["impute"].statistics_ if "impute" in steps else [None] * len(numeric)
         spec["numeric"] = [
-            {
-                "column": column,
-                "median": None if median is None else float(median),
-                "mean": float(mean),
-                "scale": float(std),
-            }
-            for column, median, mean, std in zip(
-                numeric, medians, scale.mean_, scale.scale_, strict=True
+            {"column": column, "median": None if median is None else float(median), **scaled}
+            for column, median, scaled in zip(
+                numeric, medians, _scaling_record(steps["scale"], len(numeric)), strict=True
             )
         ]
     if categorical:
         steps = fitted["categorical"].named_steps
         frequent = steps["impute"].statistics_ if "impute" in steps else [None] * len(categorical)
-        spec["categorical"] = [
-            {
-                "column": column,
-                "most_frequent": _plain(top),
-                "categories": [_plain(c) for c in cats],
-            }
-            for column, top, cats in zip(
-                categorical, frequent, steps["onehot"].categories_, strict=True
+        encoder = steps["onehot"]
+        # infrequent_categories_ exists only when grouping is on; None per column without.
+        grouped = getattr(encoder, "infrequent_categories_", None) or [None] * len(categorical)
+        spec["categorical"] = []
+        for column, top, cats, rare in zip(
+            categorical, frequent, encoder.categories_, grouped, strict=True
+        ):
+            rare_set = set() if rare is None else set(rare.tolist())
+            spec["categorical"].append(
+                {
+                    "column": column,
+                    "most_frequent": _plain(top),
+                    "categories": [_plain(c) for c in cats if c not in rare_set],
+                    "infrequent": [_plain(c) for c in cats if c in rare_set],
+                }
             )
-        ]
     return spec
+
+
+def _scaling_record(scaler: Any, width: int) -> list[dict[str, Any]]:
+    """Per column: ``mean`` and ``scale`` of ``(x - mean) / scale``, and for the quantile
+    scaling its ``quantiles`` (the references are evenly spaced from 0 to 1)."""
+    if isinstance(scaler, QuantileTransformer):
+        return [
+            {"mean": 0.0, "scale": 1.0, "quantiles": [float(q) for q in scaler.quantiles_[:, i]]}
+            for i in range(width)
+        ]
+    centre = scaler.mean_ if isinstance(scaler, StandardScaler) else scaler.center_
+    return [
+        {"mean": float(m), "scale": float(s)} for m, s in zip(centre, scaler.scale_, strict=True)
+    ]
 
 
 def _plain(value: Any) -> Any:
@@ -168,13 +197,30 @@ def _keep_labels(
     return kept, hidden
 
 
-def _preprocessor(numeric: list[str], categorical: list[str], impute: bool) -> ColumnTransformer:
-    numeric_steps: list[tuple[str, Any]] = [("scale", StandardScaler())]
+# Rows the quantile scaling's quantiles are computed from at most (scikit-learn's default).
+QUANTILES = 1000
+
+
+def _preprocessor(
+    numeric: list[str], categorical: list[str], data: DataParams, train_rows: int
+) -> ColumnTransformer:
+    numeric_steps: list[tuple[str, Any]] = [("scale", _scaler(data, train_rows))]
     categorical_steps: list[tuple[str, Any]] = [
-        # Categories come from the training split; one unseen later becomes all zeros.
-        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype="float32"))
+        # Categories come from the training split. Rare ones (max_categories, min_frequency)
+        # share one "infrequent" input, where an unseen one also goes; without that group an
+        # unseen category becomes all zeros.
+        (
+            "onehot",
+            OneHotEncoder(
+                handle_unknown="infrequent_if_exist",
+                max_categories=data.max_categories or None,
+                min_frequency=data.min_frequency if data.min_frequency > 1 else None,
+                sparse_output=False,
+                dtype="float32",
+            ),
+        )
     ]
-    if impute:
+    if data.missing == "impute":
         numeric_steps.insert(0, ("impute", SimpleImputer(strategy="median")))
         categorical_steps.insert(0, ("impute", SimpleImputer(strategy="most_frequent")))
     return ColumnTransformer(
@@ -184,6 +230,22 @@ def _preprocessor(numeric: list[str], categorical: list[str], impute: bool) -> C
         ],
         verbose_feature_names_out=False,  # "age", "colour_red" rather than "numeric__age"
     )
+
+
+def _scaler(data: DataParams, train_rows: int) -> Any:
+    """``data.scaling``: standard (Gorishniy et al. 2021's baselines), robust (median and
+    interquartile range: heavy tails do not squash the bulk; RealMLP's choice, Holzmüller et
+    al. 2024) or quantile (each value's rank mapped to a standard normal; Gorishniy et al.
+    2021's default), seeded by ``data.split_seed`` where it subsamples."""
+    if data.scaling == "robust":
+        return RobustScaler()
+    if data.scaling == "quantile":
+        return QuantileTransformer(
+            n_quantiles=max(1, min(QUANTILES, train_rows)),
+            output_distribution="normal",
+            random_state=data.split_seed,
+        )
+    return StandardScaler()
 
 
 def _model_inputs(part: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:

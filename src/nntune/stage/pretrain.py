@@ -28,7 +28,7 @@ from nntune.errors import NntuneError
 from nntune.stage import artifacts
 from nntune.stage.data import UNLABELED, Prepared
 from nntune.stage.dvclive_internals import StepLive
-from nntune.stage.model import build_model, hidden_stack
+from nntune.stage.model import TargetScale, build_model, hidden_stack
 from nntune.stage.training import EpochLog, LiveEpochs
 
 INFO_FILE = "info.json"
@@ -278,5 +278,6 @@ def initialised_model(
         data.task,
         len(data.classes),
         input_scaling=pretrained.scaling_layer(),
+        target=TargetScale.of(data.task, data.xy("train")[1]),
     )
     return net, transfer(pretrained, net)

@@ -20,6 +20,7 @@ from pandera.errors import SchemaErrors
 from nntune.config.sections import DataParams
 from nntune.errors import NntuneError
 from nntune.stage.data import read_table
+from nntune.stage.profiling import MAX_ENUMERATED, id_like_columns
 from nntune.stage.screening import screened
 
 MAX_EXAMPLES = 5  # failing values shown per (column, check)
@@ -69,8 +70,9 @@ def digits_schema() -> pa.DataFrameSchema:
 
 def infer_schema(frame: pd.DataFrame, data: DataParams) -> pa.DataFrameSchema:
     """A starting schema from the data, to read and edit: every column's dtype and observed
-    nullability, numeric ranges, the allowed values of categorical columns and the label
-    set of a classification target. Unknown columns are rejected (strict)."""
+    nullability, numeric ranges, the allowed values of categorical columns (up to
+    ``MAX_ENUMERATED`` of them) and the label set of a classification target. Unknown
+    columns are rejected (strict)."""
     inferred = pa.infer_schema(frame)
     updates: dict[str, dict[str, Any]] = {}
     for name in frame.columns:
@@ -79,7 +81,8 @@ def infer_schema(frame: pd.DataFrame, data: DataParams) -> pa.DataFrameSchema:
         is_label = name == data.target and data.task != "regression"
         if is_label or not numeric:
             allowed = sorted(values.unique().tolist(), key=str)
-            updates[str(name)] = {"checks": [pa.Check.isin([_plain(v) for v in allowed])]}
+            if is_label or len(allowed) <= MAX_ENUMERATED:  # else an id: its type only
+                updates[str(name)] = {"checks": [pa.Check.isin([_plain(v) for v in allowed])]}
         elif len(values):
             # One range check instead of pandera's >= and <= pair: half the passes.
             low, high = _plain(values.min()), _plain(values.max())
@@ -220,9 +223,14 @@ def _rows(mask: pd.Series, column: str, check: str) -> Failure:
 
 
 def _warnings(frame: pd.DataFrame, data: DataParams) -> list[Failure]:
-    """Signs of trouble that should not stop a run: constant features, a rare class."""
-    warnings = []
-    for column in _used_columns(frame, data)[:-1]:
+    """Signs of trouble that should not stop a run: constant features, identifiers among
+    the features, a rare class."""
+    used = _used_columns(frame, data)[:-1]
+    warnings = [
+        Failure(found.column, f"{found.reason()}; add it to data.exclude", found.rows, [])
+        for found in id_like_columns(frame[[c for c in used if c in frame.columns]], data.target)
+    ]
+    for column in used:
         if column in frame.columns and _constant(frame[column]):
             value = frame[column].dropna().iloc[0] if frame[column].notna().any() else None
             warnings.append(

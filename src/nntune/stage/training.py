@@ -21,6 +21,7 @@ from nntune.stage.device import enable_determinism
 from nntune.stage.dvclive_internals import StepLive
 from nntune.stage.keras_internals import seed_generators
 from nntune.stage.model import compile_model
+from nntune.stage.schedules import schedule_callbacks
 
 
 def seed_everything(runtime: RuntimeParams) -> None:
@@ -263,6 +264,7 @@ def fit(
     guard = DivergenceGuard()
     reseed = EpochSeeds(seed)
     clock = EpochClock()
+    rates = schedule_callbacks(train)  # before the guard and the logger: they read the rate
 
     per_call = steps_per_execution(
         train.steps_per_execution, math.ceil(len(x_train) / train.batch_size)
@@ -281,7 +283,7 @@ def fit(
             validation_data=(x_val, y_val),
             shuffle=False,  # the batches are already in the (seed, epoch) order
             verbose=0,  # EpochLog prints the epochs
-            callbacks=[reseed, guard, *extra, logger, clock, EpochLog(), *callbacks],
+            callbacks=[reseed, *rates, guard, *extra, logger, clock, EpochLog(), *callbacks],
         )
         return dict(history.history)
 

@@ -91,11 +91,16 @@ def load(init_dir: str | Path, params: Params, data: Prepared) -> keras.Model | 
         )
     import keras
 
-    from nntune.stage.model import build_model
+    from nntune.stage.model import TargetScale, build_model
 
     net = keras.saving.load_model(init_dir / MODEL_FILE)
     fresh = build_model(
-        params.model, params.train, len(data.features), data.task, len(data.classes)
+        params.model,
+        params.train,
+        len(data.features),
+        data.task,
+        len(data.classes),
+        target=TargetScale.of(data.task, data.xy("train")[1]),
     )
     _check_same_model(net, fresh, warm.experiment, params)
     return net
@@ -127,7 +132,7 @@ def _check_same_model(net: keras.Model, fresh: keras.Model, parent: str, params:
     optimizer = net.optimizer
     if optimizer is None or type(optimizer).__name__.lower() != params.train.optimizer:
         problems.append(f"its optimizer is not {params.train.optimizer}")
-    else:
+    elif not params.train.scheduled:  # a schedule leaves the rate of the parent's last epoch
         rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         wanted = params.train.effective_learning_rate
         if abs(rate - wanted) > 1e-6 * max(abs(wanted), 1e-12):

@@ -64,6 +64,50 @@ DEFAULT_SPACE: dict[str, Dimension] = {
 }
 
 
+# Published practice for MLPs on tables, shrunk to what a trial on 2 cores affords:
+# Gorishniy et al. 2021 ("Revisiting Deep Learning Models for Tabular Data", the MLP's TPE
+# space: 1-8 layers of 1-512 units, dropout 0-0.5, AdamW at 1e-5..1e-2 with weight decay
+# 1e-6..1e-3, quantile-normalised inputs) and Holzmüller et al. 2024 (RealMLP: robust
+# scaling, a cosine-type schedule, label smoothing 0.1, weight decay; tuned defaults of 3 x
+# 256). Here 1-4 layers of 64-512 units (log scale), the three scalings, constant or cosine
+# with a 5-epoch warm-up under the cosine's horizon, batches 64-256 with square-root
+# rate scaling (Malladi et al. 2022), and label smoothing 0 or 0.1 for classification.
+TABULAR_SPACE: dict[str, Dimension] = {
+    "data.scaling": Choice(("quantile", "robust", "standard")),
+    "model.hidden_layers": Range(1, 4, integer=True),
+    "model.units": Range(64, 512, log=True, integer=True),
+    "model.dropout": Range(0.0, 0.5),
+    "model.batch_norm": Choice((False, True)),
+    "train.optimizer": Choice(("adamw",)),
+    "train.learning_rate": Range(1e-4, 1e-2, log=True),
+    "train.weight_decay": Range(1e-6, 1e-2, log=True),
+    "train.schedule": Choice(("constant", "cosine")),
+    "train.batch_size": Choice((64, 128, 256)),
+    "train.lr_scaling.rule": Choice(("sqrt",)),
+}
+TABULAR_CLASSIFICATION: dict[str, Dimension] = {"train.label_smoothing": Choice((0.0, 0.1))}
+PRESETS = ("seed", "tabular")  # --space NAME: the seed article's space, the tabular one
+
+
+def preset_space(name: str, task: str) -> dict[str, Dimension]:
+    """A named space: ``seed`` (the seed article's, the default) or ``tabular``."""
+    if name == "seed":
+        return dict(DEFAULT_SPACE)
+    if name == "tabular":
+        extra = TABULAR_CLASSIFICATION if task != "regression" else {}
+        return {**TABULAR_SPACE, **extra}
+    raise SearchError(f"no search space preset {name!r}; the presets are {', '.join(PRESETS)}")
+
+
+def chosen_space(space: str | Path | None, task: str) -> dict[str, Dimension]:
+    """``--space``: a YAML file, or a preset's name where no such file exists."""
+    if space is None:
+        return preset_space("seed", task)
+    if str(space) in PRESETS and not Path(space).exists():
+        return preset_space(str(space), task)
+    return load_search_space(space)
+
+
 def load_search_space(path: str | Path) -> dict[str, Dimension]:
     """A YAML mapping of dotted params keys to a list of values (as for ``nntune grid``) or
     to a range ``{low: 1e-4, high: 0.1, log: true}`` (``step`` optional; integers when both

@@ -1,0 +1,338 @@
+"""Benchmark: test-set quality of nntune's searches against gradient boosting, scikit-learn's
+MLP and a linear model, on the same split of each table (issue 17).
+
+    KERAS_BACKEND=jax .venv/bin/python benchmarks/quality.py [--tables digits,wine,...]
+        [--trials 16] [--max-epochs 100]
+
+Tables: scikit-learn's bundled digits, wine, breast_cancer and diabetes, and two generated
+ones: ``counts4`` (a 4-class table of heavy-tailed counts and skewed amounts, a categorical
+column of 12 values with a long tail of rare ones, 5% gaps, classes 45/30/17/8%, and a
+unique ``customer_id``) and ``skewreg`` (a regression table of lognormal and Pareto
+features, a categorical column of 40 values, gaps, an interaction, a target in the
+hundred-thousands).
+
+Every contender trains on nntune's own prepared split (``prepare`` with the defaults of
+params.yaml, ``data.missing: impute``, identifier columns excluded as ``nntune init``
+excludes them) and is scored on its test split, which no selection sees:
+
+- ``hgb``: HistGradientBoosting (scikit-learn defaults, early stopping on its own 10%);
+- ``sk-mlp``: MLPClassifier / MLPRegressor(100), early stopping;
+- ``linear``: LogisticRegression / Ridge;
+- ``nntune-baseline``: params.yaml as it is (1 x 128, Adam at 0.01, standard scaling);
+- ``seed-grid``: the default grid (grid.yaml, 42 distinct points) with the recipe before
+  issue 17 (standard scaling, Adam, constant rate, regression target not standardised),
+  best by the validation objective (val_loss), as ``nntune grid`` + ``compare`` picks it;
+- ``seed-grid+target``: the same grid with the regression target standardised (only
+  regression tables differ);
+- ``tabular-tpe``: ``nntune search --space tabular`` as a TPE study of ``--trials`` trials
+  (Optuna, seed 0), best by val_loss.
+
+Trials run in this process through nntune's library calls (``prepare``, ``build_model``,
+``fit``, the evaluate stage's ``evaluate_predictions``), not through DVC: the quality is
+the recipe's, the wall time excludes DVC's per-trial overhead (benchmarks/overhead.py).
+Prints one JSON line per (table, contender) and a Markdown table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from nntune.config.mapping import apply  # noqa: E402
+from nntune.config.params import parse_params  # noqa: E402
+from nntune.config.sections import Params  # noqa: E402
+from nntune.stage.data import Prepared, digits_frame  # noqa: E402
+from nntune.stage.preprocess import prepare  # noqa: E402
+from nntune.stage.profiling import id_like_columns  # noqa: E402
+from nntune.tuning.grid import expand, load_space  # noqa: E402
+
+TABLES = ("digits", "wine", "breast_cancer", "diabetes", "counts4", "skewreg")
+
+
+def load_table(name: str) -> tuple[pd.DataFrame, str]:
+    """The table (target column ``target``) and its task."""
+    from sklearn import datasets
+
+    if name == "digits":
+        return digits_frame(), "multiclass"
+    if name in ("wine", "breast_cancer", "diabetes"):
+        loaded = getattr(datasets, f"load_{name}")(as_frame=True)
+        frame = loaded.frame.rename(columns={loaded.target.name: "target"})
+        task = {"wine": "multiclass", "breast_cancer": "binary", "diabetes": "regression"}[name]
+        return frame, task
+    if name == "counts4":
+        return counts4(), "multiclass"
+    if name == "skewreg":
+        return skewreg(), "regression"
+    raise SystemExit(f"unknown table {name}; choose from {', '.join(TABLES)}")
+
+
+def counts4(rows: int = 6000, seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    label = rng.choice(4, rows, p=[0.45, 0.30, 0.17, 0.08])
+    frame = pd.DataFrame({"customer_id": [f"cu-{i:07d}" for i in rng.permutation(rows)]})
+    for j in range(6):  # counts whose rate depends on the class, heavy-tailed
+        rate = np.exp(0.4 * ((label + j) % 4) + rng.normal(0, 1.0, rows))
+        frame[f"count{j}"] = rng.negative_binomial(2, 1 / (1 + rate)).astype("float64")
+    frame["amount"] = rng.pareto(1.1, rows) * (1 + 0.6 * (label == 3))
+    frame["ratio"] = rng.lognormal(0.2 * label, 1.5, rows)
+    for j in range(4):  # uninformative, skewed
+        frame[f"noise{j}"] = rng.lognormal(0, 2, rows)
+    common = np.array(["a", "b", "c", "d", "e", "f"])[(label * 2 + rng.integers(0, 2, rows)) % 6]
+    rare = np.array([f"r{i}" for i in rng.integers(0, 6, rows)])
+    frame["segment"] = np.where(rng.random(rows) < 0.85, common, rare)
+    for column in ("count0", "amount", "ratio", "segment"):
+        frame.loc[rng.random(rows) < 0.05, column] = np.nan
+    frame["target"] = np.array(["w", "x", "y", "z"])[label]
+    return frame
+
+
+def skewreg(rows: int = 3000, seed: int = 11) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "area": rng.lognormal(4.5, 0.5, rows),
+            "rooms": rng.poisson(3, rows).astype("float64") + 1,
+            "age": rng.pareto(2.0, rows) * 10,
+            "distance": rng.lognormal(1, 1, rows),
+        }
+    )
+    for j in range(3):
+        frame[f"noise{j}"] = rng.standard_t(2, rows)
+    district = rng.integers(0, 40, rows)
+    frame["district"] = [f"d{d}" for d in district]
+    effect = np.sin(district) * 0.3
+    log_price = (
+        0.8 * np.log(frame["area"])
+        + 0.1 * frame["rooms"]
+        - 0.15 * np.log1p(frame["age"])
+        - 0.2 * np.log(frame["distance"]) * (frame["rooms"] > 3)
+        + effect
+        + rng.normal(0, 0.15, rows)
+    )
+    frame["target"] = 1e5 * np.exp(log_price - log_price.mean())
+    for column in ("age", "distance", "district"):
+        frame.loc[rng.random(rows) < 0.05, column] = np.nan
+    return frame
+
+
+def base_params(frame: pd.DataFrame, task: str, max_epochs: int) -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load((ROOT / "params.yaml").read_text())
+    metric = "val_loss"
+    raw["data"].update(
+        source="table.csv",
+        target="target",
+        task=task,
+        missing="impute",
+        exclude=[found.column for found in id_like_columns(frame, "target")],
+    )
+    raw["train"]["max_epochs"] = max_epochs
+    raw["evaluate"]["objective"] = {"metric": metric, "direction": "min"}
+    raw["train"]["early_stopping"]["monitor"] = metric
+    return raw
+
+
+class Trials:
+    """Runs configurations of one table in this process; prepared splits are cached by the
+    data section (a search over data.scaling prepares each scaling once)."""
+
+    def __init__(self, frame: pd.DataFrame, task: str, base: dict[str, Any]) -> None:
+        self.frame, self.task, self.base = frame, task, base
+        self.prepared: dict[str, Prepared] = {}
+
+    def params(self, point: dict[str, Any]) -> Params:
+        return parse_params(apply(self.base, point), source="quality")
+
+    def data(self, params: Params) -> Prepared:
+        key = json.dumps(params.data.__dict__, sort_keys=True, default=str)
+        if key not in self.prepared:
+            self.prepared[key] = prepare(self.frame, params.data)
+        return self.prepared[key]
+
+    def run(self, point: dict[str, Any], scale_target: bool = True) -> dict[str, Any]:
+        from nntune.stage.evaluate import evaluate_predictions
+        from nntune.stage.model import TargetScale, build_model
+        from nntune.stage.training import fit, seed_everything
+
+        params = self.params(point)
+        data = self.data(params)
+        seed_everything(params.runtime)
+        y_train = data.xy("train")[1]
+        net = build_model(
+            params.model,
+            params.train,
+            len(data.features),
+            data.task,
+            len(data.classes),
+            target=TargetScale.of(data.task, y_train) if scale_target else None,
+        )
+        with (
+            tempfile.TemporaryDirectory() as live,
+            contextlib.redirect_stdout(io.StringIO()),  # the epoch lines
+        ):
+            result = fit(net, data, params.train, live, seed=params.runtime.seed)
+        x_test, y_test = data.xy("test")
+        output = net.predict(x_test, batch_size=1024, verbose=0)
+        test, _ = evaluate_predictions(data, y_test, output)
+        val = result.metrics.get("val_loss")
+        return {"point": point, "val_loss": val, "test": test}
+
+
+def score(task: str, test: dict[str, Any]) -> float | None:
+    """The headline test metric: accuracy (classification) or RMSE (regression)."""
+    return test.get("test_rmse" if task == "regression" else "test_accuracy")
+
+
+def best(results: list[dict[str, Any]]) -> dict[str, Any]:
+    finite = [r for r in results if r["val_loss"] is not None and np.isfinite(r["val_loss"])]
+    return min(finite, key=lambda r: r["val_loss"])
+
+
+def references(data: Prepared) -> dict[str, float]:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    x, y = data.xy("train")
+    x_val, y_val = data.xy("val")
+    x_all, y_all = np.vstack([x, x_val]), np.concatenate([y, y_val])  # train + validation
+    x_test, y_test = data.xy("test")
+    regression = data.task == "regression"
+    models: dict[str, Any] = {
+        "hgb": (HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier)(
+            random_state=0
+        ),
+        "sk-mlp": (MLPRegressor if regression else MLPClassifier)(
+            (100,), early_stopping=True, max_iter=500, random_state=0
+        ),
+        "linear": Ridge() if regression else LogisticRegression(max_iter=5000),
+    }
+    scores = {}
+    for name, model in models.items():
+        model.fit(x_all, y_all)
+        predicted = model.predict(x_test)
+        if regression:
+            scores[name] = float(np.sqrt(np.mean((predicted - y_test) ** 2)))
+        else:
+            scores[name] = float(np.mean(predicted == y_test))
+    return scores
+
+
+def tpe(trials: Trials, n: int, space_name: str) -> list[dict[str, Any]]:
+    import optuna
+
+    from nntune.tuning.search_space import preset_space, suggest
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = preset_space(space_name, trials.task)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    results = []
+    for _ in range(n):
+        trial = study.ask()
+        result = trials.run(suggest(trial, space))
+        value = result["val_loss"]
+        study.tell(trial, value if value is not None and np.isfinite(value) else 1e9)
+        results.append(result)
+    return results
+
+
+def timed(action: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    out = action()
+    return out, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", default=",".join(TABLES))
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--max-epochs", type=int, default=100)
+    parser.add_argument("--skip", default="", help="contenders to leave out, comma-separated")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    rows: list[dict[str, Any]] = []
+    for name in args.tables.split(","):
+        rows += table_rows(name, args.trials, args.max_epochs, skip)
+    print(markdown(rows))
+
+
+def table_rows(name: str, n_trials: int, max_epochs: int, skip: set[str]) -> list[dict[str, Any]]:
+    frame, task = load_table(name)
+    base = base_params(frame, task, max_epochs)
+    trials = Trials(frame, task, base)
+    grid = [trial.overrides for trial in expand(load_space(ROOT / "grid.yaml"), base)[0]]
+    data = trials.data(trials.params({}))
+    rows = []
+
+    def report(contender: str, value: float | None, seconds: float, **extra: Any) -> None:
+        row = {"table": name, "task": task, "contender": contender, "test": value}
+        row.update(seconds=round(seconds, 1), **extra)
+        rows.append(row)
+        print(json.dumps(row, default=str), flush=True)
+
+    refs, seconds = timed(lambda: references(data))
+    for contender, value in refs.items():
+        report(contender, value, seconds / len(refs))
+    runs: dict[str, Callable[[], list[dict[str, Any]]]] = {
+        "nntune-baseline": lambda: [trials.run({})],
+        "seed-grid": lambda: [trials.run(p, scale_target=False) for p in grid],
+        "seed-grid+target": lambda: [trials.run(p) for p in grid],
+        "tabular-tpe": lambda: tpe(trials, n_trials, "tabular"),
+    }
+    if task != "regression":
+        runs.pop("seed-grid+target")  # the same as seed-grid
+    for contender, run in runs.items():
+        if contender in skip:
+            continue
+        results, seconds = timed(run)
+        chosen = best(results)
+        report(
+            contender,
+            score(task, chosen["test"]),
+            seconds,
+            trials=len(results),
+            val_loss=chosen["val_loss"],
+            point=chosen["point"],
+        )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    contenders = list(dict.fromkeys(r["contender"] for r in rows))
+    lines = [
+        "| table | metric | " + " | ".join(contenders) + " |",
+        "|---|---|" + "---|" * len(contenders),
+    ]
+    for table in dict.fromkeys(r["table"] for r in rows):
+        mine = {r["contender"]: r for r in rows if r["table"] == table}
+        task = next(iter(mine.values()))["task"]
+        metric = "RMSE" if task == "regression" else "accuracy"
+        cells = []
+        for contender in contenders:
+            row = mine.get(contender)
+            if row is None or row["test"] is None:
+                cells.append("")
+                continue
+            value = f"{row['test']:.4g}" if task == "regression" else f"{row['test']:.4f}"
+            cells.append(f"{value} ({row['seconds']:.0f} s)")
+        lines.append(f"| {table} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The params.yaml of a new project: this checkout's, comments kept, with the data keys of
+the user's table filled in."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from nntune.config.metrics import Task
+from nntune.scaffold.errors import ScaffoldError
+
+
+def params_text(
+    root: Path, source: Path, schema: Path, target: str, task: Task, exclude: Sequence[str] = ()
+) -> str:
+    """This checkout's params.yaml, comments kept, with the data keys set for the table
+    (``exclude``: the identifier columns found). Values are YAML-quoted: a target named
+    ``yes``, ``null`` or ``1``, or a path with ``#`` or ``: `` in it, stays the string it
+    is."""
+    text = (root / "params.yaml").read_text(encoding="utf-8")
+    values: dict[str, str | list[str]] = {
+        "source": source.as_posix(),
+        "schema": schema.as_posix(),
+        "target": target,
+        "task": task,
+        "exclude": list(exclude),
+    }
+    for key, value in values.items():
+        pattern = re.compile(rf"^(  {key}: )(\S+)( *)(#.*)?$", flags=re.MULTILINE)
+        match = pattern.search(text)
+        if match is None:
+            raise ScaffoldError(f"{root / 'params.yaml'}: no data.{key} line to fill in")
+        quoted = json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML string
+        line = match.group(1) + quoted
+        if match.group(4):  # the comment stays in its column where the value allows
+            width = len(match.group(2)) + len(match.group(3))
+            line = line.ljust(len(match.group(1)) + width) + " " * (len(quoted) >= width)
+            line += match.group(4)
+        text = text[: match.start()] + line + text[match.end() :]
+    return text

@@ -74,7 +74,10 @@ def test_init_then_repro_on_your_own_csv(tmp_path: Path) -> None:
 
     made = run(tmp_path, NNTUNE, "init", "shop", "--data", str(source), "--target", "churn")
     assert "task: binary (inferred from the target column" in made.stdout
+    # the id column numbers the rows: init excluded it and said so
+    assert "data.exclude: id: 300 distinct values in 300 rows" in " ".join(made.stderr.split())
     project = tmp_path / "shop"
+    assert yaml.safe_load((project / "params.yaml").read_text())["data"]["exclude"] == ["id"]
     tracked = run(project, "git", "ls-files").stdout.splitlines()
     assert "data/customers.csv.dvc" in tracked and "data/customers.csv" not in tracked
     pipeline = {"dvc.yaml", "params.yaml", "stages/train.py", "src/nntune/stage/data.py"}
@@ -88,9 +91,7 @@ def test_init_then_repro_on_your_own_csv(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2 and "refusing to overwrite" in refused.stderr
 
-    # The id column would leak row order; exclude it, and keep training short.
-    set_param(project, "exclude", "[id]")
-    set_param(project, "max_epochs", "5")
+    set_param(project, "max_epochs", "5")  # keep training short
     failed = run(project, "dvc", "repro", check=False)
     assert failed.returncode != 0
     assert "failed to reproduce 'validate'" in failed.stderr

@@ -71,6 +71,19 @@ def test_params_text_keeps_the_comments_in_their_column() -> None:
             assert line.index("#") == before.index("#"), line
 
 
+def test_params_text_excludes_the_identifier_columns_init_found() -> None:
+    """init passes the id-like columns (nntune.stage.profiling) here; the new project's
+    params.yaml then lists them under data.exclude, and nothing else changes."""
+    plain = params_text(REPO, Path("data/c.csv"), Path("data/c.schema.yaml"), "y", "binary")
+    text = params_text(
+        REPO, Path("data/c.csv"), Path("data/c.schema.yaml"), "y", "binary", ["customer id", "no"]
+    )
+    assert parse_params(yaml.safe_load(text)).data.exclude == ("customer id", "no")
+    assert parse_params(yaml.safe_load(plain)).data.exclude == ()
+    changed = [a for a, b in zip(text.splitlines(), plain.splitlines(), strict=True) if a != b]
+    assert len(changed) == 1 and changed[0].startswith("  exclude: ")
+
+
 def test_a_failing_command_reports_all_it_printed(tmp_path: Path) -> None:
     with pytest.raises(ScaffoldError) as raised:
         _command(tmp_path, "sh", "-c", "echo on stdout; echo on stderr >&2; exit 3")

@@ -25,7 +25,11 @@ excludes them) and is scored on its test split, which no selection sees:
 - ``seed-grid+target``: the same grid with the regression target standardised (only
   regression tables differ);
 - ``tabular-tpe``: ``nntune search --space tabular`` as a TPE study of ``--trials`` trials
-  (Optuna, seed 0), best by val_loss.
+  (Optuna, seed 0), best by val_loss;
+- ``tabular-tpe-cv``: the same with ``data.cv_folds`` of ``--cv`` folds (``--cv-trials``
+  trials): each point is scored by its folds' mean val_loss (the fold stage's
+  ``fold_metrics``), and the chosen point's test metrics are its final model's, trained on
+  the standard split as the train stage does.
 
 Trials run in this process through nntune's library calls (``prepare``, ``build_model``,
 ``fit``, the evaluate stage's ``evaluate_predictions``), not through DVC: the quality is
@@ -192,6 +196,21 @@ class Trials:
         val = result.metrics.get("val_loss")
         return {"point": point, "val_loss": val, "test": test}
 
+    def cross_validated(self, point: dict[str, Any], folds: int) -> dict[str, Any]:
+        """The point's mean validation loss over ``folds`` folds (as the fold stages and
+        ``nntune.experiments.folds`` compute it), then its final model on the standard
+        split (the train stage's) for the test metrics."""
+        from nntune.stage.crossval import fold_metrics
+
+        params = self.params({**point, "data.cv_folds": list(range(folds))})
+        with contextlib.redirect_stdout(io.StringIO()):
+            losses = [
+                fold_metrics(params, self.frame, f)[f"fold_{f}_val_loss"] for f in range(folds)
+            ]
+        final = self.run(point)
+        finite = all(v is not None and np.isfinite(v) for v in losses)
+        return {**final, "val_loss": float(np.mean(losses)) if finite else None}
+
 
 def score(task: str, test: dict[str, Any]) -> float | None:
     """The headline test metric: accuracy (classification) or RMSE (regression)."""
@@ -233,7 +252,7 @@ def references(data: Prepared) -> dict[str, float]:
     return scores
 
 
-def tpe(trials: Trials, n: int, space_name: str) -> list[dict[str, Any]]:
+def tpe(trials: Trials, n: int, space_name: str, folds: int = 0) -> list[dict[str, Any]]:
     import optuna
 
     from nntune.tuning.search_space import preset_space, suggest
@@ -244,7 +263,8 @@ def tpe(trials: Trials, n: int, space_name: str) -> list[dict[str, Any]]:
     results = []
     for _ in range(n):
         trial = study.ask()
-        result = trials.run(suggest(trial, space))
+        point = suggest(trial, space)
+        result = trials.cross_validated(point, folds) if folds else trials.run(point)
         value = result["val_loss"]
         study.tell(trial, value if value is not None and np.isfinite(value) else 1e9)
         results.append(result)
@@ -262,16 +282,20 @@ def main() -> None:
     parser.add_argument("--tables", default=",".join(TABLES))
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--max-epochs", type=int, default=100)
+    parser.add_argument("--cv", type=int, default=3, help="folds of tabular-tpe-cv")
+    parser.add_argument("--cv-trials", type=int, default=12, help="trials of tabular-tpe-cv")
     parser.add_argument("--skip", default="", help="contenders to leave out, comma-separated")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     rows: list[dict[str, Any]] = []
     for name in args.tables.split(","):
-        rows += table_rows(name, args.trials, args.max_epochs, skip)
+        rows += table_rows(name, args.trials, args.max_epochs, skip, args.cv, args.cv_trials)
     print(markdown(rows))
 
 
-def table_rows(name: str, n_trials: int, max_epochs: int, skip: set[str]) -> list[dict[str, Any]]:
+def table_rows(
+    name: str, n_trials: int, max_epochs: int, skip: set[str], cv: int, cv_trials: int
+) -> list[dict[str, Any]]:
     frame, task = load_table(name)
     base = base_params(frame, task, max_epochs)
     trials = Trials(frame, task, base)
@@ -293,6 +317,7 @@ def table_rows(name: str, n_trials: int, max_epochs: int, skip: set[str]) -> lis
         "seed-grid": lambda: [trials.run(p, scale_target=False) for p in grid],
         "seed-grid+target": lambda: [trials.run(p) for p in grid],
         "tabular-tpe": lambda: tpe(trials, n_trials, "tabular"),
+        "tabular-tpe-cv": lambda: tpe(trials, cv_trials, "tabular", folds=cv),
     }
     if task != "regression":
         runs.pop("seed-grid+target")  # the same as seed-grid

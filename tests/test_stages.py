@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -17,6 +18,13 @@ from conftest import REPO, repo_params_dict
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 STAGES = list(DVC_YAML["stages"])
+
+
+def stage_spec(stage: str) -> dict[str, Any]:
+    """A stage's definition; for a foreach stage (fold) the template every entry gets."""
+    spec: dict[str, Any] = DVC_YAML["stages"][stage]
+    return spec.get("do", spec)
+
 
 LIST_IMPORTS = """
 import ast, importlib, importlib.util, json, sys
@@ -61,13 +69,14 @@ def stage_imports(script: str) -> tuple[frozenset[str], bool, str]:
     return files, found["tensorflow"], out.stderr
 
 
-def test_pipeline_has_the_six_stages_in_order() -> None:
-    assert STAGES == ["validate", "prepare", "pretrain", "warmstart", "train", "evaluate"]
+def test_pipeline_has_the_seven_stages_in_order() -> None:
+    assert STAGES == ["validate", "prepare", "fold", "pretrain", "warmstart", "train", "evaluate"]
+    assert DVC_YAML["stages"]["fold"]["foreach"] == "${data.cv_folds}"
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_declares_every_library_module_it_imports(stage: str) -> None:
-    spec = DVC_YAML["stages"][stage]
+    spec = stage_spec(stage)
     script = spec["cmd"].split()[2]
     assert spec["cmd"].startswith("PYTHONPATH=src python stages/")
     imported, _, _ = stage_imports(script)

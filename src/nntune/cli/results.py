@@ -146,7 +146,9 @@ def best(
         )
         raise typer.Exit(1)
     metric = comparison.objective.metric
-    typer.echo(f"best: {winner.name} {metric} = {winner.metrics[metric]:.4f}")
+    spread = winner.metrics.get(f"{metric}_sd")
+    folds = f" ± {spread:.4f} over {int(winner.metrics['cv_folds'])} folds" if spread else ""
+    typer.echo(f"best: {winner.name} {metric} = {winner.metrics[metric]:.4f}{folds}")
     for key in comparison.varying:
         typer.echo(f"  {key} = {format_value(plain(winner.params.get(key)))}")
     diagnosis = comparison.diagnosis(winner)

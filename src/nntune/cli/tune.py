@@ -293,6 +293,11 @@ def search_command(
         name = study or method
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             raise NntuneError(f"--study {name!r}: use letters, digits and _ (it prefixes names)")
+        if method != "tpe" and loaded.data.cv_folds:
+            raise NntuneError(
+                f"--method {method} promotes trials by continuing their model, and data.cv_folds "
+                "trains every fold from scratch: use --method tpe, or set data.cv_folds: []"
+            )
         chosen = search_space.chosen_space(space, loaded.data.task)
         search_space.check_against(chosen, base)
         top = max_epochs or (loaded.train.max_epochs if method == "tpe" else 27)

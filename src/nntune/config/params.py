@@ -79,6 +79,8 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     with root.section("pretrain") as s:
         pretrain = _parse_pretrain(s, model, train)
     root.reject_unknown(allowed_extra=_UNCHECKED_TOP_LEVEL)
+    if data and train and pretrain:
+        problems.extend(_cross_validation_problems(data, train, pretrain))
     if problems:
         raise ParamsError(source, problems)
     # no problems means every section parsed
@@ -86,6 +88,30 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     return Params(
         data=data, model=model, train=train, runtime=runtime, evaluate=evaluate, pretrain=pretrain
     )
+
+
+def _cross_validation_problems(
+    data: DataParams, train: TrainParams, pretrain: PretrainParams
+) -> list[str]:
+    """What cross-validation cannot do: continue a parent's model (each fold trains from
+    scratch) or pretrain (the folds would train without the encoder, so their mean would
+    not measure what the final model does)."""
+    if not data.cv_folds:
+        return []
+    problems = []
+    if train.warm_start.enabled:
+        problems.append(
+            "data.cv_folds is set while train.warm_start continues a parent model (ASHA / "
+            "Hyperband promotions): every fold trains from scratch; use `nntune search "
+            "--method tpe`, or set data.cv_folds: []"
+        )
+    if pretrain.enabled:
+        problems.append(
+            "data.cv_folds is set while pretrain.enabled is true: the folds train without "
+            "the pretrained encoder, so their mean would not measure this model; set one of "
+            "them off"
+        )
+    return problems
 
 
 # Top-level sections that other tools own (none yet); listed here so they are not rejected.
@@ -151,8 +177,27 @@ def _parse_data(s: SectionReader) -> DataParams | None:
         scaling=s.optional("scaling", "standard", lambda k: s.choice(k, SCALINGS)),
         max_categories=s.optional("max_categories", 0, lambda k: _max_categories(s, k)),
         min_frequency=s.optional("min_frequency", 1, lambda k: s.integer(k, minimum=1)),
+        cv_folds=s.optional("cv_folds", (), lambda k: _cv_folds(s, k)),
     )
     return None if s.failed() else params
+
+
+MAX_FOLDS = 20
+
+
+def _cv_folds(s: SectionReader, key: str) -> tuple[int, ...]:
+    value = s.take(key)
+    folds = value if isinstance(value, list) and all(type(v) is int for v in value) else None
+    sized = folds is not None and (not folds or 2 <= len(folds) <= MAX_FOLDS)
+    if folds is not None and sized and folds == list(range(len(folds))):
+        return tuple(folds)
+    s.problem(
+        key,
+        value,
+        f"must be [] (no cross-validation) or the folds 0..k-1 for k in 2..{MAX_FOLDS}, such "
+        "as [0, 1, 2, 3, 4] for 5 folds: a list, because dvc.yaml makes one stage per entry",
+    )
+    return ()
 
 
 def _max_categories(s: SectionReader, key: str) -> int:

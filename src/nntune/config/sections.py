@@ -73,6 +73,9 @@ class DataParams:
     # training split are grouped there too (1 = none).
     max_categories: int = 0
     min_frequency: int = 1
+    # Cross-validation: () = off; (0, 1, ..., k-1) = k folds of the train + validation rows,
+    # one DVC stage per fold (dvc.yaml's foreach takes the list), objective = their mean.
+    cv_folds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

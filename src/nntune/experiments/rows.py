@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from nntune.config.mapping import flatten
+from nntune.experiments.folds import with_folds
 from nntune.experiments.repo import DvcRepo, ExperimentError
 
 
@@ -38,10 +39,11 @@ class Experiment:
 
 def workspace_metrics(root: str | Path = ".") -> dict[str, Any]:
     """Every metrics file dvc.yaml declares, merged into one mapping (names are distinct:
-    val_* from train, test_* from evaluate, timings from the run report)."""
+    val_* from train, test_* from evaluate, timings from the run report, fold_N_* from the
+    folds), with the folds' means in place of val_* (``with_folds``)."""
     import dvc.api
 
-    return dict(dvc.api.metrics_show(repo=str(root)))
+    return with_folds(dvc.api.metrics_show(repo=str(root)))
 
 
 def list_experiments(
@@ -74,7 +76,9 @@ def list_experiments(
                 rev=str(row.get("rev")),
                 state=_state(row),
                 params={k: v for k, v in row.items() if k in keys},
-                metrics={k: v for k, v in row.items() if k not in keys and not _meta(k)},
+                metrics=with_folds(
+                    {k: v for k, v in row.items() if k not in keys and not _meta(k)}
+                ),
                 created=row.get("Created"),
             )
         )
@@ -127,4 +131,4 @@ def experiment_metrics(repo: DvcRepo, name: str) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for files in shown.get(rev, {}).get("data", {}).values():
         merged.update(flatten(files.get("data", {})))
-    return merged
+    return with_folds(merged)

@@ -40,3 +40,25 @@ def params_text(
             line += match.group(4)
         text = text[: match.start()] + line + text[match.end() :]
     return text
+
+
+# Keys dvc.yaml interpolates (``${data.cv_folds}``): DVC cannot even read the pipeline of a
+# params.yaml without them, so ``init --force`` adds them to a kept, older params.yaml.
+INTERPOLATED = {"cv_folds": "[]"}
+INTERPOLATED_COMMENT = "# added by nntune init: [] = no cross-validation"
+
+
+def with_interpolated_keys(text: str) -> tuple[str, list[str]]:
+    """``text`` (a params.yaml) with each missing interpolated ``data`` key added as the
+    section's first line (its default, and a comment); returns the added dotted keys."""
+    import yaml
+
+    data = (yaml.safe_load(text) or {}).get("data")
+    if not isinstance(data, dict):
+        return text, []
+    missing = [key for key in INTERPOLATED if key not in data]
+    match = re.search(r"^data:[^\n]*\n", text, flags=re.MULTILINE)
+    if not missing or match is None:
+        return text, []
+    lines = "".join(f"  {k}: {INTERPOLATED[k]}  {INTERPOLATED_COMMENT}\n" for k in missing)
+    return text[: match.end()] + lines + text[match.end() :], [f"data.{k}" for k in missing]

@@ -27,7 +27,7 @@ from nntune.config.sections import DataParams
 from nntune.errors import NntuneError
 from nntune.experiments import use_this_python
 from nntune.scaffold.errors import ScaffoldError
-from nntune.scaffold.params_text import params_text
+from nntune.scaffold.params_text import params_text, with_interpolated_keys
 from nntune.stage import artifacts
 from nntune.stage.data import read_table
 from nntune.stage.profiling import id_like_columns
@@ -160,6 +160,11 @@ def init_project(
         data = kept_params
         schema_path = Path(data.schema)
         notes += _mismatches(data, inside, target, chosen)
+        upgraded, added = with_interpolated_keys((project / "params.yaml").read_text("utf-8"))
+        if added:  # the new dvc.yaml reads them: without them DVC cannot load the pipeline
+            artifacts.write_text(project / "params.yaml", upgraded)
+            written.paths.append("params.yaml")  # staged with the rest, kept all the same
+            notes.append(f"params.yaml: added {', '.join(added)}, which dvc.yaml now reads")
     if (project / schema_path).exists() and not reset_params:
         kept.append(schema_path.as_posix())
     elif Path(data.source) == inside:

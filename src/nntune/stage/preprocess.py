@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import (
     OneHotEncoder,
@@ -40,10 +40,20 @@ def categorical_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     return [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c])]
 
 
-def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None) -> Prepared:
+def prepare(
+    frame: pd.DataFrame,
+    data: DataParams,
+    source_md5: str | None = None,
+    fold: int | None = None,
+) -> Prepared:
     """Split (stratified for classification), then fit the preprocessing on the training
-    split only (imputation, standard scaling of numbers, one-hot encoding of categories) and
-    apply it to all three, so nothing about val / test leaks into training."""
+    split only (imputation, scaling of numbers, one-hot encoding of categories) and apply it
+    to all three, so nothing about val / test leaks into training.
+
+    With ``fold`` (one of ``data.cv_folds``), the test split is the same, and the train and
+    validation splits are fold ``fold`` of a (stratified, for classification) k-fold split of
+    the other rows, shuffled with ``data.split_seed``: validation is that fold, training the
+    others, and the preprocessing is fitted on those."""
     features = feature_columns(frame, data)
     table = frame[[*features, data.target]]
     # A row without a label cannot train or test, but pretraining can learn from it.
@@ -70,13 +80,16 @@ def prepare(frame: pd.DataFrame, data: DataParams, source_md5: str | None = None
         random_state=data.split_seed,
         stratify=table[data.target] if stratify else None,
     )
-    # val_fraction is a share of all rows; rescale it to a share of what is left.
-    train, val = train_test_split(
-        rest,
-        test_size=data.val_fraction / (1.0 - data.test_fraction),
-        random_state=data.split_seed,
-        stratify=rest[data.target] if stratify else None,
-    )
+    if fold is not None:
+        train, val = _fold(rest, data, fold, stratify)
+    else:
+        # val_fraction is a share of all rows; rescale it to a share of what is left.
+        train, val = train_test_split(
+            rest,
+            test_size=data.val_fraction / (1.0 - data.test_fraction),
+            random_state=data.split_seed,
+            stratify=rest[data.target] if stratify else None,
+        )
     whole_train = train
     if data.label_fraction < 1.0:
         train, hidden = _keep_labels(train, data, stratify)
@@ -174,6 +187,27 @@ def _scaling_record(scaler: Any, width: int) -> list[dict[str, Any]]:
 def _plain(value: Any) -> Any:
     """A category as JSON writes it (NumPy scalars become Python ones)."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _fold(
+    rest: pd.DataFrame, data: DataParams, fold: int, stratify: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fold ``fold`` of ``len(data.cv_folds)``: (the other folds' rows, this fold's rows)."""
+    k = len(data.cv_folds)
+    if fold not in data.cv_folds:
+        raise DataError(f"fold {fold} is not one of data.cv_folds {list(data.cv_folds)}")
+    splitter = (StratifiedKFold if stratify else KFold)(
+        k, shuffle=True, random_state=data.split_seed
+    )
+    labels = rest[data.target] if stratify else None
+    try:
+        train_rows, val_rows = list(splitter.split(rest, labels))[fold]
+    except ValueError as exc:
+        raise DataError(
+            f"{data.source}: {k} folds of the {len(rest)} train + validation rows: {exc}; use "
+            "fewer folds (data.cv_folds) or more rows"
+        ) from exc
+    return rest.iloc[train_rows], rest.iloc[val_rows]
 
 
 def _keep_labels(

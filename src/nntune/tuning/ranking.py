@@ -138,6 +138,10 @@ def records(comparison: Comparison, top: int | None = None) -> list[dict[str, An
     ``diagnosis`` (a failed one's is unknown: its curves are not its own)."""
     out = []
     ranked = comparison.ranked[:top] if top else comparison.ranked
+    metric = comparison.objective.metric
+    # Cross-validated experiments: the objective is the folds' mean; its sd goes beside it.
+    spread = f"{metric}_sd"
+    folded = any(spread in e.metrics for e in (*ranked, *comparison.diverged))
     groups = (("ok", ranked), ("diverged", comparison.diverged), ("failed", comparison.failed))
     for status, group in groups:
         for position, exp in enumerate(group, start=1):
@@ -148,7 +152,9 @@ def records(comparison: Comparison, top: int | None = None) -> list[dict[str, An
             }
             record.update({k: plain(exp.params.get(k)) for k in comparison.varying})
             own = status != "failed"  # a failed row shows the baseline's numbers: hide them
-            record[comparison.objective.metric] = _metric(exp, comparison.objective.metric, own)
+            record[metric] = _metric(exp, metric, own)
+            if folded:
+                record[spread] = _metric(exp, spread, own)
             record.update({c: _metric(exp, c, own) for c in comparison.columns})
             record["diagnosis"] = (comparison.diagnosis(exp) if own else FAILED).label
             out.append(record)

@@ -237,7 +237,7 @@ def references(data: Prepared) -> dict[str, float]:
             random_state=0
         ),
         "sk-mlp": (MLPRegressor if regression else MLPClassifier)(
-            (100,), early_stopping=True, max_iter=500, random_state=0
+            hidden_layer_sizes=(100,), early_stopping=True, max_iter=500, random_state=0
         ),
         "linear": Ridge() if regression else LogisticRegression(max_iter=5000),
     }

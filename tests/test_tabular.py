@@ -6,6 +6,7 @@ prepare stage fits with scikit-learn and what ``nntune predict`` applies to raw 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -426,3 +427,33 @@ def test_a_constant_rate_without_warm_up_logs_no_rate_curve(tmp_path: Any) -> No
     net = build_model(params.model, params.train, len(prepared.features), "multiclass", 3)
     fit(net, prepared, params.train, tmp_path / "live", seed=params.runtime.seed)
     assert not (tmp_path / RATE_CURVE).exists()
+
+
+@pytest.mark.parametrize("task", ["multiclass", "binary", "regression"])
+def test_the_tabular_preset_is_a_valid_space_for_each_task(
+    task: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nntune.tuning.search_space import (
+        TABULAR_SPACE,
+        SearchError,
+        check_against,
+        chosen_space,
+    )
+
+    raw = shrink(repo_params_dict())
+    raw["data"]["task"] = task
+    if task == "regression":
+        raw["evaluate"]["objective"] = {"metric": "val_loss", "direction": "min"}
+    space = chosen_space("tabular", task)
+    check_against(space, raw)  # every end of every range passes the params loader
+    assert set(TABULAR_SPACE) <= set(space)
+    assert ("train.label_smoothing" in space) == (task != "regression")
+    assert chosen_space(None, task) == chosen_space("seed", task)
+    # a file of that name in the project wins over the preset
+    monkeypatch.chdir(tmp_path)
+    Path("tabular").write_text("model.units: [8, 16]\n")
+    assert set(chosen_space(Path("tabular"), task)) == {"model.units"}
+    with pytest.raises(SearchError):
+        from nntune.tuning.search_space import preset_space
+
+        preset_space("huge", task)

@@ -65,6 +65,7 @@ from nntune.stage.preprocess import prepare  # noqa: E402
 from nntune.stage.profiling import id_like_columns  # noqa: E402
 from nntune.tuning.grid import expand, load_space  # noqa: E402
 
+ENSEMBLE_TOP = 5  # members of the ensemble each search contender also reports
 TABLES = ("digits", "wine", "breast_cancer", "diabetes", "counts4", "skewreg")
 
 
@@ -194,7 +195,20 @@ class Trials:
         output = net.predict(x_test, batch_size=1024, verbose=0)
         test, _ = evaluate_predictions(data, y_test, output)
         val = result.metrics.get("val_loss")
-        return {"point": point, "val_loss": val, "test": test}
+        return {"point": point, "val_loss": val, "test": test, "output": output}
+
+    def ensemble(self, results: list[dict[str, Any]], top: int) -> dict[str, Any]:
+        """The test metrics of the average of the best ``top`` results by validation loss
+        (``nntune ensemble --top K``'s average: ``nntune.stage.ensemble.combined``)."""
+        from nntune.stage.ensemble import combined
+        from nntune.stage.evaluate import evaluate_predictions
+
+        finite = [r for r in results if r["val_loss"] is not None and np.isfinite(r["val_loss"])]
+        chosen = sorted(finite, key=lambda r: r["val_loss"])[:top]
+        data = self.data(self.params({}))
+        output = combined([r["output"] for r in chosen], self.task)  # type: ignore[arg-type]
+        test, _ = evaluate_predictions(data, data.xy("test")[1], output)
+        return test
 
     def cross_validated(self, point: dict[str, Any], folds: int) -> dict[str, Any]:
         """The point's mean validation loss over ``folds`` folds (as the fold stages and
@@ -334,6 +348,9 @@ def table_rows(
             val_loss=chosen["val_loss"],
             point=chosen["point"],
         )
+        if len(results) >= ENSEMBLE_TOP:  # the same trials' best K, averaged: no training
+            test = trials.ensemble(results, ENSEMBLE_TOP)
+            report(f"{contender}+top{ENSEMBLE_TOP}", score(task, test), 0.0, trials=len(results))
     return rows
 
 

@@ -20,7 +20,8 @@ from conftest import make_table, repo_params_dict, shrink, tensorflow_only
 
 from nntune.config.params import parse_params
 from nntune.serving.card import ExportSource
-from nntune.serving.export import ExportError, experiment_source, export_model
+from nntune.serving.export import ExportError, export_model
+from nntune.serving.sources import experiment_source
 from nntune.stage import artifacts
 from nntune.stage.data import read_prepared, write_prepared
 from nntune.stage.evaluate import evaluate_predictions

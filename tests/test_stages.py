@@ -69,8 +69,17 @@ def stage_imports(script: str) -> tuple[frozenset[str], bool, str]:
     return files, found["tensorflow"], out.stderr
 
 
-def test_pipeline_has_the_seven_stages_in_order() -> None:
-    assert STAGES == ["validate", "prepare", "fold", "pretrain", "warmstart", "train", "evaluate"]
+def test_pipeline_has_the_eight_stages_in_order() -> None:
+    assert STAGES == [
+        "validate",
+        "prepare",
+        "fold",
+        "pretrain",
+        "warmstart",
+        "train",
+        "evaluate",
+        "ensemble",
+    ]
     assert DVC_YAML["stages"]["fold"]["foreach"] == "${data.cv_folds}"
 
 

@@ -32,6 +32,20 @@ def load_with_mapping(path: Path) -> tuple[Params, dict[str, Any]]:
     return parse_params(raw, source=str(path)), raw
 
 
+def load_for_trials(path: Path) -> tuple[Params, dict[str, Any]]:
+    """``load_with_mapping`` for commands that queue trials: every trial copies the base
+    params, so a base that lists ensemble members (an ensemble applied to the workspace)
+    would make each trial an ensemble, never ranked with the others."""
+    loaded, raw = load_with_mapping(path)
+    if loaded.ensemble.enabled:
+        raise NntuneError(
+            f"{path}: ensemble.members lists {len(loaded.ensemble.members)} experiments (an "
+            "ensemble applied to the workspace); every trial would copy them. Set "
+            "ensemble.members: [] before queueing trials"
+        )
+    return loaded, raw
+
+
 # Where trials run: `nntune run` and `nntune search` take the same options.
 BackendOption = Annotated[
     Backend, typer.Option(help="local (DVC's queue on this machine) or ray (a Ray cluster)")

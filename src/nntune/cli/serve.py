@@ -123,7 +123,8 @@ def export(
     # it: a .keras file is the same on both.
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import_keras_quietly()  # before nntune.serving.export imports Keras
-    from nntune.serving.export import experiment_source, export_model, workspace_source
+    from nntune.serving.export import export_model
+    from nntune.serving.sources import experiment_source, workspace_source
 
     with filter_tf_noise():  # TensorFlow's first ops and its SavedModel writer log on fd 2
         if experiment is None:

@@ -23,7 +23,7 @@ from nntune.cli.options import (
     backend_options,
     gpu_list,
     load_checked,
-    load_with_mapping,
+    load_for_trials,
     wide_console,
 )
 from nntune.errors import NntuneError
@@ -69,7 +69,7 @@ def grid(
     from nntune.config.mapping import flatten
     from nntune.tuning.grid import expand, load_space, parse_assignments, rates_around_dimension
 
-    _, base = load_with_mapping(params)  # the base must be valid before any point is
+    _, base = load_for_trials(params)  # the base must be valid before any point is
     dimensions: dict[str, list[Any]] = {}
     space_file = space or Path(DEFAULT_SPACE)
     if space is not None or (space_file.is_file() and not param):
@@ -282,7 +282,7 @@ def search_command(
     from nntune.tuning.driver import Driver, Executor
     from nntune.tuning.study import Settings, open_study, study_lock
 
-    loaded, base = load_with_mapping(params)
+    loaded, base = load_for_trials(params)
     objective = loaded.evaluate.objective
     console = Console()
     chosen_backend = backend_options(

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import yaml
 
+from nntune.config.ensemble_section import EnsembleParams, parse_ensemble
 from nntune.config.metrics import (
     TASKS,
     Direction,
@@ -78,6 +79,10 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         evaluate = _parse_evaluate(s, data.task if data else None)
     with root.section("pretrain") as s:
         pretrain = _parse_pretrain(s, model, train)
+    ensemble = EnsembleParams()
+    if root.has("ensemble"):  # added after projects were scaffolded without it
+        with root.section("ensemble") as s:
+            ensemble = parse_ensemble(s)
     root.reject_unknown(allowed_extra=_UNCHECKED_TOP_LEVEL)
     if data and train and pretrain:
         problems.extend(_cross_validation_problems(data, train, pretrain))
@@ -86,7 +91,13 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     # no problems means every section parsed
     assert data and model and train and evaluate and pretrain
     return Params(
-        data=data, model=model, train=train, runtime=runtime, evaluate=evaluate, pretrain=pretrain
+        data=data,
+        model=model,
+        train=train,
+        runtime=runtime,
+        evaluate=evaluate,
+        pretrain=pretrain,
+        ensemble=ensemble,
     )
 
 

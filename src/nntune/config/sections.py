@@ -4,9 +4,10 @@ its choices."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from nntune.config.ensemble_section import EnsembleParams
 from nntune.config.metrics import (
     Objective,
     Task,
@@ -193,3 +194,4 @@ class Params:
     runtime: RuntimeParams
     evaluate: EvaluateParams
     pretrain: PretrainParams
+    ensemble: EnsembleParams = field(default_factory=EnsembleParams)

@@ -9,6 +9,7 @@ private DVC APIs it needs are behind :mod:`nntune.experiments.dvc_internals`.
 
 from __future__ import annotations
 
+from nntune.experiments.ensembles import ensemble_members, run_ensemble
 from nntune.experiments.housekeeping import (
     collect_garbage,
     promote,
@@ -63,6 +64,7 @@ __all__ = [
     "check_pushed",
     "collect_garbage",
     "default_dvc_remote",
+    "ensemble_members",
     "experiment_commits",
     "experiment_metrics",
     "git_remote_url",
@@ -83,6 +85,7 @@ __all__ = [
     "remove_experiments",
     "remove_queued",
     "revive_queue",
+    "run_ensemble",
     "same_params",
     "settle_orphans",
     "setup_remotes",

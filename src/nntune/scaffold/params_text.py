@@ -62,3 +62,20 @@ def with_interpolated_keys(text: str) -> tuple[str, list[str]]:
         return text, []
     lines = "".join(f"  {k}: {INTERPOLATED[k]}  {INTERPOLATED_COMMENT}\n" for k in missing)
     return text[: match.end()] + lines + text[match.end() :], [f"data.{k}" for k in missing]
+
+
+# Sections a stage's params name (the ensemble stage's ``ensemble``): DVC refuses to run a
+# pipeline whose params.yaml lacks one, so ``init --force`` appends it to an older file.
+STAGE_SECTIONS = {"ensemble": "  members: []  # added by nntune init: [] = no ensemble\n"}
+
+
+def with_stage_sections(text: str) -> tuple[str, list[str]]:
+    """``text`` (a params.yaml) with each missing stage section appended at its default;
+    returns the added section names."""
+    import yaml
+
+    loaded = yaml.safe_load(text) or {}
+    missing = [name for name in STAGE_SECTIONS if name not in loaded]
+    for name in missing:
+        text = text.rstrip("\n") + f"\n\n{name}:\n{STAGE_SECTIONS[name]}"
+    return text, missing

@@ -27,7 +27,11 @@ from nntune.config.sections import DataParams
 from nntune.errors import NntuneError
 from nntune.experiments import use_this_python
 from nntune.scaffold.errors import ScaffoldError
-from nntune.scaffold.params_text import params_text, with_interpolated_keys
+from nntune.scaffold.params_text import (
+    params_text,
+    with_interpolated_keys,
+    with_stage_sections,
+)
 from nntune.stage import artifacts
 from nntune.stage.data import read_table
 from nntune.stage.profiling import id_like_columns
@@ -161,6 +165,8 @@ def init_project(
         schema_path = Path(data.schema)
         notes += _mismatches(data, inside, target, chosen)
         upgraded, added = with_interpolated_keys((project / "params.yaml").read_text("utf-8"))
+        upgraded, sections = with_stage_sections(upgraded)
+        added += sections
         if added:  # the new dvc.yaml reads them: without them DVC cannot load the pipeline
             artifacts.write_text(project / "params.yaml", upgraded)
             written.paths.append("params.yaml")  # staged with the rest, kept all the same

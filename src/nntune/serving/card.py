@@ -12,6 +12,7 @@ from typing import Any
 
 import nntune
 from nntune.config.mapping import flatten
+from nntune.serving.ensemble import MemberSource
 from nntune.serving.preprocessing import PreprocessingSpec
 
 
@@ -27,6 +28,9 @@ class ExportSource:
     train_run: dict[str, Any]  # reports/train_run.json (versions that trained it)
     experiment: str | None  # None: the workspace
     commit: str | None  # the experiment's commit, or the workspace's HEAD
+    # An ensemble experiment's members (then ``model`` is empty, ``meta`` the first
+    # member's and ``evaluate_metrics`` the ensemble's metrics/ensemble.json).
+    members: tuple[MemberSource, ...] = ()
 
     @property
     def label(self) -> str:
@@ -41,13 +45,13 @@ def model_card(
     output: str,
 ) -> dict[str, Any]:
     """The card as plain JSON data; ``names`` maps each raw column to its input name."""
-    return {
+    card = {
         "format": fmt,
         "source": {
             "experiment": source.experiment,
             "workspace": source.experiment is None,
             "commit": source.commit,
-            "model_md5": hashlib.md5(source.model, usedforsecurity=False).hexdigest(),
+            "model_md5": _md5(source.model) if source.model else None,
         },
         "data": {
             "source_md5": source.meta.get("source_md5"),
@@ -66,6 +70,16 @@ def model_card(
             "trained_with": source.train_run.get("versions", {}),
         },
     }
+    if source.members:  # what is averaged; the metrics are the ensemble's on the test split
+        card["ensemble"] = [
+            {"experiment": m.experiment, "model_md5": _md5(m.model)} for m in source.members
+        ]
+        card["metrics"] = {"ensemble": source.evaluate_metrics}
+    return card
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def input_columns(spec: PreprocessingSpec, names: dict[str, str]) -> list[dict[str, Any]]:
@@ -151,13 +165,17 @@ def card_markdown(card: dict[str, Any]) -> str:
     """The card for people: the same facts as the JSON, as a Markdown page."""
     source, data, output = card["source"], card["data"], card["output"]
     origin = "the workspace" if source["workspace"] else f"experiment `{source['experiment']}`"
+    model = f"model md5 `{source['model_md5']}`"
+    if card.get("ensemble"):
+        model = f"an ensemble of {len(card['ensemble'])} models"
     lines = [
         f"# Model card: {data['task']} model of `{data['target']}`",
         "",
         f"Exported from {origin} (commit `{source['commit']}`) as `{card['format']}`; "
-        f"model md5 `{source['model_md5']}`, trained on data md5 `{data['source_md5']}` "
+        f"{model}, trained on data md5 `{data['source_md5']}` "
         f"(rows per split: {_inline(data['rows'])}).",
         "",
+        *_ensemble_lines(card.get("ensemble", [])),
         "## Inputs",
         "",
         "One named input per raw column, a batch of scalars each. data.missing: "
@@ -191,6 +209,13 @@ def card_markdown(card: dict[str, Any]) -> str:
     for when, versions in card["versions"].items():
         lines.append(f"- {when.replace('_', ' ')}: {_inline(versions)}")
     return "\n".join(lines) + "\n"
+
+
+def _ensemble_lines(members: list[dict[str, Any]]) -> list[str]:
+    if not members:
+        return []
+    listed = ", ".join(f"`{m['experiment']}` (model md5 `{m['model_md5']}`)" for m in members)
+    return [f"An ensemble: the average of the outputs of {listed}.", ""]
 
 
 def _cell(value: object) -> str:

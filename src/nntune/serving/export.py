@@ -20,7 +20,6 @@ where nntune is not installed:
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from collections.abc import Mapping
@@ -30,17 +29,19 @@ from typing import Any, Literal
 
 import keras
 import numpy as np
-import yaml
 
 from nntune.config.sections import MISSING_POLICIES, MissingPolicy
-from nntune.errors import NntuneError
 from nntune.serving.card import ExportSource, card_markdown, model_card
-from nntune.serving.predict import META_PATH, MODEL_PATH, PARAMS_PATH
+from nntune.serving.ensemble import averaged_model, member_specs
+from nntune.serving.predict import META_PATH
 from nntune.serving.preprocessing import (
     QUANTILE_BOUND,
     CategoricalColumn,
     NumericColumn,
     PreprocessingSpec,
+)
+from nntune.serving.sources import (
+    ExportError,
 )
 from nntune.stage import artifacts
 
@@ -49,14 +50,6 @@ KERAS_FILE = "model.keras"
 CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "MODEL_CARD.md"
 MISSING_CATEGORY = ""  # how a missing categorical value is spelled in the model's input
-TRAIN_METRICS = "metrics/train.json"
-EVALUATE_METRICS = "metrics/evaluate.json"
-TRAIN_RUN = "reports/train_run.json"  # the versions that trained the model
-RECORD_PATHS = (MODEL_PATH, META_PATH, TRAIN_METRICS, EVALUATE_METRICS, TRAIN_RUN)
-
-
-class ExportError(NntuneError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -79,15 +72,20 @@ def export_model(source: ExportSource, out: str | Path, fmt: ExportFormat) -> Ex
         )
     out = Path(out)
     _check_out(out)
-    spec = PreprocessingSpec.from_meta(
-        source.meta, f"{source.label}: {META_PATH}", _missing_policy(source.params)
-    )
-    with tempfile.TemporaryDirectory(prefix="nntune-export-") as scratch:
-        model_path = Path(scratch) / KERAS_FILE
-        model_path.write_bytes(source.model)
-        net = keras.saving.load_model(model_path, compile=False)
-    names = input_names(spec)
-    raw = raw_input_model(net, spec, names)
+    if source.members:  # an ensemble experiment: its members averaged
+        specs = member_specs(source.members, source.label)
+        spec, names = specs[0], input_names(specs[0])
+        raw = averaged_model(source.members, specs, names, raw_input_model)
+    else:
+        spec = PreprocessingSpec.from_meta(
+            source.meta, f"{source.label}: {META_PATH}", _missing_policy(source.params)
+        )
+        with tempfile.TemporaryDirectory(prefix="nntune-export-") as scratch:
+            model_path = Path(scratch) / KERAS_FILE
+            model_path.write_bytes(source.model)
+            net = keras.saving.load_model(model_path, compile=False)
+        names = input_names(spec)
+        raw = raw_input_model(net, spec, names)
     card = model_card(source, spec, names, fmt, output_name(spec))
     with artifacts.atomic_dir(out) as tmp:
         if fmt == "keras":
@@ -99,83 +97,6 @@ def export_model(source: ExportSource, out: str | Path, fmt: ExportFormat) -> Ex
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return Exported(out, fmt, files, size)
-
-
-def workspace_source(root: str | Path, params_file: str | Path | None = None) -> ExportSource:
-    """The workspace's model (what ``dvc repro`` left), the files that describe it, and the
-    params file (default: the project's params.yaml)."""
-    root = Path(root)
-    files: dict[str, bytes] = {}
-    for path in RECORD_PATHS:
-        if not (root / path).is_file():
-            raise ExportError(
-                f"{root / path}: not found; run `dvc repro` first (or pass --experiment NAME "
-                "to export a finished experiment's model)"
-            )
-        files[path] = (root / path).read_bytes()
-    files[PARAMS_PATH] = _params_bytes(Path(params_file or root / PARAMS_PATH))
-    from nntune import experiments
-
-    with experiments.open_repo(root) as repo:
-        commit = experiments.baseline_rev(repo)
-    return _source(files, None, commit)
-
-
-def experiment_source(
-    root: str | Path, name: str, params_file: str | Path | None = None
-) -> ExportSource:
-    """Experiment ``name``'s model, records and params.yaml (``params_file`` replaces the
-    latter), read through the DVC gateway from git and DVC's cache: nothing in the project
-    is written."""
-    from nntune import experiments
-
-    wanted = [*RECORD_PATHS] + ([] if params_file else [PARAMS_PATH])
-    files = experiments.read_outputs(root, name, wanted)
-    if params_file:
-        files[PARAMS_PATH] = _params_bytes(Path(params_file))
-    with experiments.open_repo(root) as repo:
-        commit = experiments.experiment_commits(repo, experiments.baseline_rev(repo)).get(name)
-    return _source(files, name, commit)
-
-
-def _params_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise ExportError(
-            f"{path}: params file not found; run from the project root or pass --params"
-        )
-    return path.read_bytes()
-
-
-def _source(files: dict[str, bytes], experiment: str | None, commit: str | None) -> ExportSource:
-    where = f"{experiment}:" if experiment else ""
-    return ExportSource(
-        model=files[MODEL_PATH],
-        meta=_json(files, META_PATH, where),
-        params=_yaml(files, PARAMS_PATH, where),
-        train_metrics=_json(files, TRAIN_METRICS, where),
-        evaluate_metrics=_json(files, EVALUATE_METRICS, where),
-        train_run=_json(files, TRAIN_RUN, where),
-        experiment=experiment,
-        commit=commit,
-    )
-
-
-def _json(files: dict[str, bytes], path: str, where: str) -> dict[str, Any]:
-    try:
-        loaded = json.loads(files[path].decode("utf-8"))
-    except ValueError as exc:
-        raise ExportError(f"{where}{path}: not valid JSON ({exc}); run `dvc repro`") from None
-    if not isinstance(loaded, dict):
-        raise ExportError(f"{where}{path}: expected a JSON object; run `dvc repro`")
-    return loaded
-
-
-def _yaml(files: dict[str, bytes], path: str, where: str) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(files[path].decode("utf-8"))
-    except yaml.YAMLError as exc:
-        raise ExportError(f"{where}{path}: not valid YAML ({exc})") from None
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _check_out(out: Path) -> None:
@@ -214,7 +135,7 @@ def output_name(spec: PreprocessingSpec) -> str:
 
 
 def raw_input_model(
-    net: keras.Model, spec: PreprocessingSpec, names: dict[str, str]
+    net: keras.Model, spec: PreprocessingSpec, names: dict[str, str], name: str = "nntune_export"
 ) -> keras.Model:
     """``net`` behind the fitted preprocessing: a model whose inputs are the raw columns (a
     dict keyed by their ``input_names``; each input a batch of scalars) and whose output is
@@ -234,7 +155,7 @@ def raw_input_model(
         raise ExportError("the preprocessing record has no input columns; run `dvc repro`")
     features = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(name="features")(blocks)
     named = {names[column]: tensor for column, tensor in inputs.items()}
-    return keras.Model(named, task_output(net(features), spec), name="nntune_export")
+    return keras.Model(named, task_output(net(features), spec), name=name)
 
 
 def numeric_block(

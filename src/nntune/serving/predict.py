@@ -30,6 +30,14 @@ import yaml
 from nntune.config.params import load_params, parse_params
 from nntune.config.sections import DataParams
 from nntune.errors import NntuneError
+from nntune.serving.ensemble import (
+    PredictingMember,
+    ensemble_paths,
+    member_count,
+    member_sources,
+    workspace_members,
+    written_members,
+)
 from nntune.serving.preprocessing import (
     PreprocessingSpec,
     check_columns,
@@ -66,6 +74,9 @@ class TrainedModel:
     data: DataParams
     schema_path: Path
     schema_label: str  # the schema as the report names it
+    # An ensemble experiment's members (``model_path`` and ``spec`` are the first's): each
+    # encodes the rows with its own preprocessing and their outputs are averaged.
+    members: tuple[PredictingMember, ...] = ()
 
 
 def check_output_path(out: Path | None) -> None:
@@ -77,6 +88,19 @@ def check_output_path(out: Path | None) -> None:
 def workspace_model(root: Path, params_path: Path) -> TrainedModel:
     """The workspace's model (``dvc repro``'s) with the given params file."""
     data = load_params(params_path).data
+    count = member_count(params_path.read_bytes())
+    if count:  # an ensemble applied to the workspace (`dvc exp apply`)
+        members = workspace_members(root, count, "the workspace")
+        first = members[0]
+        return TrainedModel(
+            "the workspace",
+            first.model_path,
+            first.spec,
+            _with_target(data, first.spec),
+            root / data.schema,
+            data.schema,
+            members,
+        )
     model_path, meta_path = root / MODEL_PATH, root / META_PATH
     for path in (meta_path, model_path):
         if not path.is_file():
@@ -99,19 +123,26 @@ def experiment_model(root: Path, name: str, params_path: Path | None) -> Iterato
     which is removed afterwards."""
     from nntune.experiments import read_outputs
 
-    wanted = [MODEL_PATH, META_PATH] + ([] if params_path else [PARAMS_PATH])
-    files = read_outputs(root, name, wanted)
+    own = read_outputs(root, name, [PARAMS_PATH])[PARAMS_PATH]
+    count = member_count(own)
+    files = read_outputs(root, name, ensemble_paths(count) if count else [MODEL_PATH, META_PATH])
     if params_path is not None:
         data = load_params(params_path).data
     else:
-        raw = yaml.safe_load(files[PARAMS_PATH].decode("utf-8"))
+        raw = yaml.safe_load(own.decode("utf-8"))
         data = parse_params(raw, source=f"{name}:{PARAMS_PATH}").data
     files.update(read_outputs(root, name, [data.schema]))
-    meta = json.loads(files[META_PATH].decode("utf-8"))
-    spec = PreprocessingSpec.from_meta(meta, f"{name}:{META_PATH}", missing=data.missing)
     with tempfile.TemporaryDirectory(prefix="nntune-predict-") as scratch:
-        model_path = Path(scratch, "model.keras")  # Keras reads a .keras file by its name
-        model_path.write_bytes(files[MODEL_PATH])
+        members: tuple[PredictingMember, ...] = ()
+        if count:
+            label = f"experiment {name}"
+            members = written_members(member_sources(files, f"{name}:"), Path(scratch), label)
+            model_path, spec = members[0].model_path, members[0].spec
+        else:
+            meta = json.loads(files[META_PATH].decode("utf-8"))
+            spec = PreprocessingSpec.from_meta(meta, f"{name}:{META_PATH}", missing=data.missing)
+            model_path = Path(scratch, "model.keras")  # Keras reads a .keras file by its name
+            model_path.write_bytes(files[MODEL_PATH])
         schema_path = Path(scratch, Path(data.schema).name)
         schema_path.write_bytes(files[data.schema])
         yield TrainedModel(
@@ -121,6 +152,7 @@ def experiment_model(root: Path, name: str, params_path: Path | None) -> Iterato
             _with_target(data, spec),
             schema_path,
             f"{name}:{data.schema}",
+            members,
         )
 
 
@@ -314,6 +346,26 @@ class Prediction:
     label: str  # whose model predicted
 
 
+def _averaged(
+    model: TrainedModel, rows: pd.DataFrame, kept: np.ndarray, first: np.ndarray, path: Path
+) -> np.ndarray:
+    """An ensemble's output: the members' probabilities (or values) averaged, each member
+    fed the rows through its own preprocessing (``first`` is the first member's output)."""
+    regression = model.spec.task == "regression"
+    outputs = [first.reshape(-1) if regression else class_probabilities(first)]
+    for member in model.members[1:]:
+        encoded = encode_rows(rows, member.spec, str(path))
+        if not np.array_equal(encoded.kept, kept):
+            raise PredictError(
+                f"{path}: the ensemble's members drop different rows with missing values "
+                "(their data.missing differ); fill the gaps first"
+            )
+        output = model_output(load_keras_model(member.model_path), encoded.features, model.label)
+        outputs.append(output.reshape(-1) if regression else class_probabilities(output))
+    averaged: np.ndarray = np.mean(outputs, axis=0)
+    return averaged
+
+
 def predict_table(
     path: Path,
     root: Path,
@@ -339,6 +391,8 @@ def predict_table(
                 f"predicted (data.missing: drop): data row(s) {rows_text(encoded.dropped)}"
             )
         output = model_output(load_keras_model(model.model_path), encoded.features, model.label)
+        if model.members:
+            output = _averaged(model, rows, encoded.kept, output, path)
         predicted = predictions(output, model.spec, proba)
     frame = with_kept(predicted, rows.loc[encoded.kept], keep)
     return Prediction(frame, warnings, model.label)

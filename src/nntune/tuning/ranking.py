@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from nntune.config.metrics import Objective, Task, holdout_metric_names
 from nntune.experiments import Experiment
 from nntune.tuning.diagnosis import ADVICE, UNKNOWN, UNKNOWN_LABEL, Diagnosis
@@ -38,6 +40,9 @@ class Comparison:
     varying: list[str]  # params that differ between the experiments shown
     columns: list[str]  # metric columns shown after the objective
     diagnoses: dict[str, Diagnosis] = field(default_factory=dict)  # by name; absent: unknown
+    # Ensemble experiments (``nntune ensemble``): scored on the test split only, never
+    # ranked with the trials (their validation metrics are the baseline's, not theirs).
+    ensembles: list[Experiment] = field(default_factory=list)
 
     @property
     def best(self) -> Experiment | None:
@@ -51,10 +56,16 @@ def compare(experiments: list[Experiment], objective: Objective, task: Task) -> 
     """Split experiments into ranked / diverged / failed / pending and rank the first by
     the objective. Failed rows are never ranked: DVC reports the baseline's metrics for
     them."""
-    ranked, diverged, failed, pending = [], [], [], []
+    ranked: list[Experiment] = []
+    diverged: list[Experiment] = []
+    failed: list[Experiment] = []
+    pending: list[Experiment] = []
+    ensembles: list[Experiment] = []
     for exp in experiments:
         if exp.state in ("Queued", "Running"):
             pending.append(exp)
+        elif is_ensemble(exp):
+            (ensembles if exp.succeeded else failed).append(exp)
         elif not exp.succeeded:
             failed.append(exp)
         elif exp.diverged or not _finite(exp.metrics.get(objective.metric)):
@@ -73,7 +84,33 @@ def compare(experiments: list[Experiment], objective: Objective, task: Task) -> 
         pending=pending,
         varying=varying_params(shown),
         columns=[*metric_columns, *TRAINING_COLUMNS],
+        ensembles=ensembles,
     )
+
+
+def is_ensemble(exp: Experiment) -> bool:
+    """Whether the experiment averages others (its params list ``ensemble.members``)."""
+    members = exp.params.get("ensemble.members")
+    if isinstance(members, str):  # exp_show gives lists as text
+        try:
+            members = yaml.safe_load(members)
+        except yaml.YAMLError:
+            return False
+    return bool(members)
+
+
+def ensemble_records(comparison: Comparison) -> list[dict[str, Any]]:
+    """One record per ensemble experiment: its members and its test metrics (the
+    ``ensemble_test_*`` of metrics/ensemble.json, named as the trials' test metrics)."""
+    out = []
+    for exp in comparison.ensembles:
+        record: dict[str, Any] = {"experiment": exp.name}
+        record["members"] = plain(exp.metrics.get("ensemble_members"))
+        for key, value in exp.metrics.items():
+            if key.startswith("ensemble_test_"):
+                record[key.removeprefix("ensemble_")] = plain(value)
+        out.append(record)
+    return out
 
 
 def varying_params(experiments: list[Experiment]) -> list[str]:
@@ -187,6 +224,7 @@ def to_json(comparison: Comparison, rows: list[dict[str, Any]]) -> str:
         "best": comparison.best.name if comparison.best else None,
         "experiments": experiments,
         "pending": [e.name for e in comparison.pending],
+        "ensembles": ensemble_records(comparison),
         "advice": edge_advice(comparison),
     }
     return json.dumps(payload, indent=2)

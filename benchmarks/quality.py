@@ -29,7 +29,10 @@ excludes them) and is scored on its test split, which no selection sees:
 - ``tabular-tpe-cv``: the same with ``data.cv_folds`` of ``--cv`` folds (``--cv-trials``
   trials): each point is scored by its folds' mean val_loss (the fold stage's
   ``fold_metrics``), and the chosen point's test metrics are its final model's, trained on
-  the standard split as the train stage does.
+  the standard split as the train stage does;
+- ``<search>+top5``: for each search above, the average of its best 5 trials by val_loss
+  (``nntune ensemble --top 5``'s average, ``nntune.stage.ensemble.combined``), scored on
+  the test split: no training of its own.
 
 Trials run in this process through nntune's library calls (``prepare``, ``build_model``,
 ``fit``, the evaluate stage's ``evaluate_predictions``), not through DVC: the quality is

@@ -161,9 +161,13 @@ def test_compare_lists_ensembles_apart_and_never_ranks_them() -> None:
         ensemble_members=2,
         ensemble_test_accuracy=0.97,
     )
-    comparison = compare([*trials, ensemble], Objective("val_loss", "min"), "multiclass")
+    failed = Experiment("broken", "broken", "Failed", {"ensemble.members": "[{}]"}, {})
+    objective = Objective("val_loss", "min")
+    comparison = compare([*trials, ensemble, failed], objective, "multiclass")
     assert [e.name for e in comparison.ranked] == ["b", "a"]
-    assert [r["experiment"] for r in records(comparison)] == ["b", "a"]
+    assert [e.name for e in comparison.failed] == ["broken"]
+    assert "ensemble.members" not in comparison.varying
+    assert [r["experiment"] for r in records(comparison)] == ["b", "a", "broken"]
     assert ensemble_records(comparison) == [
         {"experiment": "ens", "members": 2, "test_accuracy": 0.97}
     ]

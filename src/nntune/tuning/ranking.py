@@ -119,7 +119,8 @@ def varying_params(experiments: list[Experiment]) -> list[str]:
         return []
     keys: list[str] = []
     for exp in experiments:
-        keys += [k for k in exp.params if k not in keys]
+        # A failed ensemble's member list is not a searched parameter: no column for it.
+        keys += [k for k in exp.params if k not in keys and not k.startswith("ensemble.")]
     return [k for k in keys if len({json.dumps(e.params.get(k)) for e in experiments}) > 1]
 
 

@@ -2,7 +2,7 @@
 MLP and a linear model, on the same split of each table (issue 17).
 
     KERAS_BACKEND=jax .venv/bin/python benchmarks/quality.py [--tables digits,wine,...]
-        [--trials 16] [--max-epochs 100]
+        [--trials 16] [--max-epochs 100] [--split-seeds 1,2,3] [--skip seed-grid,...]
 
 Tables: scikit-learn's bundled digits, wine, breast_cancer and diabetes, and two generated
 ones: ``counts4`` (a 4-class table of heavy-tailed counts and skewed amounts, a categorical
@@ -302,19 +302,37 @@ def main() -> None:
     parser.add_argument("--cv", type=int, default=3, help="folds of tabular-tpe-cv")
     parser.add_argument("--cv-trials", type=int, default=12, help="trials of tabular-tpe-cv")
     parser.add_argument("--skip", default="", help="contenders to leave out, comma-separated")
+    parser.add_argument(
+        "--split-seeds",
+        default="",
+        help="repeat each table over these data.split_seed values (comma-separated; default: "
+        "params.yaml's); the table then shows each contender's median and range",
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    seeds = [int(s) for s in args.split_seeds.split(",") if s] or [None]
     rows: list[dict[str, Any]] = []
     for name in args.tables.split(","):
-        rows += table_rows(name, args.trials, args.max_epochs, skip, args.cv, args.cv_trials)
+        for seed in seeds:
+            rows += table_rows(
+                name, args.trials, args.max_epochs, skip, args.cv, args.cv_trials, seed
+            )
     print(markdown(rows))
 
 
 def table_rows(
-    name: str, n_trials: int, max_epochs: int, skip: set[str], cv: int, cv_trials: int
+    name: str,
+    n_trials: int,
+    max_epochs: int,
+    skip: set[str],
+    cv: int,
+    cv_trials: int,
+    split_seed: int | None = None,
 ) -> list[dict[str, Any]]:
     frame, task = load_table(name)
     base = base_params(frame, task, max_epochs)
+    if split_seed is not None:  # another split of the same table: test rows included
+        base["data"]["split_seed"] = split_seed
     trials = Trials(frame, task, base)
     grid = [trial.overrides for trial in expand(load_space(ROOT / "grid.yaml"), base)[0]]
     data = trials.data(trials.params({}))
@@ -322,6 +340,7 @@ def table_rows(
 
     def report(contender: str, value: float | None, seconds: float, **extra: Any) -> None:
         row = {"table": name, "task": task, "contender": contender, "test": value}
+        row["split_seed"] = base["data"]["split_seed"]
         row.update(seconds=round(seconds, 1), **extra)
         rows.append(row)
         print(json.dumps(row, default=str), flush=True)
@@ -358,24 +377,32 @@ def table_rows(
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    """One line per table, one cell per contender: its test score (and wall time), or over
+    several split seeds its median with the range."""
     contenders = list(dict.fromkeys(r["contender"] for r in rows))
     lines = [
         "| table | metric | " + " | ".join(contenders) + " |",
         "|---|---|" + "---|" * len(contenders),
     ]
     for table in dict.fromkeys(r["table"] for r in rows):
-        mine = {r["contender"]: r for r in rows if r["table"] == table}
-        task = next(iter(mine.values()))["task"]
+        mine = [r for r in rows if r["table"] == table]
+        task = mine[0]["task"]
         metric = "RMSE" if task == "regression" else "accuracy"
+        shape = "{:.4g}" if task == "regression" else "{:.4f}"
         cells = []
         for contender in contenders:
-            row = mine.get(contender)
-            if row is None or row["test"] is None:
+            found = [r for r in mine if r["contender"] == contender and r["test"] is not None]
+            if not found:
                 cells.append("")
-                continue
-            value = f"{row['test']:.4g}" if task == "regression" else f"{row['test']:.4f}"
-            cells.append(f"{value} ({row['seconds']:.0f} s)")
-        lines.append(f"| {table} | {metric} | " + " | ".join(cells) + " |")
+            elif len(found) == 1:
+                cells.append(f"{shape.format(found[0]['test'])} ({found[0]['seconds']:.0f} s)")
+            else:
+                values = [r["test"] for r in found]
+                low, mid, high = min(values), float(np.median(values)), max(values)
+                cells.append(f"{shape.format(mid)} ({shape.format(low)}-{shape.format(high)})")
+        seeds = len({r["split_seed"] for r in mine})
+        label = f"{metric}, median of {seeds} splits" if seeds > 1 else metric
+        lines.append(f"| {table} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,7 @@
-"""The local backend: DVC's own queue workers on this machine, watched by ``nntune run`` in a
-live view, and the executor the study driver uses to run its trials here."""
+"""The local backend: the workers that run DVC's queue on this machine, watched by ``nntune
+run`` in a live view, and the executor the study driver uses to run its trials here. By
+default they are nntune's own (:mod:`nntune.executor`); ``--executor dvc`` uses DVC's
+celery workers (``dvc queue start``)."""
 
 from __future__ import annotations
 
@@ -7,24 +9,18 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
 
 from nntune import experiments
+from nntune.backends.options import Executor
 from nntune.backends.view import RunOutcome, finished_from_key, trials_progress, trials_view
 from nntune.config.metrics import Objective
-from nntune.experiments import (
-    DvcRepo,
-    QueueState,
-    open_repo,
-    queue_state,
-    revive_queue,
-    start_workers,
-    stop_workers,
-)
+from nntune.executor.pool import WorkerPool
+from nntune.experiments import DvcRepo, QueueState, open_repo
 from nntune.interrupts import deferred_ctrl_c
 from nntune.stage.backend import declared
 from nntune.warm.launcher import warm_runner
@@ -32,36 +28,44 @@ from nntune.warm.launcher import warm_runner
 
 @dataclass
 class LocalQueue:
-    """DVC's own queue workers on this machine."""
+    """DVC's own queue workers on this machine (``nntune run --executor dvc``)."""
 
     jobs: int
+    gpus: list[str] | None = None
     started: float = -math.inf  # time.monotonic() of the last start or check
-    check_seconds: float = 15.0
+    check_seconds: float = 15.0  # a worker needs a moment to appear after it is started
+    settled: dict[str, bool] = field(default_factory=dict)  # orphans of the last check
 
     def refresh(self, repo: DvcRepo) -> None:
         return None  # DVC's workers commit finished experiments here themselves
 
     def state(self, repo: DvcRepo) -> experiments.QueueState:
         state = experiments.queue_state(repo)
+        self.settled = {}
         if state.pending and time.monotonic() - self.started >= self.check_seconds:
             # Workers that died leave their trials 'running' forever: fail those (the
             # driver tells Optuna), and start new workers for the rest.
             self.started = time.monotonic()
-            if experiments.revive_queue(repo, state, self.jobs):  # orphans settled
+            self.settled = experiments.revive_queue(repo, state, self.jobs, self.gpus)
+            if self.settled:  # orphans settled
                 state = experiments.queue_state(repo)
         return state
 
     def start(self, repo: DvcRepo) -> None:
-        experiments.start_workers(repo, self.jobs)
+        experiments.start_workers(repo, self.jobs, self.gpus)
         self.started = time.monotonic()
 
     def stop(self, repo: DvcRepo) -> None:
         experiments.stop_workers(repo)
 
 
-# How often the live view checks that the queue's workers are alive; a worker needs a
-# moment to appear after it is started, so never sooner than this after a start.
-WORKER_CHECK_SECONDS = 15.0
+def local_executor(
+    root: str | Path, executor: Executor, jobs: int, gpus: list[str] | None = None
+) -> LocalQueue | WorkerPool:
+    """nntune's own workers (the default), or DVC's celery workers."""
+    if executor == "dvc":
+        return LocalQueue(jobs, gpus)
+    return WorkerPool(Path(root).resolve(), jobs, gpus)
 
 
 def run_queue(
@@ -72,17 +76,19 @@ def run_queue(
     gpus: list[str] | None = None,
     poll_seconds: float = 2.0,
     warm: bool = True,
+    executor: Executor = "nntune",
 ) -> RunOutcome:
     """Start ``jobs`` workers (or one per GPU in ``gpus``) and block until the queue is
     empty (or Ctrl-C); with ``warm``, the workers' stages use a warm runner."""
     with open_repo(root) as repo:
-        before = queue_state(repo)
+        workers = local_executor(root, executor, jobs, gpus)
+        before = workers.state(repo)
         outcome = RunOutcome(total=before.pending)
         if outcome.total == 0:
             return outcome
         with announced_warm_runner(warm, console, root):
             return _run_started_queue(
-                repo, jobs, objective, console, gpus, poll_seconds, outcome, before
+                repo, workers, objective, console, poll_seconds, outcome, before
             )
 
 
@@ -102,17 +108,15 @@ def announced_warm_runner(
 
 def _run_started_queue(
     repo: DvcRepo,
-    jobs: int,
+    workers: LocalQueue | WorkerPool,
     objective: Objective,
     console: Console,
-    gpus: list[str] | None,
     poll_seconds: float,
     outcome: RunOutcome,
     before: QueueState,
 ) -> RunOutcome:
     seen = _done_keys(before)
-    start_workers(repo, jobs, gpus)
-    checked = time.monotonic()
+    workers.start(repo)
     progress = trials_progress(console)
     task = progress.add_task("trials", total=outcome.total)
     state = before
@@ -124,7 +128,7 @@ def _run_started_queue(
             while True:
                 if ctrl_c.is_set():
                     raise KeyboardInterrupt
-                state = queue_state(repo)
+                state = workers.state(repo)
                 for key in sorted(_done_keys(state) - seen):
                     seen.add(key)
                     outcome.finished.append(finished_from_key(repo, key, objective))
@@ -132,17 +136,14 @@ def _run_started_queue(
                 live.update(trials_view(progress, state, outcome, objective))
                 if state.pending == 0:
                     break
-                if time.monotonic() - checked >= WORKER_CHECK_SECONDS:
-                    checked = time.monotonic()
-                    settled = revive_queue(repo, state, jobs, gpus)
-                    if settled:
-                        live.console.print(_orphans_line(settled))
+                if isinstance(workers, LocalQueue) and workers.settled:
+                    live.console.print(_orphans_line(workers.settled))
                 ctrl_c.wait(poll_seconds)
-        stop_workers(repo)  # drained: the workers exit now, not after DVC's idle minute
+        workers.stop(repo)  # drained: the workers exit now, not after an idle wait
     except KeyboardInterrupt:
-        stop_workers(repo)
+        workers.stop(repo)
         outcome.interrupted = True
-        outcome.still_queued = len(queue_state(repo).queued)
+        outcome.still_queued = len(experiments.queue_state(repo).queued)
     console.print()  # the live view leaves the cursor at the end of its last line
     return outcome
 

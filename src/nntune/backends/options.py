@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Backend = Literal["local", "ray"]
+Executor = Literal["nntune", "dvc"]  # the local backend's workers: nntune's own, or DVC's
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class BackendOptions:
     backend: Backend = "local"
     warm: bool = True  # local backend: stages forked from the warm runner
     ray: RayOptions = field(default_factory=RayOptions)
+    executor: Executor = "nntune"
 
     @property
     def uses_warm_runner(self) -> bool:

@@ -142,3 +142,12 @@ def search_view(snapshot: Snapshot, total: int, objective: Objective, method: st
         else "best so far: - (no trial has finished its last rung yet)"
     )
     return Group(counts, table, best_line)
+
+
+def median_phases(timings: dict[str, dict[str, float]]) -> str:
+    """``clone 0.1, pull 2.2, run 22.2, push 1.3`` over the trials that ran (not skipped)."""
+    from statistics import median
+
+    ran = [t for t in timings.values() if t]
+    phases = ("clone", "pull", "run", "push")
+    return ", ".join(f"{p} {median(t[p] for t in ran):.1f}" for p in phases if ran) or "-"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from nntune.backends.options import Backend, BackendOptions, RayOptions
+from nntune.backends.options import Backend, BackendOptions, Executor, RayOptions
 from nntune.config.params import parse_params, read_params_mapping
 from nntune.config.sections import Params
 from nntune.errors import NntuneError
@@ -80,6 +80,15 @@ WarmOption = Annotated[
     ),
 ]
 
+ExecutorOption = Annotated[
+    Literal["nntune", "dvc"],
+    typer.Option(
+        "--executor",
+        help="local backend: nntune's own workers, each in a persistent git worktree (fast), "
+        "or DVC's queue workers (dvc queue start)",
+    ),
+]
+
 
 def gpu_list(text: str) -> list[str]:
     """``0,1,3`` -> ["0", "1", "3"]; ``all`` -> every GPU the backend sees."""
@@ -127,7 +136,8 @@ def backend_options(
     remote: str,
     cache_dir: str | None,
     warm: bool,
+    executor: Executor = "nntune",
 ) -> BackendOptions:
     """The backend options ``run`` and ``search`` share, as one value."""
     ray = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
-    return BackendOptions(backend, warm, ray)
+    return BackendOptions(backend, warm, ray, executor)

@@ -14,6 +14,7 @@ from nntune.cli.options import (
     AddressOption,
     BackendOption,
     CacheDirOption,
+    ExecutorOption,
     NumCpusOption,
     NumGpusOption,
     ParamsOption,
@@ -163,18 +164,29 @@ def run(
     remote: RemoteOption = "origin",
     cache_dir: CacheDirOption = None,
     warm: WarmOption = True,
+    executor: ExecutorOption = "nntune",
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="queue the failed trials again first, same params"),
+    ] = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Run DVC's experiment queue with a live view until it drains: on this machine's DVC
-    queue workers, or with --backend ray as Ray tasks on a cluster, each experiment pushed
-    to the git and DVC remotes and pulled back here."""
+    """Run DVC's experiment queue with a live view until it drains: on this machine (nntune's
+    own workers, or DVC's with --executor dvc), or with --backend ray as Ray tasks on a
+    cluster, each experiment pushed to the git and DVC remotes and pulled back here."""
     from rich.console import Console
 
-    from nntune.experiments import queue_log_tail
+    from nntune.backends.view import median_phases
+    from nntune.cli.trials import requeue_failed
+    from nntune.executor.retry import log_text
 
     objective = load_checked(params).evaluate.objective
     console = Console()
-    chosen = backend_options(backend, address, num_cpus, num_gpus, retries, remote, cache_dir, warm)
+    chosen = backend_options(
+        backend, address, num_cpus, num_gpus, retries, remote, cache_dir, warm, executor
+    )
+    if retry_failed:
+        requeue_failed(console)
     if chosen.backend == "ray":
         from nntune.backends.ray import run_on_ray
 
@@ -186,7 +198,9 @@ def run(
         if pinned:
             console.print(f"one worker per GPU: CUDA_VISIBLE_DEVICES = {', '.join(pinned)}")
         workers = len(pinned) if pinned else jobs
-        outcome = run_queue(".", workers, objective, console, pinned, warm=chosen.warm)
+        outcome = run_queue(
+            ".", workers, objective, console, pinned, warm=chosen.warm, executor=chosen.executor
+        )
     if outcome.total == 0:
         console.print("the queue is empty: queue trials with `nntune grid` first")
         return
@@ -201,26 +215,18 @@ def run(
     if best:
         console.print(f"best: [bold]{best.name}[/bold] {objective.metric} = {best.objective:.4f}")
     if outcome.timings:
-        console.print(f"per trial on Ray, median seconds: {_median_phases(outcome.timings)}")
+        console.print(f"per trial on Ray, median seconds: {median_phases(outcome.timings)}")
     for name in outcome.failed:
         if name in outcome.errors:
             console.print(f"[red]failed[/red]: {name} (it stays queued):")
             console.print(outcome.errors[name], markup=False, highlight=False)
         else:
-            console.print(f"[red]failed[/red]: {name}; last lines of `dvc queue logs {name}`:")
-            console.print(queue_log_tail(".", name), markup=False, highlight=False)
+            console.print(f"[red]failed[/red]: {name}; last lines of `nntune logs {name}`:")
+            tail = "\n".join(log_text(".", name).strip().splitlines()[-12:])
+            console.print(tail, markup=False, highlight=False)
     if outcome.failed:
         typer.echo(f"{len(outcome.failed)} trial(s) failed: {', '.join(outcome.failed)}", err=True)
         raise typer.Exit(1)
-
-
-def _median_phases(timings: dict[str, dict[str, float]]) -> str:
-    """``clone 0.1, pull 2.2, run 22.2, push 1.3`` over the trials that ran (not skipped)."""
-    from statistics import median
-
-    ran = [t for t in timings.values() if t]
-    phases = ("clone", "pull", "run", "push")
-    return ", ".join(f"{p} {median(t[p] for t in ran):.1f}" for p in phases if ran) or "-"
 
 
 @app.command("search")
@@ -264,6 +270,7 @@ def search_command(
     remote: RemoteOption = "origin",
     cache_dir: CacheDirOption = None,
     warm: WarmOption = True,
+    executor: ExecutorOption = "nntune",
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Adaptive search: TPE, or successive halving (ASHA / Hyperband) with promoted trials
@@ -276,7 +283,7 @@ def search_command(
     from rich.live import Live
 
     from nntune import experiments
-    from nntune.backends.local import LocalQueue, announced_warm_runner
+    from nntune.backends.local import announced_warm_runner, local_executor
     from nntune.backends.view import search_view
     from nntune.tuning import search_space
     from nntune.tuning.driver import Driver, Executor
@@ -286,7 +293,7 @@ def search_command(
     objective = loaded.evaluate.objective
     console = Console()
     chosen_backend = backend_options(
-        backend, address, num_cpus, num_gpus, retries, remote, cache_dir, warm
+        backend, address, num_cpus, num_gpus, retries, remote, cache_dir, warm, executor
     )
     on_ray: RayExecutor | None = None
     try:
@@ -317,12 +324,12 @@ def search_command(
             experiments.use_this_python()
             baseline = experiments.baseline_rev(repo)
             the_study = open_study(root, settings, objective, baseline, chosen)
-            executor: Executor = LocalQueue(jobs)
+            workers: Executor = local_executor(root, chosen_backend.executor, jobs)
             if chosen_backend.backend == "ray":
                 from nntune.backends.ray import RayExecutor
 
-                executor = on_ray = RayExecutor.connect(root, chosen_backend.ray)
-            driver = Driver(settings, chosen, base, objective, jobs, executor)
+                workers = on_ray = RayExecutor.connect(root, chosen_backend.ray)
+            driver = Driver(settings, chosen, base, objective, jobs, workers)
             with (
                 announced_warm_runner(chosen_backend.uses_warm_runner, console, root),
                 Live(console=console, refresh_per_second=2) as live,

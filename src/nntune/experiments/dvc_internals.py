@@ -2,9 +2,10 @@
 
 DVC's public queue API (``repo.experiments.celery_queue``) lists entries by state but
 cannot say which finished ones failed with what result, nor start one worker with its own
-environment (one GPU each). These four calls can; they are private, so ``pyproject.toml``
-bounds DVC to the versions they were tested with, and ``tests/test_layout.py`` checks that
-the installed DVC still has them.
+environment (one GPU each), nor take one entry off the queue as its own workers do when
+they start it (nntune's executor runs entries itself). These calls can; they are private,
+so ``pyproject.toml`` bounds DVC to the versions they were tested with, and
+``tests/test_layout.py`` checks that the installed DVC still has them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from __future__ import annotations
 from nntune.experiments.repo import DvcExecutorInfo, DvcQueue, DvcQueueEntry
 
 # The private methods of dvc.repo.experiments.queue.celery.LocalCeleryQueue used below.
-USED = ("_iter_active_tasks", "_iter_done_tasks", "_load_info", "_spawn_worker")
+USED = (
+    "_iter_active_tasks",
+    "_iter_done_tasks",
+    "_iter_queued",
+    "_load_info",
+    "_spawn_worker",
+)
 
 
 def active_entries(queue: DvcQueue) -> list[DvcQueueEntry]:
@@ -34,3 +41,23 @@ def spawn_worker(queue: DvcQueue, number: int) -> None:
     """Start worker ``number`` with this process's environment (``start_workers`` would
     give every worker the same one)."""
     queue._spawn_worker(number)
+
+
+def take_off_queue(queue: DvcQueue, entry: DvcQueueEntry) -> bool:
+    """Remove ``entry`` from DVC's queue as a DVC worker does when it takes it: its celery
+    message goes, and its stash entry is dropped under DVC's experiments lock (so that a
+    ``dvc exp run --queue`` stashing at the same moment cannot interleave). The snapshot's
+    commit itself stays in git until garbage collection. False when it was no longer
+    queued."""
+    from dvc.repo.experiments.queue.base import BaseStashQueue
+
+    found = False
+    for msg, queued in queue._iter_queued():
+        if queued.stash_rev == entry.stash_rev and msg.delivery_tag:
+            try:
+                queue.celery.reject(msg.delivery_tag)
+            except ValueError:
+                continue  # another process removed it meanwhile
+            found = True
+    BaseStashQueue.get_stash_entry(queue.repo.experiments, entry)  # drops it when stashed
+    return found

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,20 +203,6 @@ def _trial_process_alive(queue: DvcQueue, stash_rev: str) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE and "exec-run" in proc.cmdline()
     except psutil.Error:
         return False
-
-
-def queue_log_tail(root: str | Path, name: str, lines: int = 12) -> str:
-    """The last lines of a trial's log (``dvc queue logs NAME``)."""
-    use_this_python()
-    out = subprocess.run(
-        ["dvc", "queue", "logs", name],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return "\n".join(text[-lines:])
 
 
 def queue_experiment(repo: DvcRepo, name: str, overrides: dict[str, Any]) -> bool:

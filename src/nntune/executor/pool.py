@@ -1,0 +1,137 @@
+"""The workers of one ``nntune run`` or ``nntune search``: started, watched, restarted.
+
+``WorkerPool`` is an executor for the study driver and the live view alike (``start``,
+``state``, ``stop``): it keeps ``jobs`` worker processes alive while DVC's queue holds
+entries no worker has claimed, each pinned to its GPU when ``gpus`` is given. A worker that
+died (killed, out of memory) is reaped with every process of its group, so no stage it
+started lives on in its worktree; its entry's claim went with it, and another worker runs
+the entry. Workers exit by themselves when the queue stays empty, after their trial when
+stopped, and when the process that started them is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nntune.executor.records import claim_path, read_records, state_dir
+from nntune.experiments.queue import QueueState, queue_state
+from nntune.experiments.repo import DvcRepo, use_this_python
+from nntune.locks import LockHeldError, record_lock
+
+
+@dataclass
+class WorkerPool:
+    root: Path
+    jobs: int
+    gpus: list[str] | None = None
+    idle_seconds: float = 10.0
+    max_trials: int = 40  # a worker's trials before a fresh one takes over (memory)
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    died: int = 0  # workers that ended other than by themselves
+    stopped: bool = False
+
+    def refresh(self, repo: DvcRepo) -> None:
+        return None  # workers commit their experiments into this repository's refs
+
+    def start(self, repo: DvcRepo) -> None:
+        self.stopped = False
+        self._reap()
+        for number in range(1, self.jobs + 1):
+            if number not in self.procs:
+                self.procs[number] = self._spawn(number)
+
+    def state(self, repo: DvcRepo) -> QueueState:
+        state = executor_state(repo)
+        if state.queued and not self.stopped and len(self._reap()) < self.jobs:
+            self.start(repo)
+        return state
+
+    def stop(self, repo: DvcRepo) -> None:
+        """Each worker ends after its running trial; queued entries stay queued."""
+        self.stopped = True
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGUSR1)
+
+    def wait(self, timeout: float | None = None) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+
+    def _reap(self) -> dict[int, subprocess.Popen[bytes]]:
+        """Forget workers that ended; end the process group of each that died (its stages
+        must not run on in its worktree). Returns the live ones."""
+        for number, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.procs[number]
+            if code != 0:
+                self.died += 1
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return self.procs
+
+    def _spawn(self, number: int) -> subprocess.Popen[bytes]:
+        use_this_python()
+        env = dict(os.environ)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[(number - 1) % len(self.gpus)]
+        log = state_dir(self.root) / "workers" / f"w{number}.out"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "nntune.executor.worker", str(self.root), str(number),
+            "--parent", str(os.getpid()), "--idle", str(self.idle_seconds),
+            "--max-trials", str(self.max_trials),
+        ]  # fmt: skip
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                command,
+                cwd=self.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches nntune run only
+            )
+
+
+def executor_state(repo: DvcRepo) -> QueueState:
+    """DVC's queue as nntune's executor sees it: an entry whose claim a worker holds is
+    running (DVC still lists it as queued until it ends), and the entries the executor
+    finished or failed (which it took off DVC's queue) are succeeded or failed."""
+    root = Path(repo.root_dir)
+    state = queue_state(repo)
+    claimed = {
+        entry.name or entry.stash_rev[:7]
+        for entry in repo.experiments.celery_queue.iter_queued()
+        if is_claimed(root, entry.stash_rev)
+    }
+    state.running += [label for label in state.queued if label in claimed]
+    state.queued = [label for label in state.queued if label not in claimed]
+    for record in read_records(root):
+        if record.ok:
+            state.succeeded[record.name] = record.exp_rev
+            state.failed.pop(record.name, None)
+        else:
+            state.failed[record.name] = record.stash_rev
+    return state
+
+
+def is_claimed(root: Path, stash_rev: str) -> bool:
+    """Whether a live worker holds entry ``stash_rev``'s claim."""
+    path = claim_path(root, stash_rev)
+    if not path.exists():
+        return False
+    try:
+        with record_lock(path, wait=False):
+            return False
+    except LockHeldError:
+        return True

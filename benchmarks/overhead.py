@@ -1,11 +1,13 @@
 """Benchmark: where a trial's time goes when nntune runs a grid as DVC experiments.
 
-    .venv/bin/python benchmarks/overhead.py [--jobs 1] [--repeats 1] [--modes warm cold]
+    .venv/bin/python benchmarks/overhead.py [--jobs 1] [--repeats 1] [--modes own dvc]
 
 Builds the project of benchmarks/grid.py (nntune init on digits, 50 epochs, patience 5,
 baseline reproduced, untimed), queues its 16 points and runs them with `nntune run -j JOBS`
-(``--warm``, the default: stages forked from the warm runner, and ``--cold``: every stage a
-fresh Python, side by side, the queue and DVC's run cache emptied before each) with
+side by side in each of the chosen modes, the queue, the experiments and DVC's run cache
+emptied before each: ``own`` (nntune's executor, the default; stages forked from the warm
+runner), ``dvc`` (``--executor dvc``: DVC's celery workers, warm runner), ``own-cold`` and
+``dvc-cold`` (``--cold``: every stage a fresh Python). Each runs with
 ``NNTUNE_PROFILE`` set, so every stage process records when it started, when its
 ``main`` started (the difference is interpreter start plus imports) and when it ended. With
 ``-j 1`` trials run one after another, so the wall time per trial is total / 16, and what
@@ -38,11 +40,14 @@ def run_profiled(project: Path, space: Path, jobs: int, profile: Path, mode: str
     sh(project, "dvc", "queue", "remove", "--all")
     sh(project, "dvc", "exp", "remove", "--all-commits")
     shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+    shutil.rmtree(project / ".dvc" / "tmp" / "nntune" / "done", ignore_errors=True)
     sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
     os.environ["NNTUNE_PROFILE"] = str(profile)  # workers inherit it, stages write to it
+    executor, _, cold = mode.partition("-")
+    flags = ["--executor", "nntune" if executor == "own" else "dvc", "--cold" if cold else "--warm"]
     try:
         started = time.perf_counter()
-        sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs), f"--{mode}")
+        sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs), *flags)
         return time.perf_counter() - started
     finally:
         os.environ.pop("NNTUNE_PROFILE")
@@ -108,7 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--modes", nargs="+", default=["warm", "cold"], choices=["warm", "cold"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["own", "dvc"], choices=["own", "dvc", "own-cold", "dvc-cold"]
+    )
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -136,12 +143,13 @@ def main() -> None:
         mode: {key: statistics.median(r[key] for r in rows) for key in keys}
         for mode, rows in runs.items()
     }
-    if "warm" in runs and "cold" in runs:
-        ratios = [
-            w["overhead_per_trial_s"] / c["overhead_per_trial_s"]
-            for w, c in zip(runs["warm"], runs["cold"], strict=True)
-        ]
-        summary["warm_over_cold_overhead"] = round(statistics.median(ratios), 3)
+    for mode in runs:
+        if mode != "dvc" and "dvc" in runs:
+            ratios = [
+                w["overhead_per_trial_s"] / c["overhead_per_trial_s"]
+                for w, c in zip(runs[mode], runs["dvc"], strict=True)
+            ]
+            summary[f"{mode}_over_dvc_overhead"] = round(statistics.median(ratios), 3)
     summary.update({k: round(v, 3) for k, v in extra.items()})
     print(json.dumps(summary, indent=2))
 

@@ -57,7 +57,7 @@ class Worker:
         self.trials = 0
 
     def run(self, repo: DvcRepo, idle: float) -> None:
-        cache = repo.cache.local.path
+        cache = repo.cache.local_cache_dir  # the root DVC is configured with (not files/md5)
         worktree = ensure_worktree(self.root, self.number, cache)
         prefix = git(self.root, "rev-parse", "--show-prefix").strip()
         idle_since = time.monotonic()

@@ -66,8 +66,11 @@ def list_experiments(
             f"{Path(root).resolve()}: not a DVC project; run `make setup` or `dvc init`"
         ) from None
     experiments = []
+    baselines = set()
     for row in rows:
         name = row.get("Experiment")
+        if row.get("typ") == "baseline":
+            baselines.add(str(row.get("rev")))
         if not name or row.get("typ") == "baseline":
             continue
         experiments.append(
@@ -82,7 +85,37 @@ def list_experiments(
                 created=row.get("Created"),
             )
         )
+    shown = {e.name for e in experiments}
+    experiments += [e for e in executor_failures(root, keys, baselines) if e.name not in shown]
     return experiments
+
+
+def executor_failures(root: str | Path, keys: set[str], baselines: set[str]) -> list[Experiment]:
+    """The trials nntune's executor failed (it takes them off DVC's queue, so ``exp_show``
+    has no row for them), queued on one of ``baselines``, with the params of their queued
+    snapshot."""
+    from nntune.executor.records import read_records
+
+    failed = []
+    for record in read_records(root):
+        if record.ok or record.baseline_rev not in baselines:
+            continue
+        try:
+            raw = _params_file(root, record.stash_rev)
+        except ExperimentError:
+            continue  # its snapshot is gone (git gc after the failure's ref was removed)
+        params = {k: v for k, v in flatten(raw).items() if k in keys}
+        failed.append(Experiment(record.name, record.stash_rev, "Failed", params, {}))
+    return failed
+
+
+def _params_file(root: str | Path, rev: str) -> dict[str, Any]:
+    from nntune.experiments.refs import read_files
+
+    text = read_files(root, [(rev, "params.yaml")])[(rev, "params.yaml")]
+    if text is None:
+        raise ExperimentError(f"{rev[:7]} has no params.yaml")
+    return dict(yaml.safe_load(text) or {})
 
 
 def _state(row: dict[str, Any]) -> str:

@@ -132,9 +132,32 @@ def _remove(path: Path) -> None:
 
 
 def save_model(net: Any, path: str | Path) -> None:
-    """A Keras model (weights and optimiser state) as a ``.keras`` file, atomically."""
+    """A Keras model (weights and optimiser state) as a ``.keras`` file, atomically, and
+    byte for byte the same whenever the model is: Keras stamps the save's date into the
+    archive (``metadata.json``'s ``date_saved`` and the weights entry's zip time), which
+    would give the same trained model a new md5 in dvc.lock on every run."""
     with atomic_path(path) as tmp:
         net.save(tmp)
+        _undated(tmp)
+
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
+
+
+def _undated(path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                if "date_saved" in meta:
+                    meta["date_saved"] = "1980-01-01@00:00:00"
+                data = json.dumps(meta).encode("utf-8")
+            info.date_time = ZIP_EPOCH
+            archive.writestr(info, data)
 
 
 def _umask() -> int:

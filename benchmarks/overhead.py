@@ -86,7 +86,7 @@ def summarise(
     for r in records:
         by_stage[r["stage"]]["start_and_imports_s"].append(r["main_start"] - r["process_start"])
         by_stage[r["stage"]]["main_s"].append(r["main_end"] - r["main_start"])
-        per_trial_in_stages[r["workspace"]] += r["main_end"] - r["process_start"]
+        per_trial_in_stages[r.get("trial") or r["workspace"]] += r["main_end"] - r["process_start"]
     trials = len(fits)
     per_trial = wall / trials
     in_stages = statistics.median(per_trial_in_stages.values())
@@ -107,6 +107,17 @@ def summarise(
             for stage, parts in by_stage.items()
         },
     }
+
+
+def executor_split(project: Path) -> dict[str, float]:
+    """Medians over the trials of nntune's executor's own timing of each: the worktree put
+    at the snapshot (prepare), DVC's reproduce (stages included), the commit and ref."""
+    records = [
+        json.loads(p.read_text())["seconds"]
+        for p in (project / ".dvc" / "tmp" / "nntune" / "done").glob("*.json")
+    ]
+    keys = sorted({key for r in records for key in r})
+    return {k: round(statistics.median(r[k] for r in records if k in r), 2) for k in keys}
 
 
 def main() -> None:
@@ -135,6 +146,8 @@ def main() -> None:
                 fits = [float(e.metrics["train_seconds"]) for e in done]
                 row = summarise(records, fits, wall, args.jobs, mode)
                 row["repeat"] = repeat
+                if mode.startswith("own"):
+                    row["executor_split_s"] = executor_split(project)
                 print(json.dumps(row), flush=True)
                 runs[mode].append(row)
         extra = save_load_seconds(project, tmp)

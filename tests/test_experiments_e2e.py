@@ -38,7 +38,7 @@ def test_grid_run_compare_best(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "one worker per GPU: CUDA_VISIBLE_DEVICES = 0, 1" in result.stdout
     assert "1 trial(s) failed: broken" in result.stderr
-    assert "failed: broken; last lines of `dvc queue logs broken`" in result.stdout
+    assert "failed: broken; last lines of `nntune logs broken`" in result.stdout
     assert "best:" in result.stdout
 
     shown = json.loads(run(project, NNTUNE, "compare", "--format", "json").stdout)

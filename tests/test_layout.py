@@ -124,29 +124,30 @@ def test_private_apis_are_version_bounded_and_present(library: str) -> None:
     installed = importlib.metadata.version(library)
     assert installed in specifier, f"{library} {installed} is outside {requirement}"
     adapter = importlib.import_module(ADAPTERS[library])
-    holder = _private_holder(library)
-    missing = [name for name in adapter.USED if not hasattr(holder, name)]
+    holders = _private_holders(library)
+    missing = [name for name in adapter.USED if not any(hasattr(h, name) for h in holders)]
     assert not missing, f"{library} {installed} lacks {missing}: update {ADAPTERS[library]}"
 
 
-def _private_holder(library: str) -> object:
-    """An object (class or instance) of the library that should carry the private names."""
+def _private_holders(library: str) -> list[object]:
+    """The objects (classes or instances) of the library that carry the private names."""
     if library == "dvc":
+        from dvc.repo.experiments.executor.base import BaseExecutor
         from dvc.repo.experiments.queue.celery import LocalCeleryQueue
 
-        return LocalCeleryQueue
+        return [LocalCeleryQueue, BaseExecutor]
     if library == "dvclive":
         from nntune.stage.dvclive_internals import StepLive
 
         live = StepLive(dir=tempfile.mkdtemp(), dvcyaml=False, save_dvc_exp=False, report=None)
         live.end()  # closes the DVC repository it opened
-        return live
+        return [live]
     if library == "optuna":
         import optuna
 
         study = optuna.create_study()
         study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
-        return study.trials[0]
+        return [study.trials[0]]
     import keras
 
-    return keras.layers.Dropout(0.5)  # has seed generators, and is a Layer
+    return [keras.layers.Dropout(0.5)]  # has seed generators, and is a Layer

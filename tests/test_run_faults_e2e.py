@@ -1,4 +1,5 @@
-"""End-to-end faults of ``nntune run`` on DVC's real queue: its workers killed mid-trial,
+"""End-to-end faults of ``nntune run --executor dvc`` on DVC's real queue (nntune's own
+executor has its own in test_executor_e2e.py): its workers killed mid-trial,
 Ctrl-C, and ``kill -9`` of ``nntune run`` itself. Queued trials stay queued, a running one
 finishes or is marked failed where the user sees it, the same command continues, every
 trial runs once, and no worker is left behind."""
@@ -42,7 +43,11 @@ def _start(project: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
     # Output to a file, not a pipe: DVC's workers inherit it and outlive `nntune run`.
     with log.open("w") as out:
         return subprocess.Popen(
-            [NNTUNE, "run", *args], cwd=project, env=project_env(), stdout=out, stderr=out
+            [NNTUNE, "run", "--executor", "dvc", *args],
+            cwd=project,
+            env=project_env(),
+            stdout=out,
+            stderr=out,
         )
 
 
@@ -159,7 +164,7 @@ def test_ctrl_c_keeps_the_queue_and_kill_9_loses_nothing(tmp_path: Path) -> None
     finally:
         if second.poll() is None:
             second.kill()
-    run(project, NNTUNE, "run", "-j", "1")  # exit 0: nothing failed
+    run(project, NNTUNE, "run", "--executor", "dvc", "-j", "1")  # exit 0: nothing failed
     watch.poll()
     names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
     record_fault_run(

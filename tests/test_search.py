@@ -200,10 +200,12 @@ class FakeDVC:
     def experiment_metrics(self, repo: Any, name: str) -> dict[str, Any]:
         return self.done[name]
 
-    def start_workers(self, repo: Any, jobs: int) -> int:
+    def start_workers(self, repo: Any, jobs: int, gpus: list[str] | None = None) -> int:
         return 0
 
-    def revive_queue(self, repo: Any, state: QueueState, jobs: int) -> dict[str, bool]:
+    def revive_queue(
+        self, repo: Any, state: QueueState, jobs: int, gpus: list[str] | None = None
+    ) -> dict[str, bool]:
         return {}  # the fake's workers never die
 
     def baseline_rev(self, repo: Any) -> str:

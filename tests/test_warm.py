@@ -316,9 +316,12 @@ def test_an_empty_queue_starts_no_runner(tmp_path: Path, monkeypatch: pytest.Mon
     started = []
     monkeypatch.setattr(local, "warm_runner", lambda *a, **k: started.append(a))
     monkeypatch.setattr(local, "open_repo", lambda root: _Nothing())
-    monkeypatch.setattr(local, "queue_state", lambda repo: QueueState())
-    outcome = local.run_queue(tmp_path, 2, None, None)  # type: ignore[arg-type]
-    assert outcome.total == 0 and not started
+    for executor in ("nntune", "dvc"):
+        workers = local.local_executor(tmp_path, executor, 2)  # type: ignore[arg-type]
+        monkeypatch.setattr(workers, "state", lambda repo: QueueState())
+        monkeypatch.setattr(local, "local_executor", lambda *a, w=workers: w)
+        outcome = local.run_queue(tmp_path, 2, None, None, executor=executor)  # type: ignore[arg-type]
+        assert outcome.total == 0 and not started
 
 
 class _Nothing:

@@ -35,6 +35,7 @@ class LocalQueue:
     started: float = -math.inf  # time.monotonic() of the last start or check
     check_seconds: float = 15.0  # a worker needs a moment to appear after it is started
     settled: dict[str, bool] = field(default_factory=dict)  # orphans of the last check
+    active: bool = False  # between start() and stop(): revive dead workers
 
     def refresh(self, repo: DvcRepo) -> None:
         return None  # DVC's workers commit finished experiments here themselves
@@ -42,7 +43,7 @@ class LocalQueue:
     def state(self, repo: DvcRepo) -> experiments.QueueState:
         state = experiments.queue_state(repo)
         self.settled = {}
-        if state.pending and time.monotonic() - self.started >= self.check_seconds:
+        if self.active and state.pending and time.monotonic() - self.started >= self.check_seconds:
             # Workers that died leave their trials 'running' forever: fail those (the
             # driver tells Optuna), and start new workers for the rest.
             self.started = time.monotonic()
@@ -54,8 +55,10 @@ class LocalQueue:
     def start(self, repo: DvcRepo) -> None:
         experiments.start_workers(repo, self.jobs, self.gpus)
         self.started = time.monotonic()
+        self.active = True
 
     def stop(self, repo: DvcRepo) -> None:
+        self.active = False
         experiments.stop_workers(repo)
 
 

@@ -34,13 +34,13 @@ class WorkerPool:
     max_trials: int = 40  # a worker's trials before a fresh one takes over (memory)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     died: int = 0  # workers that ended other than by themselves
-    stopped: bool = False
+    active: bool = False  # between start() and stop(): keep jobs workers alive
 
     def refresh(self, repo: DvcRepo) -> None:
         return None  # workers commit their experiments into this repository's refs
 
     def start(self, repo: DvcRepo) -> None:
-        self.stopped = False
+        self.active = True
         self._reap()
         for number in range(1, self.jobs + 1):
             if number not in self.procs:
@@ -48,13 +48,13 @@ class WorkerPool:
 
     def state(self, repo: DvcRepo) -> QueueState:
         state = executor_state(repo)
-        if state.queued and not self.stopped and len(self._reap()) < self.jobs:
+        if state.queued and self.active and len(self._reap()) < self.jobs:
             self.start(repo)
         return state
 
     def stop(self, repo: DvcRepo) -> None:
         """Each worker ends after its running trial; queued entries stay queued."""
-        self.stopped = True
+        self.active = False
         for proc in self.procs.values():
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

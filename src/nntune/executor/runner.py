@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nntune.executor.worktrees import git
+from nntune.experiments import dvc_internals
 from nntune.experiments.repo import DvcQueueEntry, ExperimentError
 
 REPRO_ARGS = Path(".dvc") / "tmp" / "repro.dat"  # DVC's PACKED_ARGS_FILE in a snapshot
@@ -88,11 +89,11 @@ def run_entry(worktree: Path, prefix: str, entry: DvcQueueEntry) -> Outcome:
             recursive=kwargs.get("recursive", False),
         )
         seconds["prepare"] = time.perf_counter() - started
-        kwargs["repro_fn"] = BaseExecutor._repro_and_track
+        kwargs["repro_fn"] = dvc_internals.repro_and_track()
         stages = dvc.reproduce(*args, **kwargs)
         seconds["reproduce"] = time.perf_counter() - started - seconds["prepare"]
         committed = time.perf_counter()
-        if paths := BaseExecutor._get_top_level_paths(dvc):
+        if paths := dvc_internals.top_level_paths(dvc):
             add_no_submodules(dvc.scm, paths)
         exp_hash = BaseExecutor.hash_exp(stages)
         dvc.scm.add([], update=True)

@@ -10,7 +10,10 @@ so ``pyproject.toml`` bounds DVC to the versions they were tested with, and
 
 from __future__ import annotations
 
-from nntune.experiments.repo import DvcExecutorInfo, DvcQueue, DvcQueueEntry
+from collections.abc import Callable
+from typing import Any
+
+from nntune.experiments.repo import DvcExecutorInfo, DvcQueue, DvcQueueEntry, DvcRepo
 
 # The private methods of dvc.repo.experiments.queue.celery.LocalCeleryQueue used below.
 USED = (
@@ -19,6 +22,10 @@ USED = (
     "_iter_queued",
     "_load_info",
     "_spawn_worker",
+    # dvc.repo.experiments.executor.base.BaseExecutor's, the steps of its reproduce that
+    # nntune's executor takes in its own worktrees:
+    "_repro_and_track",
+    "_get_top_level_paths",
 )
 
 
@@ -61,3 +68,17 @@ def take_off_queue(queue: DvcQueue, entry: DvcQueueEntry) -> bool:
             found = True
     BaseStashQueue.get_stash_entry(queue.repo.experiments, entry)  # drops it when stashed
     return found
+
+
+def repro_and_track() -> Callable[..., Any]:
+    """DVC's ``repro_fn`` for experiments: reproduce a stage and stage its files in git."""
+    from dvc.repo.experiments.executor.base import BaseExecutor
+
+    return BaseExecutor._repro_and_track  # type: ignore[no-any-return]
+
+
+def top_level_paths(dvc: DvcRepo) -> list[str]:
+    """The top-level metrics, params and plots files an experiment commit includes."""
+    from dvc.repo.experiments.executor.base import BaseExecutor
+
+    return list(BaseExecutor._get_top_level_paths(dvc))

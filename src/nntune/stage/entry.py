@@ -78,6 +78,7 @@ def _record(path: Path, main_start: float) -> None:
     line = {
         "stage": Path(sys.argv[0]).stem,
         "workspace": str(Path.cwd()),
+        "trial": os.environ.get("DVC_EXP_NAME", ""),  # one worktree runs many trials
         # Under the warm runner this process is a fork: its stage started with the client.
         "process_start": process_start(int(client) if client else os.getpid()),
         "warm": bool(client),

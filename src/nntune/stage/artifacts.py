@@ -133,18 +133,19 @@ def _remove(path: Path) -> None:
 
 def save_model(net: Any, path: str | Path) -> None:
     """A Keras model (weights and optimiser state) as a ``.keras`` file, atomically, and
-    byte for byte the same whenever the model is: Keras stamps the save's date into the
-    archive (``metadata.json``'s ``date_saved`` and the weights entry's zip time), which
-    would give the same trained model a new md5 in dvc.lock on every run."""
+    byte for byte the same whenever the model is, in any process: Keras stamps the save's
+    date into the archive (``metadata.json``'s ``date_saved``, the weights entry's zip time)
+    and the memory addresses of shared objects into ``config.json`` (``shared_object_id``),
+    which would give the same trained model a new md5 in dvc.lock on every run."""
     with atomic_path(path) as tmp:
         net.save(tmp)
-        _undated(tmp)
+        _deterministic(tmp)
 
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 
 
-def _undated(path: Path) -> None:
+def _deterministic(path: Path) -> None:
     import zipfile
 
     with zipfile.ZipFile(path) as archive:
@@ -156,8 +157,26 @@ def _undated(path: Path) -> None:
                 if "date_saved" in meta:
                     meta["date_saved"] = "1980-01-01@00:00:00"
                 data = json.dumps(meta).encode("utf-8")
+            elif info.filename == "config.json":
+                config = _renumbered(json.loads(data), {})
+                data = json.dumps(config).encode("utf-8")
             info.date_time = ZIP_EPOCH
             archive.writestr(info, data)
+
+
+def _renumbered(node: Any, ids: dict[Any, int]) -> Any:
+    """``node`` with each ``shared_object_id`` (an ``id()``) replaced by its order of first
+    appearance: the same sharing, without the addresses."""
+    if isinstance(node, dict):
+        return {
+            key: ids.setdefault(value, len(ids) + 1)
+            if key == "shared_object_id"
+            else _renumbered(value, ids)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_renumbered(value, ids) for value in node]
+    return node
 
 
 def _umask() -> int:

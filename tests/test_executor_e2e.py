@@ -95,7 +95,7 @@ def test_same_experiment_as_dvcs_queue_and_an_ordinary_one(tmp_path: Path) -> No
     repro = run(project, "dvc", "repro").stdout
     assert "Running stage" not in repro, repro
     diff = run(project, "dvc", "exp", "diff", "own", "theirs", "--json").stdout
-    assert json.loads(diff).get("metrics", {}) == {}, diff
+    assert set(json.loads(diff).get("metrics", {})) <= {"reports/train_run.json"}, diff  # timings
 
 
 def test_a_failed_trial_keeps_its_log_and_retry_failed_runs_it_again(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ failed experiments told apart from the baseline whose metrics DVC copies into th
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,8 @@ def list_experiments(
     baselines = set()
     for row in rows:
         name = row.get("Experiment")
-        if row.get("typ") == "baseline":
-            baselines.add(str(row.get("rev")))
+        if row.get("typ") == "baseline" and row.get("rev") != "workspace":
+            baselines.add(str(row.get("rev")))  # a branch name, or a short commit id
         if not name or row.get("typ") == "baseline":
             continue
         experiments.append(
@@ -96,17 +97,33 @@ def executor_failures(root: str | Path, keys: set[str], baselines: set[str]) -> 
     snapshot."""
     from nntune.executor.records import read_records
 
+    records = [r for r in read_records(root) if not r.ok]
+    if not records or not baselines:
+        return []
+    out = subprocess.run(
+        ["git", "rev-parse", *sorted(baselines)], cwd=root, capture_output=True, text=True
+    )
+    commits = set(out.stdout.split())
     failed = []
-    for record in read_records(root):
-        if record.ok or record.baseline_rev not in baselines:
+    for record in records:
+        if record.baseline_rev not in commits:
             continue
         try:
             raw = _params_file(root, record.stash_rev)
         except ExperimentError:
             continue  # its snapshot is gone (git gc after the failure's ref was removed)
-        params = {k: v for k, v in flatten(raw).items() if k in keys}
+        params = {k: _as_exp_show(v) for k, v in flatten(raw).items() if k in keys}
         failed.append(Experiment(record.name, record.stash_rev, "Failed", params, {}))
     return failed
+
+
+def _as_exp_show(value: Any) -> Any:
+    """A param as ``exp_show`` gives it: numbers as floats, booleans and lists as text."""
+    if isinstance(value, bool | list | tuple | dict):
+        return str(list(value) if isinstance(value, tuple) else value)
+    if isinstance(value, int):
+        return float(value)
+    return value
 
 
 def _params_file(root: str | Path, rev: str) -> dict[str, Any]:

@@ -215,8 +215,12 @@ def test_queued_experiments_run_their_own_snapshot_of_the_library(
     rows = json.loads(run(project, "dvc", "exp", "show", "--json", "--no-pager").stdout)
     experiments = _experiments(rows)
     assert sorted(experiments) == [8, 12], experiments
+    # DVC reports an executor state only for experiments its celery workers ran (while its
+    # queue keeps their record); nntune's workers commit plain experiment refs, as a pulled
+    # experiment is, which `nntune compare` counts as succeeded.
+    expected = "success" if launcher == "dvc queue start" else "?"
     for units, (state, version) in experiments.items():
-        assert state == "success", (units, state)
+        assert state == expected, (units, state)
         assert version.startswith("0.0.0+queued-"), (units, version)
 
 

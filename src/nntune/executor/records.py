@@ -50,6 +50,8 @@ class EntryRecord:
     log: str = ""  # the trial's log file
     worker: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    worker_trial: int = 0  # this trial's number in its worker's life (1, 2, ...)
+    worker_peak_rss_mb: float = 0.0  # the worker's own peak (its stages are other processes)
 
     def write(self, root: str | Path) -> Path:
         path = record_path(root, self.stash_rev)

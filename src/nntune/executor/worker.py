@@ -128,6 +128,8 @@ class Worker:
                 record.name = outcome.ref.rsplit("/", 1)[-1]
                 record.seconds = outcome.seconds
         record.seconds["total"] = time.perf_counter() - started
+        record.worker_trial = self.trials + 1
+        record.worker_peak_rss_mb = _peak_rss_mb()
         record.write(self.root)
         dvc_internals.take_off_queue(repo.experiments.celery_queue, entry)
         # Its record now says it ended: a worker that opens the claim anew settles it.
@@ -181,6 +183,12 @@ def _output_to(log: Path) -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
 def _one_line(exc: BaseException) -> str:

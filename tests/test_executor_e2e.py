@@ -242,3 +242,8 @@ def test_an_entry_whose_ref_exists_is_settled_not_run_and_a_broken_worktree_is_r
     run(project, NNTUNE, "run", "-j", "1")  # in the rebuilt worktree
     assert (worktree / ".git").is_file()
     assert _attempts(project, "next") == 1
+    # Its DVC cache is the project's: the model it trained is in the project's cache.
+    cache = run(project, "dvc", "cache", "dir").stdout.strip()
+    assert cache in (worktree / ".dvc" / "config.local").read_text()
+    md5 = _lock_outs(project, _exp_rev(project, "next"))["train:models/model.keras"]
+    assert (Path(cache) / "files" / "md5" / md5[:2] / md5[2:]).is_file()

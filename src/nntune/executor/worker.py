@@ -37,8 +37,8 @@ from nntune.executor.records import (
     read_record,
     state_dir,
 )
-from nntune.executor.runner import create_ref, exp_ref_name, run_entry
-from nntune.executor.worktrees import ensure_worktree, git, rebuild, worktree_dir
+from nntune.executor.runner import Outcome, create_ref, exp_ref_name, run_entry
+from nntune.executor.worktrees import ensure_worktree, git, worktree_dir
 from nntune.experiments import dvc_internals
 from nntune.experiments.repo import DvcQueueEntry, DvcRepo, ExperimentError, open_repo
 from nntune.locks import LockHeldError, record_lock
@@ -55,10 +55,11 @@ class Worker:
         self.max_trials = max_trials
         self.stopping = False
         self.trials = 0
+        self.cache = ""
 
     def run(self, repo: DvcRepo, idle: float) -> None:
-        cache = repo.cache.local_cache_dir  # the root DVC is configured with (not files/md5)
-        worktree = ensure_worktree(self.root, self.number, cache)
+        self.cache = repo.cache.local_cache_dir  # the root DVC is configured with (not files/md5)
+        worktree = ensure_worktree(self.root, self.number, self.cache)
         prefix = git(self.root, "rev-parse", "--show-prefix").strip()
         idle_since = time.monotonic()
         while not self.stopping and self.trials < self.max_trials and self._parent_alive():
@@ -116,7 +117,7 @@ class Worker:
         with _output_to(log):
             print(f"# {label} ({entry.stash_rev[:7]}) in worker {self.number}, pid {os.getpid()}")
             try:
-                outcome = _run_repaired(self.root, worktree, prefix, entry)
+                outcome = self._run_repaired(worktree, prefix, entry)
             except Exception as exc:  # a failed stage: the trial failed, the worker goes on
                 traceback.print_exc()
                 record.error = _one_line(exc)
@@ -135,6 +136,18 @@ class Worker:
         # Its record now says it ended: a worker that opens the claim anew settles it.
         claim_path(self.root, entry.stash_rev).unlink(missing_ok=True)
 
+    def _run_repaired(self, worktree: Path, prefix: str, entry: DvcQueueEntry) -> Outcome:
+        """``run_entry``; a worktree git cannot use (a killed git, a folder deleted by hand)
+        is rebuilt once and the entry run again from the start."""
+        try:
+            return run_entry(worktree, prefix, entry)
+        except ExperimentError as exc:
+            if not str(exc).startswith("git "):
+                raise
+            print(f"rebuilding worktree {worktree} after: {exc}", file=sys.stderr)
+            ensure_worktree(self.root, self.number, self.cache, fresh=True)
+            return run_entry(worktree, prefix, entry)
+
     def _parent_alive(self) -> bool:
         return os.getppid() == self.parent
 
@@ -148,19 +161,6 @@ def _same_params(root: Path, rev: str, stash_rev: str) -> bool:
     blobs = git(root, "rev-parse", f"{rev}:{prefix}params.yaml", f"{stash_rev}:{prefix}params.yaml")
     first, second = blobs.split()
     return first == second
-
-
-def _run_repaired(root: Path, worktree: Path, prefix: str, entry: DvcQueueEntry):  # type: ignore[no-untyped-def]
-    """``run_entry``; a worktree git cannot use (a killed git, a folder deleted by hand) is
-    rebuilt once and the entry run again from the start."""
-    try:
-        return run_entry(worktree, prefix, entry)
-    except ExperimentError as exc:
-        if not str(exc).startswith("git "):
-            raise
-        print(f"rebuilding worktree {worktree} after: {exc}", file=sys.stderr)
-        rebuild(root, worktree)
-        return run_entry(worktree, prefix, entry)
 
 
 @contextmanager

@@ -30,19 +30,33 @@ def git(cwd: str | Path, *args: str) -> str:
     return out.stdout
 
 
-def ensure_worktree(root: str | Path, number: int, cache_dir: str | Path) -> Path:
-    """Worker ``number``'s worktree, made (or remade, when broken) at the project's HEAD,
-    with ``cache_dir`` as its DVC cache. Returns its git root."""
+def ensure_worktree(
+    root: str | Path, number: int, cache_dir: str | Path, fresh: bool = False
+) -> Path:
+    """Worker ``number``'s worktree, made (or remade, when broken or ``fresh``) at the
+    project's HEAD, with ``cache_dir`` as its DVC cache. Returns its git root."""
     root = Path(root).resolve()
     path = worktree_dir(root, number)
-    if not _healthy(path):
+    if fresh or not _healthy(path):
         rebuild(root, path)
-    config = path / ".dvc" / "config.local"
-    wanted = f"[cache]\n    dir = {Path(cache_dir).resolve()}\n"
-    if not config.exists() or config.read_text(encoding="utf-8") != wanted:
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(wanted, encoding="utf-8")
+    prefix = git(root, "rev-parse", "--show-prefix").strip()
+    local = Path(".dvc") / "config.local"
+    _local_config(root / local, path / prefix / local, cache_dir)
     return path
+
+
+def _local_config(project: Path, worktree: Path, cache_dir: str | Path) -> None:
+    """The worktree's ``.dvc/config.local``: a copy of the project's (remotes, credentials),
+    with the project's cache as its cache (``dvc config --local cache.dir``)."""
+    from dvc.config import Config
+
+    worktree.parent.mkdir(parents=True, exist_ok=True)
+    if project.exists():
+        shutil.copyfile(project, worktree)
+    else:
+        worktree.unlink(missing_ok=True)
+    with Config(dvc_dir=str(worktree.parent)).edit("local") as config:
+        config["cache"]["dir"] = str(Path(cache_dir).resolve())
 
 
 def rebuild(root: Path, path: Path) -> None:

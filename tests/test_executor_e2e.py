@@ -247,3 +247,30 @@ def test_an_entry_whose_ref_exists_is_settled_not_run_and_a_broken_worktree_is_r
     assert cache in (worktree / ".dvc" / "config.local").read_text()
     md5 = _lock_outs(project, _exp_rev(project, "next"))["train:models/model.keras"]
     assert (Path(cache) / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+
+
+def test_ctrl_c_lets_the_running_trial_finish_and_keeps_the_rest_queued(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    for units in (8, 12, 16):
+        _queue(project, f"c{units}", f"model.units={units}", "train.max_epochs=20")
+    first = _start(project, tmp_path / "first.log")
+    try:
+        _wait_until("a trial trains", lambda: _training(project))
+        interrupted = _training(project)
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    out = (tmp_path / "first.log").read_text()
+    assert first.returncode == 130, out
+    assert "trial(s) stay queued; resume with `nntune run`" in out, out
+    _wait_until("the worker finishes its trial and exits", lambda: not _workers(project), 300)
+    names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
+    assert names == [interrupted], names
+    assert run(project, "dvc", "queue", "status").stdout.count("Queued") == 2
+
+    run(project, NNTUNE, "run", "-j", "1")
+    names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
+    assert sorted(names) == ["c12", "c16", "c8"]
+    assert [_attempts(project, f"c{u}") for u in (8, 12, 16)] == [1, 1, 1]

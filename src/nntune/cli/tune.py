@@ -347,7 +347,7 @@ def search_command(
     except KeyboardInterrupt:
         if on_ray is not None:
             on_ray.cancel()
-        where = "are stopped" if on_ray else "keep running in DVC's workers"
+        where = "are stopped" if on_ray else "finish in the workers"
         console.print(
             f"[yellow]interrupted[/yellow]: running experiments {where}; "
             "run the same command again to continue the study"

@@ -264,7 +264,7 @@ def test_ctrl_c_lets_the_running_trial_finish_and_keeps_the_rest_queued(tmp_path
             first.kill()
     out = (tmp_path / "first.log").read_text()
     assert first.returncode == 130, out
-    assert "trial(s) stay queued; resume with `nntune run`" in out, out
+    assert "2 trial(s) stay queued; resume with `nntune run`" in out, out
     _wait_until("the worker finishes its trial and exits", lambda: not _workers(project), 300)
     names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
     assert names == [interrupted], names

@@ -146,7 +146,7 @@ def _run_started_queue(
     except KeyboardInterrupt:
         workers.stop(repo)
         outcome.interrupted = True
-        outcome.still_queued = len(experiments.queue_state(repo).queued)
+        outcome.still_queued = len(workers.state(repo).queued)  # stopped: starts nothing
     console.print()  # the live view leaves the cursor at the end of its last line
     return outcome
 

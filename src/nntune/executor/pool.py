@@ -21,8 +21,9 @@ from pathlib import Path
 
 from nntune.executor.records import claim_path, read_records, state_dir
 from nntune.experiments.queue import QueueState, queue_state
-from nntune.experiments.repo import DvcRepo, use_this_python
-from nntune.locks import LockHeldError, record_lock
+from nntune.experiments.repo import DvcRepo, ExperimentError, use_this_python
+
+MAX_DEATHS = 5  # beyond this (plus two per job) a worker that keeps dying is an error
 
 
 @dataclass
@@ -49,6 +50,12 @@ class WorkerPool:
     def state(self, repo: DvcRepo) -> QueueState:
         state = executor_state(repo)
         if state.queued and self.active and len(self._reap()) < self.jobs:
+            if self.died > MAX_DEATHS + 2 * self.jobs:
+                self.stop(repo)
+                raise ExperimentError(
+                    f"nntune's workers died {self.died} times; see their output in "
+                    f"{state_dir(self.root) / 'workers'}/w*.out, or run with --executor dvc"
+                )
             self.start(repo)
         return state
 
@@ -127,11 +134,19 @@ def executor_state(repo: DvcRepo) -> QueueState:
 
 def is_claimed(root: Path, stash_rev: str) -> bool:
     """Whether a live worker holds entry ``stash_rev``'s claim."""
-    path = claim_path(root, stash_rev)
-    if not path.exists():
+    import errno
+    import fcntl
+
+    try:  # never created here: a worker removes the file of an entry that ended
+        fd = os.open(claim_path(root, stash_rev), os.O_RDWR)
+    except FileNotFoundError:
         return False
     try:
-        with record_lock(path, wait=False):
-            return False
-    except LockHeldError:
-        return True
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # releases the lock, if this process took it
+    return False

@@ -120,7 +120,8 @@ def create_ref(cwd: Path, ref: str, rev: str, force: bool = False) -> None:
         )
         if out.returncode == 0:
             return
-        if "lock" not in out.stderr or attempt == REF_RETRIES - 1:
+        held = "Unable to create" in out.stderr and ".lock" in out.stderr  # git's ref lock
+        if not held or attempt == REF_RETRIES - 1:
             raise ExperimentError(f"could not create {ref}: {out.stderr.strip()}")
         time.sleep(0.05 * (attempt + 1))
 

@@ -70,9 +70,15 @@ class Worker:
                         return
                     time.sleep(POLL_SECONDS)
                     continue
-                if not self._settle_ended(repo, entry):
-                    self._run(repo, worktree, prefix, entry)
-                    self.trials += 1
+                if self.stopped():
+                    return  # stopped while it claimed: the entry stays queued
+                try:
+                    if not self._settle_ended(repo, entry):
+                        self._run(repo, worktree, prefix, entry)
+                        self.trials += 1
+                except Exception as exc:  # not the trial's fault: the entry must not loop
+                    self._fail_entry(repo, entry, exc)
+                claim_path(self.root, entry.stash_rev).unlink(missing_ok=True)
             idle_since = time.monotonic()
 
     def _claim_next(self, repo: DvcRepo, claim: ExitStack) -> DvcQueueEntry | None:
@@ -134,7 +140,18 @@ class Worker:
         record.write(self.root)
         dvc_internals.take_off_queue(repo.experiments.celery_queue, entry)
         # Its record now says it ended: a worker that opens the claim anew settles it.
-        claim_path(self.root, entry.stash_rev).unlink(missing_ok=True)
+
+    def _fail_entry(self, repo: DvcRepo, entry: DvcQueueEntry, exc: Exception) -> None:
+        """What went wrong around an entry (not inside its trial) is its failure, recorded
+        like a trial's, so that no worker takes it up again and dies the same way."""
+        traceback.print_exc()
+        label = entry.name or entry.stash_rev[:7]
+        record = EntryRecord(
+            label, entry.stash_rev, entry.baseline_rev, False, error=_one_line(exc),
+            log=str(log_path(self.root, label)), worker=self.number,
+        )  # fmt: skip
+        record.write(self.root)
+        dvc_internals.take_off_queue(repo.experiments.celery_queue, entry)
 
     def _run_repaired(self, worktree: Path, prefix: str, entry: DvcQueueEntry) -> Outcome:
         """``run_entry``; a worktree git cannot use (a killed git, a folder deleted by hand)
@@ -153,6 +170,9 @@ class Worker:
 
     def stop_after_trial(self, *_: object) -> None:
         self.stopping = True
+
+    def stopped(self) -> bool:
+        return self.stopping  # (a method: SIGUSR1 sets it between any two lines)
 
 
 def _same_params(root: Path, rev: str, stash_rev: str) -> bool:

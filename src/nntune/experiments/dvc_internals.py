@@ -58,6 +58,10 @@ def take_off_queue(queue: DvcQueue, entry: DvcQueueEntry) -> bool:
     queued."""
     from dvc.repo.experiments.queue.base import BaseStashQueue
 
+    # The stash entry first (DVC retries its lock for up to 180 s), the message second: a
+    # kill between the two leaves the entry listed, and the next worker that meets it
+    # finds its record and finishes the removal (both steps may be repeated).
+    BaseStashQueue.get_stash_entry(queue.repo.experiments, entry)  # drops it when stashed
     found = False
     for msg, queued in queue._iter_queued():
         if queued.stash_rev == entry.stash_rev and msg.delivery_tag:
@@ -66,7 +70,6 @@ def take_off_queue(queue: DvcQueue, entry: DvcQueueEntry) -> bool:
             except ValueError:
                 continue  # another process removed it meanwhile
             found = True
-    BaseStashQueue.get_stash_entry(queue.repo.experiments, entry)  # drops it when stashed
     return found
 
 

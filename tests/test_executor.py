@@ -1,0 +1,104 @@
+"""Unit tests of nntune's executor pieces on tiny local git repositories: experiment refs
+are created once and never overwritten, claims are read without being taken or created,
+and records survive a round trip (the end-to-end tests are in test_executor_e2e.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nntune.executor import pool, records, runner
+from nntune.experiments.repo import ExperimentError
+
+
+def _git_repo(path: Path) -> str:
+    subprocess.run(["git", "init", "--quiet", str(path)], check=True)
+    for key, value in (("user.email", "t@nntune.invalid"), ("user.name", "t")):
+        subprocess.run(["git", "-C", str(path), "config", key, value], check=True)
+    subprocess.run(["git", "-C", str(path), "commit", "--quiet", "--allow-empty", "-m", "x"])
+    out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True)
+    return out.stdout.decode().strip()
+
+
+def test_an_experiment_ref_is_created_once_and_an_existing_one_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rev = _git_repo(tmp_path)
+    ref = "refs/exps/ab/cdef/trial"
+    runner.create_ref(tmp_path, ref, rev)
+
+    def no_retry(seconds: float) -> None:
+        raise AssertionError("an existing ref is not git's lock: it must not be retried")
+
+    monkeypatch.setattr(runner.time, "sleep", no_retry)
+    with pytest.raises(ExperimentError, match="already exists"):
+        runner.create_ref(tmp_path, ref, rev)
+    runner.create_ref(tmp_path, "refs/nntune/failed/x", rev, force=True)
+    runner.create_ref(tmp_path, "refs/nntune/failed/x", rev, force=True)  # overwrites
+
+
+def test_a_ref_locked_by_another_process_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rev = _git_repo(tmp_path)
+    ref = "refs/exps/ab/cdef/locked"
+    lock = tmp_path / ".git" / f"{ref}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")  # as a concurrent `git update-ref` holds it
+    waits: list[float] = []
+
+    def released_after_a_wait(seconds: float) -> None:
+        waits.append(seconds)
+        lock.unlink(missing_ok=True)
+
+    monkeypatch.setattr(runner.time, "sleep", released_after_a_wait)
+    runner.create_ref(tmp_path, ref, rev)
+    assert len(waits) == 1
+
+
+HOLD = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a+")
+fcntl.lockf(handle, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_claim_is_seen_held_without_being_taken_or_created(tmp_path: Path) -> None:
+    stash = "f" * 40
+    path = records.claim_path(tmp_path, stash)
+    assert not pool.is_claimed(tmp_path, stash)
+    assert not path.exists()  # reading a claim never creates its file
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            assert pool.is_claimed(tmp_path, stash)
+            assert pool.is_claimed(tmp_path, stash)  # still held: the test took nothing
+        finally:
+            holder.kill()
+    deadline = time.monotonic() + 10
+    while pool.is_claimed(tmp_path, stash):  # the kernel drops it with the process
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_records_round_trip_and_unreadable_ones_are_skipped(tmp_path: Path) -> None:
+    done = records.EntryRecord("t1", "a" * 40, "b" * 40, True, exp_rev="c" * 40)
+    failed = records.EntryRecord("t2", "d" * 40, "b" * 40, False, error="E: boom")
+    done.write(tmp_path)
+    failed.write(tmp_path)
+    (records.state_dir(tmp_path) / "done" / "junk.json").write_text("{not json")
+    assert {r.name: r.ok for r in records.read_records(tmp_path)} == {"t1": True, "t2": False}
+    assert records.read_record(tmp_path, "d" * 40) == failed
+    records.forget_record(tmp_path, "d" * 40)
+    assert records.read_record(tmp_path, "d" * 40) is None
+    assert records.safe_label("a/b c:d") == "a_b_c_d"

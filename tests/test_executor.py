@@ -102,3 +102,63 @@ def test_records_round_trip_and_unreadable_ones_are_skipped(tmp_path: Path) -> N
     records.forget_record(tmp_path, "d" * 40)
     assert records.read_record(tmp_path, "d" * 40) is None
     assert records.safe_label("a/b c:d") == "a_b_c_d"
+
+
+def _chain_project(path: Path) -> None:
+    """A git + DVC project of three chained stages (a -> b -> c) and a fourth that never
+    changes, each copying its input; its baseline reproduced and committed."""
+    _git_repo(path)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--quiet"], cwd=path, check=True)
+    (path / "params.yaml").write_text("n: 1\nfixed: 0\n")
+    (path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  a:\n    cmd: grep '^n:' params.yaml > a.txt\n"
+        "    params: [n]\n    outs: [a.txt]\n"
+        "  b:\n    cmd: cp a.txt b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n"
+        "  c:\n    cmd: cp b.txt c.txt\n    deps: [b.txt]\n    outs: [c.txt]\n"
+        "  fixed:\n    cmd: echo fixed > fixed.txt\n    params: [fixed]\n    outs: [fixed.txt]\n"
+    )
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "--quiet"], cwd=path, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "--quiet", "-m", "baseline"], cwd=path, check=True)
+
+
+# DVC's outputs trie calls pygtrie's deprecated _NoneStep.value (DVC's, not ours)
+@pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")
+def test_deferred_lock_repro_writes_what_dvc_repro_writes_with_one_lock_rewrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executor's repro_fn: the same dvc.lock and the same staged files as DVC's own
+    `dvc repro` for a change that re-runs three of four stages, in one rewrite of dvc.lock."""
+    from dvc.dvcfile import Lockfile
+    from dvc.repo import Repo
+
+    from nntune.experiments.dvc_internals import DeferredLockRepro
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    _chain_project(ours)
+    subprocess.run(["git", "clone", "--quiet", str(ours), str(theirs)], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], cwd=theirs, check=False)
+    for project in (ours, theirs):
+        (project / "params.yaml").write_text("n: 2\nfixed: 0\n")
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "--quiet"], cwd=theirs, check=True)
+
+    dumps: list[list[str]] = []
+    dump_stages = Lockfile.dump_stages
+
+    def counted(self: Lockfile, stages: list, **kwargs: object) -> None:
+        dumps.append([stage.name for stage in stages])
+        dump_stages(self, stages, **kwargs)
+
+    monkeypatch.setattr(Lockfile, "dump_stages", counted)
+    monkeypatch.chdir(ours)
+    with Repo(str(ours)) as dvc:
+        repro = DeferredLockRepro()
+        ran = dvc.reproduce(repro_fn=repro)
+        staged = repro.flush()
+    assert [stage.name for stage in ran] == ["a", "b", "c"]
+    assert dumps == [["a", "b", "c"]]  # one rewrite, after the last stage
+    assert (ours / "dvc.lock").read_text() == (theirs / "dvc.lock").read_text()
+    assert (ours / "c.txt").read_text() == "n: 2\n"
+    assert {"dvc.yaml", "dvc.lock", "params.yaml"} <= set(staged)
+    assert not repro.ran and not repro.visited  # flushed once

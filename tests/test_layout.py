@@ -132,10 +132,12 @@ def test_private_apis_are_version_bounded_and_present(library: str) -> None:
 def _private_holders(library: str) -> list[object]:
     """The objects (classes or instances) of the library that carry the private names."""
     if library == "dvc":
+        from dvc.dvcfile import ProjectFile
         from dvc.repo.experiments.executor.base import BaseExecutor
         from dvc.repo.experiments.queue.celery import LocalCeleryQueue
+        from dvc.stage import utils
 
-        return [LocalCeleryQueue, BaseExecutor]
+        return [LocalCeleryQueue, BaseExecutor, ProjectFile, utils]
     if library == "dvclive":
         from nntune.stage.dvclive_internals import StepLive
 

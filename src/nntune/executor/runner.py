@@ -8,7 +8,9 @@ DVC's API without its temp clone, celery task and ``dvc exp exec-run`` process:
    (its code and params) on top, exactly the tree DVC's executor merges;
 2. the repro arguments DVC packed into the snapshot are unpacked and removed from it;
 3. the outputs are checked out from the shared cache, and ``Repo.reproduce`` runs with
-   DVC's own ``repro_fn`` (each stage's dvc.lock entry and files are staged);
+   DVC's own ``repro_fn``, except that the dvc.lock entries of the stages that ran are
+   written, and every stage's files staged, once after the last stage instead of after
+   each (``dvc_internals.DeferredLockRepro``);
 4. the top-level metrics, params and plots files are staged, the experiment hash is DVC's
    ``hash_exp``, and the commit gets DVC's message on the baseline commit;
 5. the ref ``refs/exps/<baseline>/<name>`` is created only if it does not exist (git's own
@@ -89,8 +91,13 @@ def run_entry(worktree: Path, prefix: str, entry: DvcQueueEntry) -> Outcome:
             recursive=kwargs.get("recursive", False),
         )
         seconds["prepare"] = time.perf_counter() - started
-        kwargs["repro_fn"] = dvc_internals.repro_and_track()
-        stages = dvc.reproduce(*args, **kwargs)
+        kwargs["repro_fn"] = repro = dvc_internals.DeferredLockRepro()
+        try:
+            stages = dvc.reproduce(*args, **kwargs)
+        finally:
+            tracked = repro.flush()  # dvc.lock, once for all the stages that ran
+        if tracked:
+            dvc.scm_context.add(tracked)
         seconds["reproduce"] = time.perf_counter() - started - seconds["prepare"]
         committed = time.perf_counter()
         if paths := dvc_internals.top_level_paths(dvc):

@@ -10,10 +10,12 @@ so ``pyproject.toml`` bounds DVC to the versions they were tested with, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from typing import Any
 
 from nntune.experiments.repo import DvcExecutorInfo, DvcQueue, DvcQueueEntry, DvcRepo
+
+logger = logging.getLogger("dvc")
 
 # The private methods of dvc.repo.experiments.queue.celery.LocalCeleryQueue used below.
 USED = (
@@ -24,8 +26,11 @@ USED = (
     "_spawn_worker",
     # dvc.repo.experiments.executor.base.BaseExecutor's, the steps of its reproduce that
     # nntune's executor takes in its own worktrees:
-    "_repro_and_track",
     "_get_top_level_paths",
+    # dvc.stage.utils': the files of a stage that an experiment commit stages.
+    "_get_stage_files",
+    # dvc.dvcfile.ProjectFile's: the dvc.lock beside a dvc.yaml.
+    "_lockfile",
 )
 
 
@@ -73,11 +78,49 @@ def take_off_queue(queue: DvcQueue, entry: DvcQueueEntry) -> bool:
     return found
 
 
-def repro_and_track() -> Callable[..., Any]:
-    """DVC's ``repro_fn`` for experiments: reproduce a stage and stage its files in git."""
-    from dvc.repo.experiments.executor.base import BaseExecutor
+class DeferredLockRepro:
+    """DVC's ``repro_fn`` for experiments (``BaseExecutor._repro_and_track``, which calls
+    ``dvc.repo.reproduce._reproduce_stage``), with its two writes moved after the last stage:
 
-    return BaseExecutor._repro_and_track  # type: ignore[no-any-return]
+    - the ``dvc.lock`` entries of the stages that ran are written in one rewrite, not in one
+      round-trip YAML parse and dump of the whole file per stage (0.16 s each here);
+    - each stage's files are listed for git once all stages ran, not after each (listing
+      them builds DVC's index again, since running a stage resets it: 0.09 s each).
+
+    Nothing reads ``dvc.lock`` or those listings between stages: each stage decides whether
+    it changed from its entry loaded before the run and from its dependencies' files. So the
+    stages that run and the files written and staged are the same as DVC's."""
+
+    def __init__(self) -> None:
+        self.visited: list[Any] = []  # every stage reproduce went through (DVC stages them all)
+        self.ran: list[Any] = []  # those that ran: their dvc.lock entries are new
+
+    def __call__(self, stage: Any, **kwargs: Any) -> Any:
+        if stage.frozen and not stage.is_import:
+            logger.warning("%s is frozen. Its dependencies are not going to be reproduced.", stage)
+        ret = stage.reproduce(**kwargs)
+        if not kwargs.get("dry"):
+            self.visited.append(stage)
+            if ret:
+                self.ran.append(stage)
+        return ret
+
+    def flush(self) -> list[str]:
+        """Write the lock entries of the stages that ran; returns the paths to stage in git:
+        every visited stage's files (dvc.yaml, dvc.lock, its git-tracked deps and outs)."""
+        from dvc.stage.utils import _get_stage_files
+
+        by_file: dict[str, list[Any]] = {}
+        for stage in self.ran:
+            by_file.setdefault(stage.dvcfile.relpath, []).append(stage)
+        for stages in by_file.values():
+            stages[0].dvcfile.dump_stages(stages, update_pipeline=False)
+        paths = [stages[0].dvcfile._lockfile.relpath for stages in by_file.values()]
+        for stage in self.visited:
+            paths.extend(_get_stage_files(stage))
+        self.visited.clear()
+        self.ran.clear()
+        return list(dict.fromkeys(paths))
 
 
 def top_level_paths(dvc: DvcRepo) -> list[str]:

@@ -162,3 +162,16 @@ def test_deferred_lock_repro_writes_what_dvc_repro_writes_with_one_lock_rewrite(
     assert (ours / "c.txt").read_text() == "n: 2\n"
     assert {"dvc.yaml", "dvc.lock", "params.yaml"} <= set(staged)
     assert not repro.ran and not repro.visited  # flushed once
+
+
+def test_worker_trials_comes_from_the_environment_and_a_bad_value_says_how_to_fix_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(pool.TRIALS_ENV, raising=False)
+    assert pool.WorkerPool(Path(), 1).max_trials == pool.DEFAULT_TRIALS
+    monkeypatch.setenv(pool.TRIALS_ENV, "100")
+    assert pool.WorkerPool(Path(), 1).max_trials == 100
+    for bad in ("0", "ten", "-3"):
+        monkeypatch.setenv(pool.TRIALS_ENV, bad)
+        with pytest.raises(ExperimentError, match=r"whole number >= 1.*or unset it"):
+            pool.WorkerPool(Path(), 1)

@@ -24,6 +24,22 @@ from nntune.experiments.queue import QueueState, queue_state
 from nntune.experiments.repo import DvcRepo, ExperimentError, use_this_python
 
 MAX_DEATHS = 5  # beyond this (plus two per job) a worker that keeps dying is an error
+TRIALS_ENV = "NNTUNE_WORKER_TRIALS"  # a worker's trials before a fresh one takes over
+DEFAULT_TRIALS = 40
+
+
+def worker_trials() -> int:
+    """A worker's trials before a fresh one takes over (its memory stays bounded):
+    ``NNTUNE_WORKER_TRIALS``, or 40."""
+    raw = os.environ.get(TRIALS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TRIALS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ExperimentError(
+            f"{TRIALS_ENV}={raw!r} is not a whole number >= 1: set it to how many trials a "
+            f"worker runs before a fresh one takes over (default {DEFAULT_TRIALS}), or unset it"
+        )
+    return int(raw)
 
 
 @dataclass
@@ -32,7 +48,7 @@ class WorkerPool:
     jobs: int
     gpus: list[str] | None = None
     idle_seconds: float = 10.0
-    max_trials: int = 40  # a worker's trials before a fresh one takes over (memory)
+    max_trials: int = field(default_factory=worker_trials)  # then a fresh worker (memory)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     died: int = 0  # workers that ended other than by themselves
     active: bool = False  # between start() and stop(): keep jobs workers alive

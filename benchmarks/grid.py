@@ -23,7 +23,9 @@ and `bare-keras-jax` (KERAS_BACKEND=jax). JAX's compilation cache is a fresh fol
 run's temp dir: empty at the first repeat, then warm, as on a user's machine.
 
 Per repeat it prints one JSON line per contender (wall seconds, best trial by val_loss, its
-val and test accuracy), then the medians and the ratios nntune / Keras Tuner, per backend.
+val and test accuracy; for nntune also ``fit_floor_s``, the sum of its trials' `fit` seconds
+over the jobs: its wall time if every second outside `fit` were gone), then the medians and
+the ratios nntune / Keras Tuner, per backend.
 """
 
 from __future__ import annotations
@@ -122,6 +124,9 @@ def time_nntune(project: Path, space: Path, jobs: int, mode: str = "warm") -> di
         "best_val_accuracy": round(float(best.metrics["val_accuracy"]), 4),
         "best_test_accuracy": round(float(best.metrics["test_accuracy"]), 4),
         "max_val_accuracy": round(max(float(e.metrics["val_accuracy"]) for e in rows), 4),
+        # The floor with no overhead at all: the trials' own `fit` seconds (each measured
+        # under this run's contention) packed perfectly onto `jobs` workers.
+        "fit_floor_s": round(sum(float(e.metrics["train_seconds"]) for e in rows) / jobs, 1),
     }
 
 

@@ -1,0 +1,70 @@
+"""Benchmark: does one worker of nntune's executor grow over 100 trials?
+
+    .venv/bin/python benchmarks/worker_memory.py [--trials 100]
+
+Makes the project of benchmarks/grid.py (nntune init on digits) with one epoch per trial
+(the worker's memory is DVC's and git's bookkeeping, not the fit, which runs in the
+stages' own processes), queues TRIALS distinct trials (``model.units`` 20, 21, ...) and
+runs them with ``nntune run -j 1`` and ``NNTUNE_WORKER_TRIALS=TRIALS``, so that one worker
+runs them all. Every trial's record (``.dvc/tmp/nntune/done/``) holds the worker's peak
+resident memory after that trial (``getrusage``) and the trial's number in the worker's
+life. Prints one JSON line: the peak after trials 1, 10, 25, 50, 75 and the last, the
+ratio last / 10th (the issue's target: at most 1.10), and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import BIN, make_project, sh
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="nntune-worker-mem-") as tmp:
+        project = make_project(Path(tmp))
+        params = project / "params.yaml"
+        text = re.sub(r"^(  max_epochs: )\d+", r"\g<1>1", params.read_text(), flags=re.M)
+        params.write_text(text)
+        sh(project, "dvc", "repro")
+        sh(project, "git", "-c", "user.name=bench", "-c", "user.email=bench@localhost",
+           "commit", "-qam", "one epoch")  # fmt: skip
+        space = Path(tmp) / "units.yaml"
+        space.write_text(f"model.units: {json.dumps(list(range(20, 20 + args.trials)))}\n")
+        sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
+        os.environ["NNTUNE_WORKER_TRIALS"] = str(args.trials)
+        started = time.perf_counter()
+        sh(project, str(BIN / "nntune"), "run", "--jobs", "1")
+        wall = time.perf_counter() - started
+        records = [
+            json.loads(p.read_text())
+            for p in (project / ".dvc" / "tmp" / "nntune" / "done").glob("*.json")
+        ]
+    ok = [r for r in records if r["ok"]]
+    workers = {r["worker"] for r in records}
+    peak = {r["worker_trial"]: r["worker_peak_rss_mb"] for r in records}
+    last = max(peak)
+    marks = sorted({1, 10, 25, 50, 75, last} & set(peak))
+    print(json.dumps({
+        "trials": len(records),
+        "succeeded": len(ok),
+        "workers": len(workers),
+        "peak_rss_mb_after_trial": {str(n): peak[n] for n in marks},
+        "ratio_last_to_10th": round(peak[last] / peak[10], 3) if 10 in peak else None,
+        "wall_s": round(wall, 1),
+        "per_trial_s": round(wall / max(1, len(records)), 2),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -7,10 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
-from conftest import REPO, shrink
+from conftest import REPO, processes_under, shrink
 
 PIPELINE_FILES = [
     "dvc.yaml",
@@ -64,6 +67,50 @@ def scaffold(dest: Path) -> Path:
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "--quiet", "-m", "scaffold")
     return dest
+
+
+def baseline_project(tmp_path: Path, extra: dict[str, str] | None = None) -> Path:
+    """A scaffolded project (with ``extra`` files written into it) whose baseline is
+    reproduced and committed: what queued trials run against."""
+    project = scaffold(tmp_path / "project")
+    for name, text in (extra or {}).items():
+        (project / name).write_text(text)
+    run(project, "dvc", "repro")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "--quiet", "-m", "baseline")
+    return project
+
+
+def wait_until(what: str, ready: Callable[[], object], seconds: float = 300) -> None:
+    """Poll ``ready`` until it is true; fail the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.2)
+
+
+def processes_with(project: Path, marker: str) -> list[Any]:
+    """The live processes inside ``project`` whose command line has ``marker`` (a worker:
+    DVC's ``queue-worker``, nntune's ``nntune.executor.worker``)."""
+    import psutil
+
+    found = []
+    for proc in processes_under(project):
+        try:
+            if marker in proc.cmdline():
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def start_run(project: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``nntune run ARGS`` in the background, its output to ``log``: a file, not a pipe,
+    since DVC's workers inherit it and outlive ``nntune run``."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [NNTUNE, "run", *args], cwd=project, env=project_env(), stdout=out, stderr=out
+        )
 
 
 def shared_project(

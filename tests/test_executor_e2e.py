@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import yaml
-from conftest import processes_under
-from project import NNTUNE, project_env, run, scaffold
+from project import NNTUNE, baseline_project, processes_with, run, start_run, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,14 +25,6 @@ STATE = Path(".dvc/tmp/nntune")
 # Outputs whose bytes record when they were made, not what: dvclive's step timestamps, and
 # the run report's timings. Everything else a stage writes must be byte-identical.
 TIMESTAMPED = {"dvclive", "dvclive_pretrain", "reports/train_run.json"}
-
-
-def _project(tmp_path: Path) -> Path:
-    project = scaffold(tmp_path / "project")
-    run(project, "dvc", "repro")
-    run(project, "git", "add", "-A")
-    run(project, "git", "commit", "--quiet", "-m", "baseline")
-    return project
 
 
 def _queue(project: Path, name: str, *overrides: str) -> None:
@@ -69,7 +58,7 @@ def _exp_rev(project: Path, name: str) -> str:
 
 
 def test_same_experiment_as_dvcs_queue_and_an_ordinary_one(tmp_path: Path) -> None:
-    project = _project(tmp_path)
+    project = baseline_project(tmp_path)
     _queue(project, "own", "model.units=12")
     out = run(project, NNTUNE, "run", "-j", "1").stdout
     assert "best: own" in out, out
@@ -99,7 +88,7 @@ def test_same_experiment_as_dvcs_queue_and_an_ordinary_one(tmp_path: Path) -> No
 
 
 def test_a_failed_trial_keeps_its_log_and_retry_failed_runs_it_again(tmp_path: Path) -> None:
-    project = _project(tmp_path)
+    project = baseline_project(tmp_path)
     _queue(project, "good", "model.units=8")
     _queue(project, "broken", "data.source=data/later.csv")  # no such file yet
     result = run(project, NNTUNE, "run", "-j", "2", check=False)
@@ -125,24 +114,6 @@ def test_a_failed_trial_keeps_its_log_and_retry_failed_runs_it_again(tmp_path: P
     assert "no failed trial to retry" in run(project, NNTUNE, "run", "--retry-failed").stdout
 
 
-def _workers(project: Path) -> list[psutil.Process]:
-    found = []
-    for proc in processes_under(project):
-        try:
-            if "nntune.executor.worker" in proc.cmdline():
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-def _wait_until(what: str, ready: Any, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while not ready():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.2)
-
-
 def _training(project: Path) -> str | None:
     """The trial whose train stage runs now (its log says so, and it has no record yet)."""
     logs = project / STATE / "logs"
@@ -158,26 +129,23 @@ def _attempts(project: Path, name: str) -> int:
     return (project / STATE / "logs" / f"{name}.log").read_text().count(f"# {name} (")
 
 
-def _start(project: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [NNTUNE, "run", "-j", "1"], cwd=project, env=project_env(), stdout=out, stderr=out
-        )
+def _workers(project: Path) -> list[psutil.Process]:
+    return processes_with(project, "nntune.executor.worker")
 
 
 def test_kill_9_of_a_worker_or_of_nntune_run_loses_nothing_and_runs_nothing_twice(
     tmp_path: Path,
 ) -> None:
-    project = _project(tmp_path)
+    project = baseline_project(tmp_path)
     names = [f"u{units}" for units in (8, 12, 16, 20)]
     for name in names:
         _queue(project, name, f"model.units={name[1:]}", "train.max_epochs=30")
 
     # A worker SIGKILLed mid-train: nntune run notices, and the trial runs again from the
     # start in a new worker (its claim died with the worker); nothing else is disturbed.
-    first = _start(project, tmp_path / "first.log")
+    first = start_run(project, tmp_path / "first.log", "-j", "1")
     try:
-        _wait_until("a trial trains", lambda: _training(project))
+        wait_until("a trial trains", lambda: _training(project))
         victim = _training(project)
         for worker in _workers(project):
             worker.kill()
@@ -195,15 +163,15 @@ def test_kill_9_of_a_worker_or_of_nntune_run_loses_nothing_and_runs_nothing_twic
     run(project, "dvc", "exp", "remove", *names)
     for name in names:
         _queue(project, f"{name}b", f"model.units={name[1:]}", "train.max_epochs=31")
-    second = _start(project, tmp_path / "second.log")
+    second = start_run(project, tmp_path / "second.log", "-j", "1")
     try:
-        _wait_until("a trial trains", lambda: _training(project))
+        wait_until("a trial trains", lambda: _training(project))
         os.kill(second.pid, signal.SIGKILL)
         second.wait(timeout=60)
     finally:
         if second.poll() is None:
             second.kill()
-    _wait_until("the orphaned worker exits", lambda: not _workers(project), seconds=300)
+    wait_until("the orphaned worker exits", lambda: not _workers(project), seconds=300)
     run(project, NNTUNE, "run", "-j", "1")
     again = sorted(run(project, "dvc", "exp", "list", "--name-only").stdout.split())
     assert again == sorted(f"{n}b" for n in names)
@@ -216,7 +184,7 @@ def test_an_entry_whose_ref_exists_is_settled_not_run_and_a_broken_worktree_is_r
 ) -> None:
     """A worker that died after its experiment's ref was written, before it took the entry
     off the queue: the next worker takes it off without running it again."""
-    project = _project(tmp_path)
+    project = baseline_project(tmp_path)
     _queue(project, "once", "model.units=10")
     script = (
         "from dvc.repo import Repo\n"
@@ -250,12 +218,12 @@ def test_an_entry_whose_ref_exists_is_settled_not_run_and_a_broken_worktree_is_r
 
 
 def test_ctrl_c_lets_the_running_trial_finish_and_keeps_the_rest_queued(tmp_path: Path) -> None:
-    project = _project(tmp_path)
+    project = baseline_project(tmp_path)
     for units in (8, 12, 16):
         _queue(project, f"c{units}", f"model.units={units}", "train.max_epochs=20")
-    first = _start(project, tmp_path / "first.log")
+    first = start_run(project, tmp_path / "first.log", "-j", "1")
     try:
-        _wait_until("a trial trains", lambda: _training(project))
+        wait_until("a trial trains", lambda: _training(project))
         interrupted = _training(project)
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
@@ -265,7 +233,7 @@ def test_ctrl_c_lets_the_running_trial_finish_and_keeps_the_rest_queued(tmp_path
     out = (tmp_path / "first.log").read_text()
     assert first.returncode == 130, out
     assert "2 trial(s) stay queued; resume with `nntune run`" in out, out
-    _wait_until("the worker finishes its trial and exits", lambda: not _workers(project), 300)
+    wait_until("the worker finishes its trial and exits", lambda: not _workers(project), 300)
     names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
     assert names == [interrupted], names
     assert run(project, "dvc", "queue", "status").stdout.count("Queued") == 2

@@ -9,57 +9,35 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import processes_under
-from project import NNTUNE, project_env, record_fault_run, run, scaffold
+from project import (
+    NNTUNE,
+    baseline_project,
+    processes_with,
+    record_fault_run,
+    run,
+    start_run,
+    wait_until,
+)
 from test_search_e2e import QueueWatch
 
 pytestmark = pytest.mark.e2e
 
 
-def _project(tmp_path: Path) -> Path:
-    project = scaffold(tmp_path / "project")
-    run(project, "dvc", "repro")
-    run(project, "git", "add", "-A")
-    run(project, "git", "commit", "--quiet", "-m", "baseline")
-    return project
-
-
 def _workers(project: Path) -> list[psutil.Process]:
-    def is_worker(proc: psutil.Process) -> bool:
-        try:
-            return "queue-worker" in proc.cmdline()
-        except psutil.Error:
-            return False
-
-    return [p for p in processes_under(project) if is_worker(p)]
+    return processes_with(project, "queue-worker")
 
 
 def _start(project: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    # Output to a file, not a pipe: DVC's workers inherit it and outlive `nntune run`.
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [NNTUNE, "run", "--executor", "dvc", *args],
-            cwd=project,
-            env=project_env(),
-            stdout=out,
-            stderr=out,
-        )
-
-
-def _wait_until(what: str, ready: object, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while not ready():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.5)
+    return start_run(project, log, "--executor", "dvc", *args)
 
 
 def _no_worker_left(project: Path) -> None:
-    _wait_until("the queue's workers exit", lambda: not _workers(project), seconds=30)
+    wait_until("the queue's workers exit", lambda: not _workers(project), seconds=30)
 
 
 def _trial_processes(project: Path) -> list[psutil.Process]:
@@ -77,7 +55,7 @@ def _trial_processes(project: Path) -> list[psutil.Process]:
 def test_workers_killed_mid_trial_are_noticed_and_the_rest_runs(
     tmp_path: Path, trial_too: bool
 ) -> None:
-    project = _project(tmp_path)
+    project = baseline_project(tmp_path)
     run(project, NNTUNE, "grid", "-p", "model.units=8,16", "-p", "train.learning_rate=0.003,0.03")
     watch = QueueWatch(project)
     log = tmp_path / "run.log"
@@ -88,12 +66,12 @@ def test_workers_killed_mid_trial_are_noticed_and_the_rest_runs(
             watch.poll()
             return "Running" in watch.status.values()
 
-        _wait_until("a trial runs", running)
+        wait_until("a trial runs", running)
         victim = next(n for n, s in watch.status.items() if s == "Running")
         for worker in _workers(project):
             worker.kill()  # as the OOM killer would: no chance to clean up
         if trial_too:
-            _wait_until("the trial's process is seen", lambda: _trial_processes(project), 60)
+            wait_until("the trial's process is seen", lambda: _trial_processes(project), 60)
             for proc in _trial_processes(project):
                 proc.kill()
         runner.wait(timeout=600)
@@ -126,7 +104,7 @@ def test_workers_killed_mid_trial_are_noticed_and_the_rest_runs(
 
 
 def test_ctrl_c_keeps_the_queue_and_kill_9_loses_nothing(tmp_path: Path) -> None:
-    project = _project(tmp_path)
+    project = baseline_project(tmp_path)
     run(project, NNTUNE, "grid", "-p", "model.units=8,16,24", "-p", "train.learning_rate=0.01")
     watch = QueueWatch(project)
 
@@ -137,7 +115,7 @@ def test_ctrl_c_keeps_the_queue_and_kill_9_loses_nothing(tmp_path: Path) -> None
     # Ctrl-C: the running trial finishes, the queued ones stay queued, exit 130.
     first = _start(project, tmp_path / "first.log", "-j", "1")
     try:
-        _wait_until("a trial runs", running)
+        wait_until("a trial runs", running)
         interrupted = next(n for n, s in watch.status.items() if s == "Running")
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
@@ -152,13 +130,13 @@ def test_ctrl_c_keeps_the_queue_and_kill_9_loses_nothing(tmp_path: Path) -> None
         watch.poll()
         return watch.status.get(interrupted) == "Success" and not _workers(project)
 
-    _wait_until(f"{interrupted} finishes and the workers exit", settled, seconds=180)
+    wait_until(f"{interrupted} finishes and the workers exit", settled, seconds=180)
     assert list(watch.status.values()).count("Queued") == 2, watch.status
 
     # kill -9 of `nntune run` mid-trial; the same command then finishes the queue.
     second = _start(project, tmp_path / "second.log", "-j", "1")
     try:
-        _wait_until("a trial runs", running)
+        wait_until("a trial runs", running)
         os.kill(second.pid, signal.SIGKILL)
         second.wait(timeout=60)
     finally:

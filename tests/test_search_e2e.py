@@ -18,20 +18,11 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from project import NNTUNE, project_env, record_fault_run, run, scaffold
+from project import NNTUNE, baseline_project, project_env, record_fault_run, run
 
 pytestmark = pytest.mark.e2e
 
 SPACE = "model.units: [8, 16]\ntrain.learning_rate: {low: 0.001, high: 0.1, log: true}\n"
-
-
-def _project(tmp_path: Path) -> Path:
-    project = scaffold(tmp_path / "project")
-    (project / "space.yaml").write_text(SPACE)
-    run(project, "dvc", "repro")
-    run(project, "git", "add", "-A")
-    run(project, "git", "commit", "--quiet", "-m", "baseline")
-    return project
 
 
 def _experiments(project: Path) -> list[str]:
@@ -59,7 +50,7 @@ def _model_md5s(project: Path, names: list[str]) -> dict[str, str]:
 
 
 def test_tpe_study_runs_one_experiment_per_trial_and_gc_removes_the_losers(tmp_path: Path) -> None:
-    project = _project(tmp_path)
+    project = baseline_project(tmp_path, {"space.yaml": SPACE})
     cmd = [NNTUNE, "search", "--method", "tpe", "-n", "6", "-j", "2", "--max-epochs", "2"]
     result = run(project, *cmd, "-s", "space.yaml")
     assert "best: tpe-t" in result.stdout
@@ -146,7 +137,7 @@ KILLS = [
 def test_asha_driver_killed_at_chosen_moments_and_restarted_runs_each_trial_once(
     tmp_path: Path,
 ) -> None:
-    project = _project(tmp_path)
+    project = baseline_project(tmp_path, {"space.yaml": SPACE})
     cmd = [NNTUNE, "search", "--method", "asha", "-n", "4", "-j", "2", "-s", "space.yaml"]
     cmd += ["--min-epochs", "1", "--max-epochs", "3", "--eta", "3"]
     watch = QueueWatch(project)

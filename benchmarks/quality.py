@@ -220,13 +220,20 @@ class Trials:
         from nntune.stage.crossval import fold_metrics
 
         params = self.params({**point, "data.cv_folds": list(range(folds))})
+        headline = "val_rmse" if self.task == "regression" else "val_accuracy"
         with contextlib.redirect_stdout(io.StringIO()):
-            losses = [
-                fold_metrics(params, self.frame, f)[f"fold_{f}_val_loss"] for f in range(folds)
-            ]
+            records = [fold_metrics(params, self.frame, f) for f in range(folds)]
+        losses = [r[f"fold_{f}_val_loss"] for f, r in enumerate(records)]
+        scores = [r[f"fold_{f}_{headline}"] for f, r in enumerate(records)]
         final = self.run(point)
-        finite = all(v is not None and np.isfinite(v) for v in losses)
-        return {**final, "val_loss": float(np.mean(losses)) if finite else None}
+        finite = all(v is not None and np.isfinite(v) for v in losses + scores)
+        return {
+            **final,
+            "val_loss": float(np.mean(losses)) if finite else None,
+            # The folds' spread of the headline metric (accuracy or RMSE, in its units):
+            # issue 17's "never below the baseline by more than the CV's sd" uses it.
+            "cv_sd": float(np.std(scores, ddof=1)) if finite and folds > 1 else None,
+        }
 
 
 def score(task: str, test: dict[str, Any]) -> float | None:
@@ -318,6 +325,8 @@ def main() -> None:
                 name, args.trials, args.max_epochs, skip, args.cv, args.cv_trials, seed
             )
     print(markdown(rows))
+    print()
+    print(verdict(rows))
 
 
 def table_rows(
@@ -369,6 +378,7 @@ def table_rows(
             trials=len(results),
             val_loss=chosen["val_loss"],
             point=chosen["point"],
+            **({"cv_sd": chosen["cv_sd"]} if "cv_sd" in chosen else {}),
         )
         if len(results) >= ENSEMBLE_TOP:  # the same trials' best K, averaged: no training
             test = trials.ensemble(results, ENSEMBLE_TOP)
@@ -404,6 +414,39 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         label = f"{metric}, median of {seeds} splits" if seeds > 1 else metric
         lines.append(f"| {table} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def verdict(rows: list[dict[str, Any]], search: str = "tabular-tpe-cv") -> str:
+    """Issue 17's two targets per table and split, for ``search`` (the default search with
+    CV on): at least HGB's accuracy minus 0.5 points (at most HGB's RMSE), and never below
+    nntune's own baseline by more than the CV's sd of the chosen point's folds."""
+    lines = [
+        "| table | split seed | search | hgb | baseline | folds' sd | >= hgb - 0.5 pt "
+        "(<= hgb RMSE) | >= baseline - sd |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    found = 0
+    for table, seed in dict.fromkeys((r["table"], r["split_seed"]) for r in rows):
+        mine = {r["contender"]: r for r in rows if (r["table"], r["split_seed"]) == (table, seed)}
+        if not all(c in mine for c in (search, "hgb", "nntune-baseline")):
+            continue
+        found += 1
+        ours, hgb, base = (mine[c]["test"] for c in (search, "hgb", "nntune-baseline"))
+        sd = mine[search].get("cv_sd")
+        regression = mine[search]["task"] == "regression"
+        if regression:
+            near_hgb = ours <= hgb
+            near_base = None if sd is None else ours <= base + sd
+        else:
+            near_hgb = ours >= hgb - 0.005
+            near_base = None if sd is None else ours >= base - sd
+        shape = "{:.4g}" if regression else "{:.4f}"
+        cells = [shape.format(v) for v in (ours, hgb, base)]
+        cells.append("" if sd is None else shape.format(sd))
+        cells += ["yes" if near_hgb else "NO"]
+        cells += ["not recorded" if near_base is None else "yes" if near_base else "NO"]
+        lines.append(f"| {table} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if found else f"({search}, hgb and the baseline were not all run)"
 
 
 if __name__ == "__main__":

@@ -164,6 +164,27 @@ def test_deferred_lock_repro_writes_what_dvc_repro_writes_with_one_lock_rewrite(
     assert not repro.ran and not repro.visited  # flushed once
 
 
+class _Failing:
+    """A repo whose reproduce fails in a stage, with a repro_fn whose lock write fails too."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    def reproduce(self, *args: object, **kwargs: object) -> list:
+        raise RuntimeError("stage 'train' failed")
+
+    def flush(self) -> list[str]:
+        self.flushes += 1
+        raise OSError("dvc.lock: no space left on device")
+
+
+def test_a_failed_stage_is_the_error_raised_even_when_the_lock_write_after_it_fails() -> None:
+    failing = _Failing()
+    with pytest.raises(RuntimeError, match="stage 'train' failed"):
+        runner.reproduce(failing, failing, (), {})  # type: ignore[arg-type]
+    assert failing.flushes == 1  # the stages that ran before it still get their lock entries
+
+
 def test_worker_trials_comes_from_the_environment_and_a_bad_value_says_how_to_fix_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -19,6 +19,7 @@ DVC's API without its temp clone, celery task and ``dvc exp exec-run`` process:
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -33,6 +34,7 @@ from nntune.experiments import dvc_internals
 from nntune.experiments.repo import DvcQueueEntry, ExperimentError
 
 REPRO_ARGS = Path(".dvc") / "tmp" / "repro.dat"  # DVC's PACKED_ARGS_FILE in a snapshot
+logger = logging.getLogger(__name__)
 REF_RETRIES = 50  # tries of a ref update while another process holds git's lock on it
 
 
@@ -92,10 +94,7 @@ def run_entry(worktree: Path, prefix: str, entry: DvcQueueEntry) -> Outcome:
         )
         seconds["prepare"] = time.perf_counter() - started
         kwargs["repro_fn"] = repro = dvc_internals.DeferredLockRepro()
-        try:
-            stages = dvc.reproduce(*args, **kwargs)
-        finally:
-            tracked = repro.flush()  # dvc.lock, once for all the stages that ran
+        stages, tracked = reproduce(dvc, repro, args, kwargs)
         if tracked:
             dvc.scm_context.add(tracked)
         seconds["reproduce"] = time.perf_counter() - started - seconds["prepare"]
@@ -110,6 +109,24 @@ def run_entry(worktree: Path, prefix: str, entry: DvcQueueEntry) -> Outcome:
     create_ref(worktree, ref, exp_rev)
     seconds["commit"] = time.perf_counter() - committed
     return Outcome(exp_rev, ref, seconds)
+
+
+def reproduce(
+    dvc: Any, repro: dvc_internals.DeferredLockRepro, args: tuple[Any, ...], kwargs: Any
+) -> tuple[list[Any], list[str]]:
+    """``dvc.reproduce`` with ``repro`` as its ``repro_fn``, then ``repro.flush()``: the
+    stages reproduced and the paths to stage in git. When a stage fails, the lock entries of
+    those that ran before it are still written (as DVC's per-stage writes would have left
+    them), and the stage's error is the one raised: a failure of that write is only logged."""
+    try:
+        stages = dvc.reproduce(*args, **kwargs)
+    except BaseException:
+        try:
+            repro.flush()
+        except Exception:
+            logger.warning("could not write dvc.lock after a failed stage", exc_info=True)
+        raise
+    return stages, repro.flush()  # dvc.lock, once for all the stages that ran
 
 
 def create_ref(cwd: Path, ref: str, rev: str, force: bool = False) -> None:

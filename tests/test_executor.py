@@ -196,3 +196,33 @@ def test_worker_trials_comes_from_the_environment_and_a_bad_value_says_how_to_fi
         monkeypatch.setenv(pool.TRIALS_ENV, bad)
         with pytest.raises(ExperimentError, match=r"whole number >= 1.*or unset it"):
             pool.WorkerPool(Path(), 1)
+
+
+def _sleeper(cwd: Path) -> subprocess.Popen[bytes]:
+    """A process working in ``cwd`` in a session of its own: as a stage left behind when
+    both its worker and ``nntune run`` were killed."""
+    return subprocess.Popen(["sleep", "60"], cwd=cwd, start_new_session=True)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc (Linux)")
+def test_a_stage_left_in_a_worktree_is_ended_before_the_next_worker_uses_it(
+    tmp_path: Path,
+) -> None:
+    from nntune.executor.worktrees import ensure_worktree, worktree_dir
+
+    root = tmp_path / "project"
+    root.mkdir()
+    for args in (["init", "--quiet"], ["commit", "--quiet", "--allow-empty", "-m", "base"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    worktree = ensure_worktree(root, 1, tmp_path / "cache")
+    assert worktree == worktree_dir(root.resolve(), 1)
+    (worktree / "models").mkdir()
+    stray, bystander = _sleeper(worktree / "models"), _sleeper(tmp_path)
+    try:
+        assert ensure_worktree(root, 1, tmp_path / "cache") == worktree  # the next worker's
+        assert stray.wait(timeout=10) == -9
+        assert bystander.poll() is None  # working elsewhere: not touched
+    finally:
+        for proc in (stray, bystander):
+            proc.kill()
+            proc.wait()

@@ -5,13 +5,18 @@ there is at once in the project's ``dvc exp show``, with no fetch; its index, ``
 files are its own. Its DVC cache is the project's (``.dvc/config.local``), so outputs are
 stored once and DVC's run cache is shared. A worktree that git no longer knows, or that a
 killed git left locked, is rebuilt from scratch on the next use: it holds nothing that is
-not in git or the cache.
+not in git or the cache. A stage that outlived its worker and ``nntune run`` both (a kill -9
+of the two) is ended before the next worker uses the worktree: it must not write a killed
+trial's files into the next trial's.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from nntune.executor.records import state_dir
@@ -37,12 +42,52 @@ def ensure_worktree(
     project's HEAD, with ``cache_dir`` as its DVC cache. Returns its git root."""
     root = Path(root).resolve()
     path = worktree_dir(root, number)
+    end_strays(path)
     if fresh or not _healthy(path):
         rebuild(root, path)
     prefix = git(root, "rev-parse", "--show-prefix").strip()
     local = Path(".dvc") / "config.local"
     _local_config(root / local, path / prefix / local, cache_dir)
     return path
+
+
+def end_strays(path: Path, proc: Path = Path("/proc"), wait: float = 10.0) -> list[int]:
+    """Kill every process whose working directory is in ``path`` (this user's: the others'
+    cannot be read) and wait until they are gone; returns their pids. Only the worker that
+    holds the worktree's lock calls this, so any such process is a stage of a trial whose
+    worker died: one the pool did not end because ``nntune run`` died too, or one forked
+    by the warm runner. Without ``/proc`` (not Linux) nothing is checked."""
+    path = Path(path).resolve()
+    if not proc.is_dir() or not path.exists():
+        return []
+    me = os.getpid()
+    strays = [pid for pid in _pids(proc) if pid != me and _inside(_cwd_of(proc, pid), path)]
+    for pid in strays:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:  # killed: gone, or a zombie (its cwd unreadable)
+        if not any(_inside(_cwd_of(proc, pid), path) for pid in strays):
+            break
+        time.sleep(0.02)
+    return strays
+
+
+def _pids(proc: Path) -> list[int]:
+    return [int(entry.name) for entry in proc.iterdir() if entry.name.isdigit()]
+
+
+def _cwd_of(proc: Path, pid: int) -> Path | None:
+    try:
+        return (proc / str(pid) / "cwd").readlink()
+    except OSError:  # gone, a zombie, or another user's
+        return None
+
+
+def _inside(cwd: Path | None, path: Path) -> bool:
+    return cwd is not None and (cwd == path or path in cwd.parents)
 
 
 def _local_config(project: Path, worktree: Path, cache_dir: str | Path) -> None:

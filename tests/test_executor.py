@@ -4,6 +4,7 @@ and records survive a round trip (the end-to-end tests are in test_executor_e2e.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -115,12 +116,25 @@ def _chain_project(path: Path) -> None:
         "  a:\n    cmd: grep '^n:' params.yaml > a.txt\n"
         "    params: [n]\n    outs: [a.txt]\n"
         "  b:\n    cmd: cp a.txt b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n"
-        "  c:\n    cmd: cp b.txt c.txt\n    deps: [b.txt]\n    outs: [c.txt]\n"
+        "  c:\n    cmd: cp b.txt c.txt && cat tool.txt b.txt > c.json\n"
+        "    deps: [b.txt, tool.txt, note.txt]\n    outs: [c.txt, c.json: {cache: false}]\n"
         "  fixed:\n    cmd: echo fixed > fixed.txt\n    params: [fixed]\n    outs: [fixed.txt]\n"
     )
+    (path / "tool.txt").write_text("a file git tracks that a stage depends on\n")
+    (path / "note.txt").write_text("a file git does not track that a stage depends on\n")
     subprocess.run([sys.executable, "-m", "dvc", "repro", "--quiet"], cwd=path, check=True)
     subprocess.run(["git", "add", "-A"], cwd=path, check=True)
     subprocess.run(["git", "commit", "--quiet", "-m", "baseline"], cwd=path, check=True)
+
+
+def _tree_of(project: Path, paths: list[str]) -> str:
+    """The tree an experiment commit of ``project`` would hold: ``paths`` staged, then every
+    tracked file's change (as the executor's commit does), as git's tree id."""
+    subprocess.run(["git", "add", "--", *paths], cwd=project, check=True)
+    subprocess.run(["git", "add", "--update"], cwd=project, check=True)
+    return subprocess.run(
+        ["git", "write-tree"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 # DVC's outputs trie calls pygtrie's deprecated _NoneStep.value (DVC's, not ours)
@@ -128,40 +142,57 @@ def _chain_project(path: Path) -> None:
 def test_deferred_lock_repro_writes_what_dvc_repro_writes_with_one_lock_rewrite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The executor's repro_fn: the same dvc.lock and the same staged files as DVC's own
-    `dvc repro` for a change that re-runs three of four stages, in one rewrite of dvc.lock."""
+    """The executor's repro_fn: the same dvc.lock as DVC's own `dvc repro` for a change that
+    re-runs three of four stages, in one rewrite of dvc.lock and without DVC's round-trip
+    load of it; its staged files give the same commit as DVC's listing of every stage's."""
+    import dvc.utils.serialize
     from dvc.dvcfile import Lockfile
     from dvc.repo import Repo
+    from dvc.stage.utils import _get_stage_files
 
     from nntune.experiments.dvc_internals import DeferredLockRepro
 
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     _chain_project(ours)
+    # Files git does not track, which the commit must pick up: a stage's dependency and its
+    # output that DVC does not cache.
+    subprocess.run(["git", "rm", "-q", "--cached", "note.txt", "c.json"], cwd=ours, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "untracked"], cwd=ours, check=True)
     subprocess.run(["git", "clone", "--quiet", str(ours), str(theirs)], check=True)
+    shutil.copy(ours / "note.txt", theirs / "note.txt")
     subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], cwd=theirs, check=False)
     for project in (ours, theirs):
         (project / "params.yaml").write_text("n: 2\nfixed: 0\n")
     subprocess.run([sys.executable, "-m", "dvc", "repro", "--quiet"], cwd=theirs, check=True)
 
-    dumps: list[list[str]] = []
-    dump_stages = Lockfile.dump_stages
+    writes: list[str] = []
+    dumps_yaml = dvc.utils.serialize.dumps_yaml
 
-    def counted(self: Lockfile, stages: list, **kwargs: object) -> None:
-        dumps.append([stage.name for stage in stages])
-        dump_stages(self, stages, **kwargs)
+    def counted(data: dict) -> str:
+        writes.append(",".join(data["stages"]))
+        return dumps_yaml(data)
 
-    monkeypatch.setattr(Lockfile, "dump_stages", counted)
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("DVC's round-trip dump_stages was used")
+
+    monkeypatch.setattr(dvc.utils.serialize, "dumps_yaml", counted)
+    monkeypatch.setattr(Lockfile, "dump_stages", refused)
     monkeypatch.chdir(ours)
-    with Repo(str(ours)) as dvc:
+    with Repo(str(ours)) as dvc_repo:
         repro = DeferredLockRepro()
-        ran = dvc.reproduce(repro_fn=repro)
+        ran = dvc_repo.reproduce(repro_fn=repro)
         staged = repro.flush()
     assert [stage.name for stage in ran] == ["a", "b", "c"]
-    assert dumps == [["a", "b", "c"]]  # one rewrite, after the last stage
+    assert writes == ["a,b,c,fixed"]  # one rewrite, after the last stage
     assert (ours / "dvc.lock").read_text() == (theirs / "dvc.lock").read_text()
     assert (ours / "c.txt").read_text() == "n: 2\n"
-    assert {"dvc.yaml", "dvc.lock", "params.yaml"} <= set(staged)
+    assert {"dvc.yaml", "dvc.lock", "tool.txt", "note.txt", "c.json"} <= set(staged)
     assert not repro.ran and not repro.visited  # flushed once
+
+    monkeypatch.chdir(theirs)
+    with Repo(str(theirs)) as dvc_repo:
+        listed = [path for stage in dvc_repo.index.stages for path in _get_stage_files(stage)]
+    assert _tree_of(ours, staged) == _tree_of(theirs, listed)
 
 
 class _Failing:

@@ -147,6 +147,7 @@ def test_deferred_lock_repro_writes_what_dvc_repro_writes_with_one_lock_rewrite(
     load of it; its staged files give the same commit as DVC's listing of every stage's."""
     import dvc.utils.serialize
     from dvc.dvcfile import Lockfile
+    from dvc.fs.dvc import DVCFileSystem
     from dvc.repo import Repo
     from dvc.stage.utils import _get_stage_files
 
@@ -175,6 +176,14 @@ def test_deferred_lock_repro_writes_what_dvc_repro_writes_with_one_lock_rewrite(
     def refused(*args: object, **kwargs: object) -> None:
         raise AssertionError("DVC's round-trip dump_stages was used")
 
+    asked: list[str] = []
+    isdvc = DVCFileSystem.isdvc
+
+    def asking(self: DVCFileSystem, path: str, **kwargs: object) -> bool:
+        asked.append(Path(path).name)
+        return isdvc(self, path, **kwargs)
+
+    monkeypatch.setattr(DVCFileSystem, "isdvc", asking)
     monkeypatch.setattr(dvc.utils.serialize, "dumps_yaml", counted)
     monkeypatch.setattr(Lockfile, "dump_stages", refused)
     monkeypatch.chdir(ours)
@@ -188,6 +197,7 @@ def test_deferred_lock_repro_writes_what_dvc_repro_writes_with_one_lock_rewrite(
     assert (ours / "c.txt").read_text() == "n: 2\n"
     assert {"dvc.yaml", "dvc.lock", "tool.txt", "note.txt", "c.json"} <= set(staged)
     assert not repro.ran and not repro.visited  # flushed once
+    assert asked == ["note.txt"]  # neither git's nor an output: only it needs DVC's index
 
     monkeypatch.chdir(theirs)
     with Repo(str(theirs)) as dvc_repo:

@@ -37,7 +37,9 @@ excludes them) and is scored on its test split, which no selection sees:
 Trials run in this process through nntune's library calls (``prepare``, ``build_model``,
 ``fit``, the evaluate stage's ``evaluate_predictions``), not through DVC: the quality is
 the recipe's, the wall time excludes DVC's per-trial overhead (benchmarks/overhead.py).
-Prints one JSON line per (table, contender) and a Markdown table at the end.
+Prints one JSON line per (table, contender) (``tabular-tpe-cv`` with ``cv_sd``: the
+chosen point's folds' sample sd of the headline metric), a Markdown table at the end, and
+issue 17's two targets checked per table and split (:func:`verdict`).
 """
 
 from __future__ import annotations

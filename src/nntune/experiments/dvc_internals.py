@@ -88,7 +88,7 @@ class DeferredLockRepro:
       stage;
     - each stage's files are listed for git once all stages ran, not after each (listing
       them builds DVC's index again, since running a stage resets it), and a dependency git
-      already tracks is listed without asking DVC's index whether it is an output
+      tracks, or that a stage of the run outputs, is known without asking DVC's index
       (:func:`stage_files`).
 
     Nothing reads ``dvc.lock`` or those listings between stages: each stage decides whether

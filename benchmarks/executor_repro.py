@@ -2,6 +2,7 @@
 ``DeferredLockRepro`` (dvc.lock written once per trial, stage files listed once), paired.
 
     .venv/bin/python benchmarks/executor_repro.py [--trials 5] [--rounds 3]
+        [--variants dvc deferred nntune]
 
 Makes a project with `nntune init` on digits (one epoch per trial, baseline reproduced and
 committed), then, for each round and each variant in turn, queues TRIALS trials
@@ -11,13 +12,17 @@ runner): their time is measured around each stage process (``Popen.communicate``
 subtracted, so what is left is DVC's side of a trial: checkout, reproduce's bookkeeping
 (index builds, dvc.lock reads and writes, hashing, cache), the commit and the ref. ``dvc``
 swaps in DVC's ``BaseExecutor._repro_and_track`` (one dvc.lock rewrite and one index
-build per stage that runs); ``nntune`` is the executor as it is. Prints one JSON line per
-(round, variant) with each trial's figures and the median, then the medians of the medians.
+build per stage that runs); ``deferred`` is the executor without ``lean_bookkeeping``
+(DVC's stage locks and a YAML parse per load, as before it); ``nntune`` is the executor as
+it is. Prints one JSON line per (round, variant) with each trial's figures and the median,
+then the medians of the medians and the paired ratios (the median over rounds of each
+round's ratio).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -87,8 +92,11 @@ def run_round(project: Path, variant: str, trials: int) -> dict[str, Any]:
     for i in range(trials):
         sh(project, "dvc", "exp", "run", "--queue", "-S", f"model.units={40 + i}", "-n", f"t{i}")
     original = dvc_internals.DeferredLockRepro
+    lean = dvc_internals.lean_bookkeeping
     if variant == "dvc":
         dvc_internals.DeferredLockRepro = DvcsReproFn  # type: ignore[misc,assignment]
+    if variant in ("dvc", "deferred"):
+        dvc_internals.lean_bookkeeping = contextlib.nullcontext  # type: ignore[assignment]
     figures = []
     try:
         with open_repo(project) as repo:
@@ -107,6 +115,7 @@ def run_round(project: Path, variant: str, trials: int) -> dict[str, Any]:
                 })  # fmt: skip
     finally:
         dvc_internals.DeferredLockRepro = original  # type: ignore[misc]
+        dvc_internals.lean_bookkeeping = lean
     return {
         "variant": variant,
         "trials": figures,
@@ -118,21 +127,31 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--variants", nargs="+", default=["dvc", "nntune"], choices=["dvc", "deferred", "nntune"]
+    )
     args = parser.parse_args()
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     _timed_communicate()
-    medians: dict[str, list[float]] = {"dvc": [], "nntune": []}
+    medians: dict[str, list[float]] = {variant: [] for variant in args.variants}
     with tempfile.TemporaryDirectory(prefix="nntune-exec-repro-") as tmp:
         project = make_project(Path(tmp))
         os.chdir(project)
         for r in range(args.rounds):
-            for variant in ("dvc", "nntune"):
+            for variant in args.variants:
                 row = {"round": r, **run_round(project, variant, args.trials)}
                 medians[variant].append(row["dvc_s_median"])
                 print(json.dumps(row), flush=True)
     summary = {v: round(statistics.median(m), 2) for v, m in medians.items()}
-    ratio = round(summary["nntune"] / summary["dvc"], 2)
-    print(json.dumps({"dvc_side_s_median": summary, "nntune_over_dvc": ratio}))
+    ratios = {  # paired: each round's medians, then the median of the ratios
+        f"{v}_over_{base}": round(
+            statistics.median(a / b for a, b in zip(medians[v], medians[base], strict=True)), 2
+        )
+        for base in ("dvc", "deferred")
+        for v in ("deferred", "nntune")
+        if v != base and v in medians and base in medians
+    }
+    print(json.dumps({"dvc_side_s_median": summary, **ratios}))
 
 
 if __name__ == "__main__":

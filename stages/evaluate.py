@@ -17,6 +17,7 @@ from nntune.stage import artifacts
 from nntune.stage.data import read_prepared
 from nntune.stage.entry import run_stage
 from nntune.stage.evaluate import evaluate_predictions
+from nntune.stage.outputs import raw_output
 
 
 def main(args: argparse.Namespace) -> None:
@@ -24,7 +25,7 @@ def main(args: argparse.Namespace) -> None:
     x_test, y_test = data.xy("test")
     with filter_tf_noise():  # its first op starts TensorFlow's runtime: cuInit's failure
         net = keras.saving.load_model(args.model, compile=False)  # predictions only
-    output = net.predict(x_test, batch_size=1024, verbose=0)
+    output = raw_output(net, x_test)  # no predict function traced for one call
     metrics, predictions = evaluate_predictions(data, y_test, output)
     artifacts.write_json(args.metrics, metrics)
     artifacts.write_csv(args.predictions, predictions)

@@ -46,3 +46,22 @@ def test_regression_metrics(tiny_params: Params) -> None:
     assert metrics["test_mae"] == pytest.approx(0.5)
     assert metrics["test_r2"] == pytest.approx(1 - 4 / 5)
     assert list(frame.columns) == ["actual", "predicted"]
+
+
+def test_raw_output_is_predicts_output_in_inference_mode_over_several_batches(
+    tiny_params: Params,
+) -> None:
+    """The evaluate stage's, `nntune predict`'s and the ensemble's model output: the same
+    bits as Keras' ``predict``, dropout off and batch normalisation's moving statistics on,
+    over more rows than one call takes, and nothing for no rows."""
+    from nntune.stage.model import build_model
+    from nntune.stage.outputs import raw_output
+
+    model = dataclasses.replace(tiny_params.model, dropout=0.5, batch_norm=True)
+    net = build_model(model, tiny_params.train, 4, "multiclass", 3)
+    x = np.random.default_rng(0).normal(size=(70, 4)).astype("float32")
+    expected = np.asarray(net.predict(x, batch_size=32, verbose=0))
+    output = raw_output(net, x, batch_size=32)  # three calls: 32 + 32 + 6 rows
+    assert np.array_equal(output, expected)
+    assert np.array_equal(raw_output(net, x, batch_size=32), output)  # no dropout draws
+    assert raw_output(net, x[:0]).shape == (0, 3)

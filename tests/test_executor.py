@@ -267,3 +267,68 @@ def test_a_stage_left_in_a_worktree_is_ended_before_the_next_worker_uses_it(
         for proc in (stray, bystander):
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")
+def test_lean_bookkeeping_parses_each_yaml_text_once_takes_no_stage_locks_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a worker's own worktree, reproduce parses each distinct YAML text once (DVC parses
+    dvc.yaml, dvc.lock and params.yaml again for every stage) and edits no stage lock file;
+    the dvc.lock and outputs are still `dvc repro`'s, and DVC's functions come back after."""
+    import dvc.rwlock
+    import dvc.utils.strictyaml
+    from dvc.repo import Repo
+    from dvc.utils.serialize import _yaml
+
+    from nntune.experiments import dvc_internals
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    _chain_project(ours)
+    subprocess.run(["git", "clone", "--quiet", str(ours), str(theirs)], check=True)
+    shutil.copy(ours / "note.txt", theirs / "note.txt")
+    subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], cwd=theirs, check=False)
+    for project in (ours, theirs):
+        (project / "params.yaml").write_text("n: 3\nfixed: 0\n")
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "--quiet"], cwd=theirs, check=True)
+
+    parsed: list[str] = []
+    parse = _yaml.parse_yaml
+
+    def counted(text: str, path: str, typ: str = "safe") -> object:
+        if typ == "safe":
+            parsed.append(text)
+        return parse(text, path, typ=typ)
+
+    edits: list[str] = []
+    edit = dvc.rwlock._edit_rwlock
+
+    def edit_counted(*args: object, **kwargs: object) -> object:
+        edits.append(str(args[0]))
+        return edit(*args, **kwargs)
+
+    monkeypatch.setattr(_yaml, "parse_yaml", counted)
+    monkeypatch.setattr(dvc.utils.strictyaml, "parse_yaml", counted)
+    monkeypatch.setattr(dvc.rwlock, "_edit_rwlock", edit_counted)
+    dvc_internals._PARSED.clear()
+    rwlock = dvc.rwlock.rwlock
+    monkeypatch.chdir(ours)
+    with dvc_internals.lean_bookkeeping(), Repo(str(ours)) as dvc_repo:
+        repro = dvc_internals.DeferredLockRepro()
+        ran = dvc_repo.reproduce(repro_fn=repro)
+        repro.flush()
+        first = _yaml.parse_yaml("a: {b: [1]}\n", "x.yaml")
+        first["a"]["b"].append(2)  # a caller changing what it got changes no later parse
+        assert _yaml.parse_yaml("a: {b: [1]}\n", "x.yaml") == {"a": {"b": [1]}}
+    assert [stage.name for stage in ran] == ["a", "b", "c"]
+    assert (ours / "dvc.lock").read_text() == (theirs / "dvc.lock").read_text()
+    assert (ours / "c.txt").read_text() == "n: 3\n"
+    assert not edits  # no stage lock taken in the worktree
+    assert len(parsed) == len(set(parsed)) >= 3  # dvc.yaml, dvc.lock, params.yaml: once each
+    assert dvc.rwlock.rwlock is rwlock
+    assert _yaml.parse_yaml is counted and dvc.utils.strictyaml.parse_yaml is counted
+
+    parsed.clear()
+    with Repo(str(ours)) as dvc_repo:  # outside: DVC's own locks and parses again
+        assert dvc_repo.status() == {}
+    assert edits and len(parsed) > len(set(parsed))

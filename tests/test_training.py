@@ -52,6 +52,30 @@ def test_fit_records_epochs_and_the_kept_models_metrics(
     assert result.train_seconds > 0 and result.samples_per_second > 0
 
 
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_the_kept_models_metrics_are_what_keras_evaluate_says(
+    tmp_path: Path, tiny_params: Params, task: str
+) -> None:
+    """The final train and val figures (measured without ``evaluate`` on TensorFlow) are
+    Keras' ``evaluate`` of the kept model, with an L2 penalty in the loss, batch
+    normalisation in inference mode and (classification) label smoothing."""
+    table = make_table(150)
+    if task == "regression":
+        table["target"] = table["a"] * 2.0 + table["b"]
+    model = dataclasses.replace(tiny_params.model, l2=1e-3, batch_norm=True)
+    train = dataclasses.replace(
+        tiny_params.train, max_epochs=3, label_smoothing=0.1 if task != "regression" else 0.0
+    )
+    data_params = dataclasses.replace(tiny_params.data, task=task)
+    params = dataclasses.replace(tiny_params, model=model, train=train, data=data_params)
+    net, data, result = _train(params, tmp_path / "live", table)
+    for split in ("train", "val"):
+        x, y = data.xy(split)
+        expected = net.evaluate(x, y, batch_size=train.batch_size, verbose=0, return_dict=True)
+        for name, value in expected.items():
+            assert result.metrics[f"{split}_{name}"] == pytest.approx(float(value), rel=1e-5)
+
+
 def test_early_stopping_stops_before_max_epochs(tmp_path: Path, tiny_params: Params) -> None:
     es = dataclasses.replace(tiny_params.train.early_stopping, patience=0, min_delta=10.0)
     train = dataclasses.replace(tiny_params.train, max_epochs=50, early_stopping=es)

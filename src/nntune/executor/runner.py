@@ -10,7 +10,9 @@ DVC's API without its temp clone, celery task and ``dvc exp exec-run`` process:
 3. the outputs are checked out from the shared cache, and ``Repo.reproduce`` runs with
    DVC's own ``repro_fn``, except that the dvc.lock entries of the stages that ran are
    written, and every stage's files staged, once after the last stage instead of after
-   each (``dvc_internals.DeferredLockRepro``);
+   each (``dvc_internals.DeferredLockRepro``), without DVC's stage locks and with each
+   YAML text parsed once (``dvc_internals.lean_bookkeeping``: the worktree is the
+   worker's alone);
 4. the top-level metrics, params and plots files are staged, the experiment hash is DVC's
    ``hash_exp``, and the commit gets DVC's message on the baseline commit;
 5. the ref ``refs/exps/<baseline>/<name>`` is created only if it does not exist (git's own
@@ -81,7 +83,8 @@ def run_entry(worktree: Path, prefix: str, entry: DvcQueueEntry) -> Outcome:
     started = time.perf_counter()
     args, kwargs = prepare(worktree, prefix, entry)
     project = worktree / prefix
-    with _cwd(project), Repo(str(project)) as dvc:
+    # The worktree is this worker's alone: DVC's stage locks and repeated YAML parses go.
+    with _cwd(project), dvc_internals.lean_bookkeeping(), Repo(str(project)) as dvc:
         dvc.scm_context.quiet = True
         targets = args[0] if args else kwargs.get("targets")
         dvc_checkout(

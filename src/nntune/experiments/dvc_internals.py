@@ -10,8 +10,13 @@ so ``pyproject.toml`` bounds DVC to the versions they were tested with, and
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,11 @@ USED = (
     "_get_top_level_paths",
     # dvc.dvcfile.ProjectFile's: the dvc.lock beside a dvc.yaml.
     "_lockfile",
+    # Module functions that lean_bookkeeping swaps while it is active: the stage locks that
+    # dvc.stage.decorators.rwlocked imports from dvc.rwlock at each call, and the YAML parser
+    # that dvc.utils.serialize._yaml.load_yaml and dvc.utils.strictyaml.load call by name.
+    "rwlock",
+    "parse_yaml",
 )
 
 
@@ -212,3 +222,62 @@ def top_level_paths(dvc: DvcRepo) -> list[str]:
     from dvc.repo.experiments.executor.base import BaseExecutor
 
     return list(BaseExecutor._get_top_level_paths(dvc))
+
+
+_PARSED: OrderedDict[str, Any] = OrderedDict()  # YAML text -> DVC's safe parse of it
+_PARSED_MAX = 32  # texts kept: dvc.yaml, dvc.lock, params.yaml, run-cache entries
+_PARSED_LOCK = threading.Lock()
+
+
+@contextmanager
+def lean_bookkeeping() -> Iterator[None]:
+    """Two of DVC's per-stage costs, taken off while nntune's executor reproduces a trial in
+    a worktree that only its worker uses (its claim says so):
+
+    - **Stage read/write locks.** Around every stage operation (status, run, commit,
+      checkout) DVC reads and rewrites the JSON file ``.dvc/tmp/rwlock`` twice: about 40
+      edits per trial. They keep two DVC processes *in one repository* from running stages
+      on the same files while DVC's repository lock is released for a stage's command.
+      Nobody else runs DVC in a worker's worktree (its ``.dvc/tmp`` is its own), so they
+      guard nothing there. DVC's repository lock is still taken, and the experiments' locks
+      (``get_exp_rwlock``, imported by name elsewhere) and every other repository's are
+      untouched.
+    - **YAML parses.** DVC parses dvc.yaml, dvc.lock and params.yaml again for every stage
+      it checks: about 40 safe parses per trial of 3-4 distinct texts. A text parsed before
+      now gets a deep copy of its first parse (a copy, since DVC may change what it gets).
+      Round-trip parses, which keep comments, are not cached.
+
+    Process-wide while active (the worker runs one trial at a time, with no other thread
+    using DVC); both are restored on exit."""
+    import dvc.rwlock
+    import dvc.utils.strictyaml
+    from dvc.utils.serialize import _yaml
+
+    parse = _yaml.parse_yaml
+    saved = (dvc.rwlock.rwlock, _yaml.parse_yaml, dvc.utils.strictyaml.parse_yaml)
+
+    def cached_parse(text: str, path: Any, typ: str = "safe") -> Any:
+        if typ != "safe":
+            return parse(text, path, typ=typ)
+        with _PARSED_LOCK:
+            if text in _PARSED:
+                _PARSED.move_to_end(text)
+                return copy.deepcopy(_PARSED[text])
+        data = parse(text, path, typ=typ)  # a YAML error is raised, and nothing is kept
+        with _PARSED_LOCK:
+            _PARSED[text] = copy.deepcopy(data)
+            while len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
+        return data
+
+    dvc.rwlock.rwlock = _no_stage_lock
+    _yaml.parse_yaml = dvc.utils.strictyaml.parse_yaml = cached_parse
+    try:
+        yield
+    finally:
+        dvc.rwlock.rwlock, _yaml.parse_yaml, dvc.utils.strictyaml.parse_yaml = saved
+
+
+@contextmanager
+def _no_stage_lock(*args: Any, **kwargs: Any) -> Iterator[None]:
+    yield

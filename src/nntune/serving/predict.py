@@ -48,7 +48,7 @@ from nntune.serving.preprocessing import (
     text_in_numbers,
 )
 from nntune.stage import artifacts
-from nntune.stage.outputs import class_probabilities
+from nntune.stage.outputs import class_probabilities, raw_output
 
 MODEL_PATH = "models/model.keras"
 META_PATH = "data/prepared/meta.json"
@@ -294,9 +294,7 @@ def load_keras_model(path: Path) -> Any:
 
 def model_output(net: Any, features: np.ndarray, label: str) -> np.ndarray:
     """The model's raw output for the encoded rows, as the evaluate stage gets it."""
-    if len(features) == 0:
-        return np.empty((0, int(net.output_shape[-1])), dtype="float32")
-    output = np.asarray(net.predict(features, batch_size=1024, verbose=0))
+    output = raw_output(net, features)
     if not np.all(np.isfinite(output)):
         raise PredictError(
             f"{label}: the model outputs NaN or infinity (its training diverged); use "

@@ -29,7 +29,7 @@ from nntune.errors import NntuneError
 from nntune.stage import artifacts
 from nntune.stage.data import META_FILE, Prepared, read_prepared
 from nntune.stage.evaluate import evaluate_predictions
-from nntune.stage.outputs import class_probabilities
+from nntune.stage.outputs import class_probabilities, raw_output
 from nntune.stage.quiet import filter_tf_noise
 
 INFO_FILE = "ensemble.json"
@@ -162,7 +162,7 @@ def member_output(member: Member) -> np.ndarray:
         import keras
 
         net = keras.saving.load_model(member.folder / MODEL_FILE, compile=False)
-    return np.asarray(net.predict(member.prepared.x("test"), batch_size=1024, verbose=0))
+    return raw_output(net, member.prepared.x("test"))
 
 
 def combined(outputs: Sequence[np.ndarray], task: Task) -> np.ndarray:

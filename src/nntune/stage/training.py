@@ -23,6 +23,8 @@ from nntune.stage.keras_internals import seed_generators
 from nntune.stage.model import compile_model
 from nntune.stage.schedules import schedule_callbacks
 
+MEASURE_CHUNK = 1024  # rows per eager test step of the final measurement
+
 
 def seed_everything(runtime: RuntimeParams) -> None:
     """Seed Python, NumPy and TensorFlow; with ``deterministic`` also make TensorFlow pick
@@ -356,6 +358,22 @@ def _set_trainable(
 def _measure(
     net: keras.Model, prefix: str, x: np.ndarray, y: np.ndarray, batch_size: int, task: Task
 ) -> dict[str, float]:
-    """Loss and metrics of the kept model, with dropout off, as ``{prefix}_{name}``."""
-    values = net.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+    """Loss and metrics of the kept model, with dropout off, as ``{prefix}_{name}``.
+
+    On TensorFlow, Keras' own ``test_step`` runs eagerly on chunks of rows, its results
+    weighted by rows as ``evaluate`` weights its batches: ``evaluate`` would first trace a
+    test function for the train split's batch shapes (0.13 s against 0.05 s for both splits
+    after a digits fit; the values agree to float32 rounding, about 1e-8). Inference mode
+    makes the chunk size irrelevant to the values. Other backends, and a model replicated on
+    several GPUs, keep ``evaluate``."""
+    replicas = (
+        net.distribute_strategy.num_replicas_in_sync if hasattr(net, "distribute_strategy") else 1
+    )
+    if keras.backend.backend() == "tensorflow" and replicas == 1:
+        net.reset_metrics()
+        for start in range(0, len(x), MEASURE_CHUNK):
+            net.test_step((x[start : start + MEASURE_CHUNK], y[start : start + MEASURE_CHUNK]))
+        values = net.get_metrics_result()
+    else:
+        values = net.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
     return {f"{prefix}_{name}": float(values[name]) for name in fit_metric_names(task)}

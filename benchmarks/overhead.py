@@ -79,8 +79,16 @@ def save_load_seconds(project: Path, tmp: Path) -> dict[str, float]:
 
 
 def summarise(
-    records: list[dict[str, Any]], fits: list[float], wall: float, jobs: int, mode: str
+    records: list[dict[str, Any]], fits: dict[str, float], wall: float, jobs: int, mode: str
 ) -> dict[str, Any]:
+    """Medians per trial; ``fits`` maps each experiment's name to its `fit` seconds."""
+    # The train stage's work beyond `fit`, paired within each trial (a difference of the
+    # two medians mixes trials of different lengths).
+    beyond_fit = [
+        r["main_end"] - r["main_start"] - fits[r["trial"]]
+        for r in records
+        if r["stage"] == "train" and r.get("trial") in fits
+    ]
     by_stage: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     per_trial_in_stages: dict[str, float] = defaultdict(float)
     for r in records:
@@ -90,7 +98,7 @@ def summarise(
     trials = len(fits)
     per_trial = wall / trials
     in_stages = statistics.median(per_trial_in_stages.values())
-    fit = statistics.median(fits)
+    fit = statistics.median(fits.values())
     return {
         "mode": mode,
         "jobs": jobs,
@@ -101,6 +109,7 @@ def summarise(
         "overhead_per_trial_s": round(per_trial - fit, 2),
         "stages_per_trial_s": round(in_stages, 2),
         "dvc_and_queue_per_trial_s": round(per_trial - in_stages, 2),
+        "train_main_beyond_fit_s": round(statistics.median(beyond_fit), 2) if beyond_fit else None,
         "forked_stages": sorted({r["stage"] for r in records if r.get("warm")}),
         "stages": {
             stage: {name: round(statistics.median(values), 2) for name, values in parts.items()}
@@ -143,7 +152,7 @@ def main() -> None:
                 wall = run_profiled(project, tmp / "space.yaml", args.jobs, profile, mode)
                 records = [json.loads(line) for line in profile.read_text().splitlines()]
                 done = [e for e in list_experiments(project, list(SPACE)) if e.succeeded]
-                fits = [float(e.metrics["train_seconds"]) for e in done]
+                fits = {e.name: float(e.metrics["train_seconds"]) for e in done}
                 row = summarise(records, fits, wall, args.jobs, mode)
                 row["repeat"] = repeat
                 if mode.startswith("own"):

@@ -127,6 +127,26 @@ def _chain_project(path: Path) -> None:
     subprocess.run(["git", "commit", "--quiet", "-m", "baseline"], cwd=path, check=True)
 
 
+def _ours_and_theirs(
+    tmp_path: Path, params: str, untracked: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """Two copies of the chain project, ``ours`` (``untracked`` removed from git first) and
+    its clone ``theirs``, both with ``params`` written and ``theirs`` reproduced by
+    ``dvc repro``: what ``ours`` must equal after the code under test reproduces it."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    _chain_project(ours)
+    if untracked:
+        subprocess.run(["git", "rm", "-q", "--cached", *untracked], cwd=ours, check=True)
+        subprocess.run(["git", "commit", "-q", "-m", "untracked"], cwd=ours, check=True)
+    subprocess.run(["git", "clone", "--quiet", str(ours), str(theirs)], check=True)
+    shutil.copy(ours / "note.txt", theirs / "note.txt")
+    subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], cwd=theirs, check=False)
+    for project in (ours, theirs):
+        (project / "params.yaml").write_text(params)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "--quiet"], cwd=theirs, check=True)
+    return ours, theirs
+
+
 def _tree_of(project: Path, paths: list[str]) -> str:
     """The tree an experiment commit of ``project`` would hold: ``paths`` staged, then every
     tracked file's change (as the executor's commit does), as git's tree id."""
@@ -153,18 +173,9 @@ def test_deferred_lock_repro_writes_what_dvc_repro_writes_with_one_lock_rewrite(
 
     from nntune.experiments.dvc_internals import DeferredLockRepro
 
-    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    _chain_project(ours)
     # Files git does not track, which the commit must pick up: a stage's dependency and its
     # output that DVC does not cache.
-    subprocess.run(["git", "rm", "-q", "--cached", "note.txt", "c.json"], cwd=ours, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", "untracked"], cwd=ours, check=True)
-    subprocess.run(["git", "clone", "--quiet", str(ours), str(theirs)], check=True)
-    shutil.copy(ours / "note.txt", theirs / "note.txt")
-    subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], cwd=theirs, check=False)
-    for project in (ours, theirs):
-        (project / "params.yaml").write_text("n: 2\nfixed: 0\n")
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "--quiet"], cwd=theirs, check=True)
+    ours, theirs = _ours_and_theirs(tmp_path, "n: 2\nfixed: 0\n", ("note.txt", "c.json"))
 
     writes: list[str] = []
     dumps_yaml = dvc.utils.serialize.dumps_yaml
@@ -283,14 +294,7 @@ def test_lean_bookkeeping_parses_each_yaml_text_once_takes_no_stage_locks_and_ch
 
     from nntune.experiments import dvc_internals
 
-    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    _chain_project(ours)
-    subprocess.run(["git", "clone", "--quiet", str(ours), str(theirs)], check=True)
-    shutil.copy(ours / "note.txt", theirs / "note.txt")
-    subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], cwd=theirs, check=False)
-    for project in (ours, theirs):
-        (project / "params.yaml").write_text("n: 3\nfixed: 0\n")
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "--quiet"], cwd=theirs, check=True)
+    ours, theirs = _ours_and_theirs(tmp_path, "n: 3\nfixed: 0\n")
 
     parsed: list[str] = []
     parse = _yaml.parse_yaml

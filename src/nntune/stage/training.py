@@ -366,10 +366,8 @@ def _measure(
     after a digits fit; the values agree to float32 rounding, about 1e-8). Inference mode
     makes the chunk size irrelevant to the values. Other backends, and a model replicated on
     several GPUs, keep ``evaluate``."""
-    replicas = (
-        net.distribute_strategy.num_replicas_in_sync if hasattr(net, "distribute_strategy") else 1
-    )
-    if keras.backend.backend() == "tensorflow" and replicas == 1:
+    tensorflow = keras.backend.backend() == "tensorflow"  # only its models have a strategy
+    if tensorflow and net.distribute_strategy.num_replicas_in_sync == 1:
         net.reset_metrics()
         for start in range(0, len(x), MEASURE_CHUNK):
             net.test_step((x[start : start + MEASURE_CHUNK], y[start : start + MEASURE_CHUNK]))

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
@@ -33,13 +34,18 @@ from nntune.warm.client import (
     process_alive,
 )
 from nntune.warm.launcher import warm_runner
+from nntune.warm.snapshot import fingerprint_nntune
 
 PROBE = """
 import json, os, signal, sys, time
 from nntune.warm.client import handoff
 
 handoff(__name__, os.environ.get("PROBE_FLAVOUR", ""))
-import nntune
+kept = "nntune.errors" in sys.modules  # the server's module, kept (nothing here imports it)
+import importlib, nntune
+
+lazy = os.environ.get("PROBE_IMPORT")
+lazy = importlib.import_module(lazy) if lazy else None
 
 if os.environ.get("PROBE_LOG"):  # one line each time the stage's body runs
     with open(os.environ["PROBE_LOG"], "a") as log:
@@ -50,6 +56,10 @@ print(json.dumps({
     "extra": "colorsys" in sys.modules,
     "nntune": nntune.__file__,
     "marker": getattr(nntune, "MARKER", None),
+    "kept_errors": kept,
+    "errors_file": sys.modules["nntune.errors"].__file__ if kept else None,
+    "lazy_marker": getattr(lazy, "MARKER", None),
+    "lazy_file": getattr(lazy, "__file__", None),
     "argv": sys.argv,
     "cwd": os.getcwd(),
     "socket_env": os.environ.get("NNTUNE_WARM_SOCKET"),
@@ -86,8 +96,21 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def same_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working copy whose nntune has the installed one's bytes, except for one module that
+    no server preloads, which carries a marker."""
+    root = tmp_path_factory.mktemp("same")
+    shutil.copytree(REPO / "src" / "nntune", root / "src" / "nntune")
+    rows = root / "src" / "nntune" / "experiments" / "rows.py"
+    rows.write_text(rows.read_text() + 'MARKER = "snapshot"\n')
+    (root / "stages").mkdir()
+    (root / "stages" / "probe.py").write_text(PROBE)
+    return root
+
+
+@pytest.fixture(scope="module")
 def runner() -> Iterator[str]:
-    flavours = {"": ("wave",), "extra": ("wave", "colorsys")}
+    flavours = {"": ("wave",), "extra": ("wave", "colorsys"), "nntune": ("wave", "nntune.errors")}
     with warm_runner(flavours=flavours, backends=("tensorflow",)) as socket:
         assert socket is not None, "the warm runner did not start"
         yield socket
@@ -142,6 +165,40 @@ def test_stage_runs_forked_with_its_own_argv_cwd_env_streams_and_code(
     assert seen["path0"] == str(workspace / "stages")
     assert "probe on stderr" in out.stderr
     assert "cold" not in out.stderr
+
+
+def test_a_stage_keeps_the_servers_nntune_where_its_copy_has_the_same_bytes(
+    same_copy: Path, workspace: Path, runner: str
+) -> None:
+    """The server preloaded nntune.errors. A copy with the same bytes keeps it, re-pointed at
+    the copy, and what it imports later comes from the copy; a copy where one module the
+    server loaded differs (the workspace's __init__) imports all of nntune afresh."""
+    lazy = "nntune.experiments.rows"  # not preloaded; only the copy's carries the marker
+    seen = report(probe(same_copy, runner, "exit", "0", PROBE_FLAVOUR="nntune", PROBE_IMPORT=lazy))
+    assert seen["preloaded"] is True
+    assert seen["kept_errors"] is True
+    assert seen["errors_file"] == str(same_copy / "src" / "nntune" / "errors.py")
+    assert seen["nntune"] == str(same_copy / "src" / "nntune" / "__init__.py")
+    assert seen["lazy_marker"] == "snapshot"
+    assert seen["lazy_file"] == str(same_copy / "src" / "nntune" / "experiments" / "rows.py")
+
+    seen = report(probe(workspace, runner, "exit", "0", PROBE_FLAVOUR="nntune", PROBE_IMPORT=lazy))
+    assert seen["preloaded"] is True
+    assert seen["kept_errors"] is False
+    assert seen["marker"] == "snapshot"
+    assert seen["lazy_marker"] is None  # the workspace's rows.py is the installed one's
+    assert seen["lazy_file"] == str(workspace / "src" / "nntune" / "experiments" / "rows.py")
+
+
+def test_a_module_changed_after_the_imports_began_is_not_fingerprinted() -> None:
+    """Its bytes may not be those that were imported: such a module is left out, and a child
+    then imports all of nntune afresh."""
+    now = fingerprint_nntune(time.time())
+    assert now["nntune.errors"] == (
+        "errors.py",
+        sha256((REPO / "src/nntune/errors.py").read_bytes()).hexdigest(),
+    )
+    assert "nntune.errors" not in fingerprint_nntune(0.0)
 
 
 def test_cold_run_sees_the_same_as_the_warm_one(workspace: Path, runner: str) -> None:
@@ -642,3 +699,36 @@ def test_a_server_stops_when_its_owner_is_a_zombie(tmp_path: Path) -> None:
     finally:
         owner.wait()
     assert not path.exists()
+
+
+def test_each_flavours_server_preloads_the_nntune_modules_its_stage_scripts_import() -> None:
+    """A module missing from STAGE_MODULES would not break a stage (it imports it), but
+    every stage would pay for its import again: keep the list in step with stages/."""
+    import ast
+
+    from nntune.warm.client import FLAVOURS, STAGE_MODULES
+
+    checked = 0
+    for script in sorted((REPO / "stages").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        calls = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "handoff"
+        ]
+        if not calls:
+            continue  # a stage that never runs warm (validate, prepare, ensemble)
+        args = calls[0].args
+        flavour = args[1].value if len(args) > 1 and isinstance(args[1], ast.Constant) else ""
+        imported = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nntune"):
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    is_module = (REPO / "src" / (sub.replace(".", "/") + ".py")).exists()
+                    imported.add(sub if is_module else str(node.module))
+        imported.discard("nntune.warm.client")  # the runner's own
+        assert imported <= set(STAGE_MODULES[flavour]), (script.name, flavour)
+        assert set(STAGE_MODULES[flavour]) <= set(FLAVOURS[flavour])
+        checked += 1
+    assert checked >= 4  # train, pretrain, warmstart, evaluate, fold

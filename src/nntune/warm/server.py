@@ -12,9 +12,10 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from nntune.warm.client import (
     requested_backend,
     send_message,
 )
+from nntune.warm.snapshot import adopt_or_drop_nntune, fingerprint_nntune
 
 _NOT_RUN = 70  # a child's exit code when its go did not come (nobody is told it)
 
@@ -47,6 +49,7 @@ class Job:
     fds: list[int]  # the stage's standard streams; with a gate, they come through it
     base_path: list[str]
     gate: socket.socket | None = None  # the child's end of the pair the go comes through
+    fingerprints: dict[str, tuple[str, str]] = field(default_factory=dict)  # fingerprint_nntune
 
     def run(self) -> None:
         """Wait for the client's go, become the stage's process, then run its script as
@@ -81,9 +84,8 @@ class Job:
             os.environ[PROFILE_CLIENT_ENV] = str(self.request["pid"])
         script = Path(argv[0]).absolute()
         sys.path[:] = [str(script.parent), *_pythonpath(), *self.base_path]
-        for name in [m for m in sys.modules if m == "nntune" or m.startswith("nntune.")]:
-            del sys.modules[name]
         importlib.invalidate_caches()
+        adopt_or_drop_nntune(self.fingerprints)
         sys.argv = argv
         # What `python SCRIPT` does: a fresh __main__ with an absolute __file__.
         main = types.ModuleType("__main__")
@@ -160,6 +162,7 @@ class Server:
         self.base_path = [p for p in sys.path[1:] if str(Path(p).absolute()) not in own]
         self.env = load_time_env(dict(os.environ))
         self.backend = requested_backend(os.environ)  # what its `import keras` loads
+        self.fingerprints: dict[str, tuple[str, str]] = {}
 
     def preload(self, modules: Sequence[str] = PRELOAD) -> list[str]:
         """Import what the stages import; returns the modules that failed to import."""
@@ -168,6 +171,7 @@ class Server:
         from nntune.stage.quiet import import_keras_quietly
 
         failed = []
+        since = time.time()
         for name in modules:
             try:
                 if name == "keras":
@@ -175,6 +179,7 @@ class Server:
                 importlib.import_module(name)
             except ImportError:
                 failed.append(name)
+        self.fingerprints = fingerprint_nntune(since)  # what a child may keep
         return failed
 
     def serve(self) -> Job | None:
@@ -244,7 +249,7 @@ class Server:
             for other in self.children.values():
                 other.close()
             conn.close()
-            return Job(request, [], self.base_path, theirs)
+            return Job(request, [], self.base_path, theirs, self.fingerprints)
         theirs.close()
         child = self.children[pid] = _Child(conn, ours)
         try:

@@ -4,11 +4,12 @@ The test split is never read."""
 
 import argparse
 
-from nntune.stage.backend import select_for_stage
 from nntune.warm.client import handoff
 
+handoff(__name__, "sklearn", select=True)  # the warm runner, on params.yaml's backend
+from nntune.stage.backend import select_for_stage
+
 select_for_stage()  # runtime.backend of params.yaml becomes KERAS_BACKEND, before any import
-handoff(__name__, "sklearn")  # under `nntune run`: the warm runner (Keras, scikit-learn)
 
 from nntune.stage.quiet import import_keras_quietly
 

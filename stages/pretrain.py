@@ -4,11 +4,12 @@ pretrain.enabled; otherwise it only records that, without importing TensorFlow."
 import argparse
 import sys
 
-from nntune.stage.backend import select_for_stage
 from nntune.warm.client import handoff
 
+handoff(__name__, select=True)  # the warm runner, on params.yaml's backend
+from nntune.stage.backend import select_for_stage
+
 select_for_stage()  # runtime.backend of params.yaml becomes KERAS_BACKEND, before any import
-handoff(__name__)  # under `nntune run`: the warm runner runs this stage (Keras loaded)
 
 from nntune.config.params import load_params
 from nntune.stage import artifacts

@@ -30,6 +30,7 @@ from nntune.warm.client import (
     LOST_EXIT,
     PROTOCOL,
     SOCKET_ENV,
+    flavour_socket,
     load_time_env,
     process_alive,
 )
@@ -732,3 +733,75 @@ def test_each_flavours_server_preloads_the_nntune_modules_its_stage_scripts_impo
         assert set(STAGE_MODULES[flavour]) <= set(FLAVOURS[flavour])
         checked += 1
     assert checked >= 4  # train, pretrain, warmstart, evaluate, fold
+
+
+SELECT_PROBE = """
+import json, os, sys
+from nntune.warm.client import handoff
+
+handoff(__name__, select=True)
+print(json.dumps({
+    "preloaded": "wave" in sys.modules,
+    "server": os.getppid(),
+    "backend": os.environ.get("KERAS_BACKEND"),
+    "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+}), flush=True)
+"""
+
+
+def select_probe(copy: Path, socket: str, backend: str) -> subprocess.CompletedProcess[str]:
+    (copy / "stages" / "select_probe.py").write_text(SELECT_PROBE)
+    (copy / f"{backend}.yaml").write_text(f"runtime:\n  backend: {backend}\n")
+    env = {**os.environ, "PYTHONPATH": "src", SOCKET_ENV: socket, "KERAS_BACKEND": "tensorflow"}
+    return subprocess.run(
+        [sys.executable, "stages/select_probe.py", f"{backend}.yaml"],
+        cwd=copy, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_the_runner_reads_a_stages_backend_from_its_params_and_sends_it_to_that_server(
+    same_copy: Path, tmp_path: Path
+) -> None:
+    """A stage handed off with `select` imports no YAML parser: the run's server (TensorFlow
+    here) reads runtime.backend of the stage's params file, runs a TensorFlow stage, and
+    sends a JAX one to the JAX server, with the environment select_for_stage gives it. The
+    environment's KERAS_BACKEND does not count, as in a cold stage."""
+    flavours = {"": ("wave", "nntune.stage.backend")}
+    with warm_runner(flavours=flavours, backends=("tensorflow", "jax")) as both:
+        assert both is not None
+        servers = {
+            b: int(Path(flavour_socket(both, "", b) + ".pid").read_text())
+            for b in ("tensorflow", "jax")
+        }
+        on_jax = select_probe(same_copy, both, "jax")
+        on_tf = select_probe(same_copy, both, "tensorflow")
+    assert on_jax.returncode == 0, on_jax.stderr
+    assert report(on_jax) == {
+        "preloaded": True,
+        "server": servers["jax"],
+        "backend": "jax",
+        "preallocate": "false",
+    }
+    assert report(on_tf) == {
+        "preloaded": True,
+        "server": servers["tensorflow"],
+        "backend": "tensorflow",
+        "preallocate": None,
+    }
+    assert "cold" not in on_jax.stderr + on_tf.stderr
+
+    # Without a JAX server the JAX stage starts cold; so does a stage whose copy of the
+    # module that reads the backend is not the runner's.
+    changed = tmp_path / "changed"
+    shutil.copytree(same_copy / "src", changed / "src")
+    (changed / "stages").mkdir()
+    backend_py = changed / "src" / "nntune" / "stage" / "backend.py"
+    backend_py.write_text(backend_py.read_text() + "\n# changed\n")
+    with warm_runner(flavours=flavours, backends=("tensorflow",)) as alone:
+        assert alone is not None
+        cold = select_probe(same_copy, alone, "jax")
+        other = select_probe(changed, alone, "tensorflow")
+    assert report(cold)["preloaded"] is False
+    assert "warm runner not reachable" in cold.stderr
+    assert report(other)["preloaded"] is False
+    assert "nntune.stage.backend differs from this runner's" in other.stderr

@@ -69,5 +69,11 @@ def select_for_stage() -> str:
     import sys
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    first = sys.argv[1] if len(sys.argv) > 1 else ""
-    return select(first if first and not first.startswith("-") else "params.yaml")
+    return select(params_argument(sys.argv[1:]))
+
+
+def params_argument(args: list[str]) -> str:
+    """The params file of a stage script run with ``args``: its first argument (the warm
+    runner's server reads it too, for a stage it is handed)."""
+    first = args[0] if args else ""
+    return first if first and not first.startswith("-") else "params.yaml"

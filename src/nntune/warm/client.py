@@ -51,16 +51,17 @@ import struct
 import sys
 import time
 from contextlib import suppress
-from pathlib import Path
 from typing import Any, NoReturn
 
 SOCKET_ENV = "NNTUNE_WARM_SOCKET"
+WARM_BACKEND_ENV = "NNTUNE_WARM_BACKEND"  # the run's Keras backend: its servers' suffix
 PROFILE_ENV = "NNTUNE_PROFILE"  # nntune.stage.entry's; repeated here to keep this module light
 PROFILE_CLIENT_ENV = "NNTUNE_PROFILE_CLIENT_PID"
 CONNECT_TIMEOUT_ENV = "NNTUNE_WARM_CONNECT_TIMEOUT"
 CONNECT_TIMEOUT = 60.0  # seconds; a server answers once its imports are done
 # 2: the server answers `started` (the child's pid) and the child waits for the client's go.
-PROTOCOL = 2
+# 3: a request may ask the server to read the stage's Keras backend (`select`).
+PROTOCOL = 3
 GO = b"g"
 LOST_EXIT = 1  # the stage's exit code when the runner died while it ran the stage
 # What the stages of a trial import; each one costs a cold stage its start-up time.
@@ -150,10 +151,16 @@ def load_time_env(env: dict[str, str]) -> dict[str, str]:
 # -- client: the first call of every stage script ---------------------------------------
 
 
-def handoff(module: str = "__main__", flavour: str = "") -> None:
+def handoff(module: str = "__main__", flavour: str = "", select: bool = False) -> None:
     """Run this stage in the warm runner when ``nntune run`` started one. A stage script
     calls it first, with its ``__name__`` (imported as a module, it hands nothing off), and
     the :data:`FLAVOURS` key of the server whose preloaded modules it needs.
+
+    With ``select``, the stage's Keras backend is ``runtime.backend`` of its params file
+    (``nntune.stage.backend.select_for_stage``, which the script calls next). The runner
+    reads it, so that this process imports no YAML parser: the stage goes to the server of
+    the run's backend (:data:`WARM_BACKEND_ENV`), which sends it on to its backend's server
+    when that is another one. Without ``select``, the backend is ``KERAS_BACKEND``'s.
 
     Does not return when the warm runner started the stage: the process exits with the
     stage's exit code, or with :data:`LOST_EXIT` when the runner died while it ran the stage
@@ -166,8 +173,9 @@ def handoff(module: str = "__main__", flavour: str = "") -> None:
     request = {
         "protocol": PROTOCOL,
         "argv": sys.argv,
-        "cwd": str(Path.cwd()),
+        "cwd": os.getcwd(),  # noqa: PTH109  (no pathlib: this module is imported by every stage)
         "env": dict(os.environ),
+        "select": select,
         "prefix": sys.prefix,
         "version": sys.version,
         "pid": os.getpid(),
@@ -175,23 +183,35 @@ def handoff(module: str = "__main__", flavour: str = "") -> None:
         # the child keeps that, as the cold stage would.
         "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
     }
+    backend = requested_backend(os.environ)
+    if select:
+        backend = os.environ.get(WARM_BACKEND_ENV) or backend
     timeout = _connect_timeout()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        path = flavour_socket(base, flavour, requested_backend(os.environ))
-        reply = _handshake(sock, path, request, timeout)
-    except TimeoutError:
-        sock.close()
-        print(
-            f"nntune: warm runner did not answer within {timeout:g} s ({CONNECT_TIMEOUT_ENV});"
-            " this stage starts cold",
-            file=sys.stderr,
-        )
-        return
-    except (OSError, ValueError) as exc:
-        sock.close()
-        print(f"nntune: warm runner not reachable ({exc}); this stage starts cold", file=sys.stderr)
-        return
+    for attempt in range(2):  # the second: the server of the backend the first one named
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            reply = _handshake(sock, flavour_socket(base, flavour, backend), request, timeout)
+        except TimeoutError:
+            sock.close()
+            print(
+                f"nntune: warm runner did not answer within {timeout:g} s "
+                f"({CONNECT_TIMEOUT_ENV}); this stage starts cold",
+                file=sys.stderr,
+            )
+            return
+        except (OSError, ValueError) as exc:
+            sock.close()
+            print(
+                f"nntune: warm runner not reachable ({exc}); this stage starts cold",
+                file=sys.stderr,
+            )
+            return
+        named = reply.get("backend")
+        if "refused" in reply and select and attempt == 0 and named not in (None, backend):
+            sock.close()
+            backend = str(named)
+            continue
+        break
     if "started" not in reply or reply.get("protocol") != PROTOCOL:
         sock.close()  # without our go, a child the server forked exits before the stage
         reason = reply.get("refused") or (
@@ -307,9 +327,11 @@ def _end_group(child: int, grace: float = 5.0) -> bool:
     return True
 
 
-def flavour_socket(base: str | Path, flavour: str, backend: str = DEFAULT_BACKEND) -> str:
+def flavour_socket(
+    base: str | os.PathLike[str], flavour: str, backend: str = DEFAULT_BACKEND
+) -> str:
     """The socket of the server with ``flavour``'s modules, loaded on Keras' ``backend``."""
-    name = f"{base}.{flavour}" if flavour else str(base)
+    name = f"{os.fspath(base)}.{flavour}" if flavour else os.fspath(base)
     return name if backend == DEFAULT_BACKEND else f"{name}.{backend}"
 
 
@@ -344,9 +366,10 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         pass
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stream:  # noqa: PTH123  (no pathlib)
+            stat = stream.read()
     except FileNotFoundError:
-        return not Path("/proc/self/stat").exists()  # with /proc, reaped since os.kill
+        return not os.path.exists("/proc/self/stat")  # noqa: PTH110  (reaped since os.kill)
     except OSError:
         return True
     state = stat.rpartition(")")[2].split()[:1]  # the command, in (), may hold anything

@@ -12,7 +12,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from nntune.stage.backend import declared
-from nntune.warm.client import BACKEND_ENV, FLAVOURS, SOCKET_ENV, flavour_socket, process_alive
+from nntune.warm.client import (
+    BACKEND_ENV,
+    FLAVOURS,
+    SOCKET_ENV,
+    WARM_BACKEND_ENV,
+    flavour_socket,
+    process_alive,
+)
 
 # -- the run's side: start and stop a server ----------------------------------------------
 
@@ -74,16 +81,18 @@ def warm_runner(
                 del waiting[key]  # listening, or dead before it listened (its log says why)
         time.sleep(0.02)
     started = all(path.exists() for path in sockets.values())
-    saved = os.environ.get(SOCKET_ENV)
+    saved = {key: os.environ.get(key) for key in (SOCKET_ENV, WARM_BACKEND_ENV)}
     if started:
         os.environ[SOCKET_ENV] = str(base)
+        os.environ[WARM_BACKEND_ENV] = backends[0]  # where a stage asks first (handoff)
     try:
         yield str(base) if started else None
     finally:
-        if saved is None:
-            os.environ.pop(SOCKET_ENV, None)
-        else:
-            os.environ[SOCKET_ENV] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         for path in sockets.values():
             pid = _pid(path)
             if pid is not None:

@@ -33,7 +33,12 @@ from nntune.warm.client import (
     requested_backend,
     send_message,
 )
-from nntune.warm.snapshot import adopt_or_drop_nntune, fingerprint_nntune
+from nntune.warm.snapshot import (
+    adopt_or_drop_nntune,
+    fingerprint_nntune,
+    select_backend,
+    stage_path,
+)
 
 _NOT_RUN = 70  # a child's exit code when its go did not come (nobody is told it)
 
@@ -83,7 +88,9 @@ class Job:
         if os.environ.get(PROFILE_ENV):  # the profile times the stage from its client's start
             os.environ[PROFILE_CLIENT_ENV] = str(self.request["pid"])
         script = Path(argv[0]).absolute()
-        sys.path[:] = [str(script.parent), *_pythonpath(), *self.base_path]
+        sys.path[:] = stage_path(
+            str(script), str(Path.cwd()), os.environ.get("PYTHONPATH", ""), self.base_path
+        )
         importlib.invalidate_caches()
         adopt_or_drop_nntune(self.fingerprints)
         sys.argv = argv
@@ -227,16 +234,20 @@ class Server:
 
     def _accept(self, selector: selectors.BaseSelector) -> Job | None:
         conn, _ = self.listener.accept()
+        request: Any = None
         try:
             conn.settimeout(10)
             (size,) = HEADER.unpack(read_exactly(conn, HEADER.size))
             request = json.loads(read_exactly(conn, size))
             refused = self._refusal(request)
-        except (OSError, ValueError, struct.error) as exc:
-            refused = f"bad request: {exc}"
+        except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+            refused = f"bad request: {exc!r}"
         if refused:
+            answer = {"refused": refused}
+            if isinstance(request, dict) and request.get("select"):
+                answer["backend"] = requested_backend(request.get("env") or {})  # where it runs
             with suppress(OSError):
-                send_message(conn, {"refused": refused})
+                send_message(conn, answer)
             conn.close()
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -261,11 +272,17 @@ class Server:
         selector.register(conn, selectors.EVENT_READ, pid)
         return None
 
-    def _refusal(self, request: dict[str, Any]) -> str | None:
+    def _refusal(self, request: Any) -> str | None:
+        if not isinstance(request, dict):
+            return "bad request: not an object"
         if request.get("protocol") != PROTOCOL:
             return f"protocol {request.get('protocol')}, the runner speaks {PROTOCOL}"
         if request.get("prefix") != sys.prefix or request.get("version") != sys.version:
             return f"the stage runs another Python ({request.get('prefix')}), not {sys.prefix}"
+        if request.get("select"):  # its backend is its params file's, and this server reads it
+            refused = select_backend(request, self.base_path, self.fingerprints)
+            if refused:
+                return refused
         env = load_time_env(request.get("env", {}))
         backend = requested_backend(request.get("env", {}))
         if backend != self.backend:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,7 @@ def adopt_or_drop_nntune(fingerprints: dict[str, tuple[str, str]]) -> bool:
     imports its own copy afresh. Whether they were kept. Code objects keep the server's file
     names, so a traceback names the server's copy of the same lines."""
     names = [m for m in sys.modules if m == "nntune" or m.startswith("nntune.")]
-    spec = importlib.machinery.PathFinder.find_spec("nntune", sys.path)
-    places = spec.submodule_search_locations if spec is not None else None
-    root = Path(next(iter(places))) if places else None
+    root = nntune_root(sys.path)
     same = root is not None and all(
         name in fingerprints and _same_file(root / fingerprints[name][0], fingerprints[name][1])
         for name in names
@@ -96,3 +95,43 @@ def _repoint(module: Any, file: Path) -> None:
         spec.cached = module.__cached__
         if spec.submodule_search_locations is not None:
             spec.submodule_search_locations = module.__path__
+
+
+def stage_path(argv0: str, cwd: str, pythonpath: str, base_path: list[str]) -> list[str]:
+    """The ``sys.path`` of ``PYTHONPATH=pythonpath python argv0`` started in ``cwd``, on
+    the server's interpreter (whose own entries are ``base_path``)."""
+    entries = [str(Path(cwd, entry)) for entry in pythonpath.split(os.pathsep) if entry]
+    return [str(Path(cwd, argv0).parent), *entries, *base_path]
+
+
+def nntune_root(path: list[str]) -> Path | None:
+    """The folder of the ``nntune`` package that ``import nntune`` finds on ``path``."""
+    spec = importlib.machinery.PathFinder.find_spec("nntune", path)
+    places = spec.submodule_search_locations if spec is not None else None
+    return Path(next(iter(places))) if places else None
+
+
+def select_backend(
+    request: dict[str, Any], base_path: list[str], fingerprints: dict[str, tuple[str, str]]
+) -> str | None:
+    """For a stage that takes its Keras backend from its params file (a handoff with
+    ``select``): put in ``request["env"]`` what ``nntune.stage.backend.select_for_stage``
+    will set there (``KERAS_BACKEND``, XLA's settings), read with the server's copy of that
+    module, the one the stage runs once its copy is found to have the same bytes. Returns
+    why it cannot (the stage then runs cold), or ``None``."""
+    name = "nntune.stage.backend"
+    if name not in fingerprints:
+        return f"this runner did not load {name}, which reads a stage's Keras backend"
+    cwd, argv = str(request["cwd"]), [str(arg) for arg in request["argv"]]
+    env = {str(key): str(value) for key, value in dict(request.get("env") or {}).items()}
+    root = nntune_root(stage_path(argv[0], cwd, env.get("PYTHONPATH", ""), base_path))
+    relative, digest = fingerprints[name]
+    if root is None or not _same_file(root / relative, digest):
+        return f"the stage's {name} differs from this runner's, which reads its Keras backend"
+    from nntune.stage.backend import apply, declared, params_argument
+
+    backend, deterministic = declared(Path(cwd, params_argument(argv[1:])))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    apply(backend, deterministic, env)
+    request["env"] = env
+    return None

@@ -2,7 +2,7 @@
 ``DeferredLockRepro`` (dvc.lock written once per trial, stage files listed once), paired.
 
     .venv/bin/python benchmarks/executor_repro.py [--trials 5] [--rounds 3]
-        [--variants dvc deferred nntune]
+        [--variants dvc deferred lean nntune]
 
 Makes a project with `nntune init` on digits (one epoch per trial, baseline reproduced and
 committed), then, for each round and each variant in turn, queues TRIALS trials
@@ -13,10 +13,11 @@ subtracted, so what is left is DVC's side of a trial: checkout, reproduce's book
 (index builds, dvc.lock reads and writes, hashing, cache), the commit and the ref. ``dvc``
 swaps in DVC's ``BaseExecutor._repro_and_track`` (one dvc.lock rewrite and one index
 build per stage that runs); ``deferred`` is the executor without ``lean_bookkeeping``
-(DVC's stage locks and a YAML parse per load, as before it); ``nntune`` is the executor as
-it is. Prints one JSON line per (round, variant) with each trial's figures and the median,
-then the medians of the medians and the paired ratios (the median over rounds of each
-round's ratio).
+(DVC's stage locks and a YAML parse per load, as before it); ``lean`` is the executor
+without ``one_index`` (the checkout's index dropped before the reproduce); ``nntune`` is the
+executor as it is. Prints one JSON line per (round, variant) with each trial's figures and
+the median, then the medians of the medians and the paired ratios (the median over rounds
+of each round's ratio).
 """
 
 from __future__ import annotations
@@ -92,11 +93,13 @@ def run_round(project: Path, variant: str, trials: int) -> dict[str, Any]:
     for i in range(trials):
         sh(project, "dvc", "exp", "run", "--queue", "-S", f"model.units={40 + i}", "-n", f"t{i}")
     original = dvc_internals.DeferredLockRepro
-    lean = dvc_internals.lean_bookkeeping
+    lean, one = dvc_internals.lean_bookkeeping, dvc_internals.one_index
     if variant == "dvc":
         dvc_internals.DeferredLockRepro = DvcsReproFn  # type: ignore[misc,assignment]
     if variant in ("dvc", "deferred"):
         dvc_internals.lean_bookkeeping = contextlib.nullcontext  # type: ignore[assignment]
+    if variant in ("dvc", "deferred", "lean"):
+        dvc_internals.one_index = lambda dvc: contextlib.nullcontext()  # type: ignore[assignment]
     figures = []
     try:
         with open_repo(project) as repo:
@@ -115,7 +118,7 @@ def run_round(project: Path, variant: str, trials: int) -> dict[str, Any]:
                 })  # fmt: skip
     finally:
         dvc_internals.DeferredLockRepro = original  # type: ignore[misc]
-        dvc_internals.lean_bookkeeping = lean
+        dvc_internals.lean_bookkeeping, dvc_internals.one_index = lean, one
     return {
         "variant": variant,
         "trials": figures,
@@ -128,7 +131,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--variants", nargs="+", default=["dvc", "nntune"], choices=["dvc", "deferred", "nntune"]
+        "--variants",
+        nargs="+",
+        default=["dvc", "nntune"],
+        choices=["dvc", "deferred", "lean", "nntune"],
     )
     args = parser.parse_args()
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -147,9 +153,10 @@ def main() -> None:
         f"{v}_over_{base}": round(
             statistics.median(a / b for a, b in zip(medians[v], medians[base], strict=True)), 2
         )
-        for base in ("dvc", "deferred")
-        for v in ("deferred", "nntune")
-        if v != base and v in medians and base in medians
+        for base in ("dvc", "deferred", "lean")
+        for v in ("deferred", "lean", "nntune")
+        if v in medians and base in medians
+        if args.variants.index(v) > args.variants.index(base)
     }
     print(json.dumps({"dvc_side_s_median": summary, **ratios}))
 

@@ -126,7 +126,10 @@ def executor_split(project: Path) -> dict[str, float]:
         for p in (project / ".dvc" / "tmp" / "nntune" / "done").glob("*.json")
     ]
     keys = sorted({key for r in records for key in r})
-    return {k: round(statistics.median(r[k] for r in records if k in r), 2) for k in keys}
+    split = {k: round(statistics.median(r[k] for r in records if k in r), 2) for k in keys}
+    split["sum_total"] = round(sum(r.get("total", 0.0) for r in records), 2)  # all trials
+    split["max_total"] = round(max((r.get("total", 0.0) for r in records), default=0.0), 2)
+    return split
 
 
 def main() -> None:
@@ -156,7 +159,10 @@ def main() -> None:
                 row = summarise(records, fits, wall, args.jobs, mode)
                 row["repeat"] = repeat
                 if mode.startswith("own"):
-                    row["executor_split_s"] = executor_split(project)
+                    row["executor_split_s"] = split = executor_split(project)
+                    # What no trial accounts for: `nntune run`'s start (its warm runner's
+                    # imports overlap the first trial) and end, and the queue between trials.
+                    row["outside_trials_s"] = round(wall - split["sum_total"] / args.jobs, 2)
                 print(json.dumps(row), flush=True)
                 runs[mode].append(row)
         extra = save_load_seconds(project, tmp)

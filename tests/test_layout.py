@@ -132,7 +132,7 @@ def test_private_apis_are_version_bounded_and_present(library: str) -> None:
 def _private_holders(library: str) -> list[object]:
     """The objects (classes or instances) of the library that carry the private names."""
     if library == "dvc":
-        from dvc import rwlock
+        from dvc import repo, rwlock
         from dvc.dvcfile import ProjectFile
         from dvc.repo.experiments.executor.base import BaseExecutor
         from dvc.repo.experiments.queue.celery import LocalCeleryQueue
@@ -140,7 +140,7 @@ def _private_holders(library: str) -> list[object]:
         from dvc.utils import strictyaml
         from dvc.utils.serialize import _yaml
 
-        return [LocalCeleryQueue, BaseExecutor, ProjectFile, utils, rwlock, _yaml, strictyaml]
+        return [LocalCeleryQueue, BaseExecutor, ProjectFile, utils, rwlock, _yaml, strictyaml, repo]
     if library == "dvclive":
         from nntune.stage.dvclive_internals import StepLive
 

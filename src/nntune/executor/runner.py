@@ -12,7 +12,8 @@ DVC's API without its temp clone, celery task and ``dvc exp exec-run`` process:
    written, and every stage's files staged, once after the last stage instead of after
    each (``dvc_internals.DeferredLockRepro``), without DVC's stage locks and with each
    YAML text parsed once (``dvc_internals.lean_bookkeeping``: the worktree is the
-   worker's alone);
+   worker's alone), and with one index of the stages for the checkout and the reproduce
+   (``dvc_internals.one_index``);
 4. the top-level metrics, params and plots files are staged, the experiment hash is DVC's
    ``hash_exp``, and the commit gets DVC's message on the baseline commit;
 5. the ref ``refs/exps/<baseline>/<name>`` is created only if it does not exist (git's own
@@ -87,22 +88,24 @@ def run_entry(worktree: Path, prefix: str, entry: DvcQueueEntry) -> Outcome:
     with _cwd(project), dvc_internals.lean_bookkeeping(), Repo(str(project)) as dvc:
         dvc.scm_context.quiet = True
         targets = args[0] if args else kwargs.get("targets")
-        dvc_checkout(
-            dvc,
-            targets=targets,
-            with_deps=targets is not None,
-            force=True,
-            allow_missing=True,
-            recursive=kwargs.get("recursive", False),
-        )
-        seconds["prepare"] = time.perf_counter() - started
-        kwargs["repro_fn"] = repro = dvc_internals.DeferredLockRepro()
-        stages, tracked = reproduce(dvc, repro, args, kwargs)
+        with dvc_internals.one_index(dvc):
+            dvc_checkout(
+                dvc,
+                targets=targets,
+                with_deps=targets is not None,
+                force=True,
+                allow_missing=True,
+                recursive=kwargs.get("recursive", False),
+            )
+            seconds["prepare"] = time.perf_counter() - started
+            kwargs["repro_fn"] = repro = dvc_internals.DeferredLockRepro()
+            stages, tracked = reproduce(dvc, repro, args, kwargs)
+            paths = dvc_internals.top_level_paths(dvc)
         if tracked:
             dvc.scm_context.add(tracked)
         seconds["reproduce"] = time.perf_counter() - started - seconds["prepare"]
         committed = time.perf_counter()
-        if paths := dvc_internals.top_level_paths(dvc):
+        if paths:
             add_no_submodules(dvc.scm, paths)
         exp_hash = BaseExecutor.hash_exp(stages)
         dvc.scm.add([], update=True)

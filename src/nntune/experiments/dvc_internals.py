@@ -41,6 +41,8 @@ USED = (
     # that dvc.utils.serialize._yaml.load_yaml and dvc.utils.strictyaml.load call by name.
     "rwlock",
     "parse_yaml",
+    # dvc.repo's: the repository lock whose outermost holder drops the index (one_index).
+    "lock_repo",
 )
 
 
@@ -215,6 +217,22 @@ def _git_files() -> set[str]:
         ["git", "ls-files", "-z"], capture_output=True, text=True, check=True
     ).stdout
     return {os.path.normpath(name) for name in out.split("\0") if name}
+
+
+@contextmanager
+def one_index(dvc: DvcRepo) -> Iterator[None]:
+    """Hold the worktree's repository lock across a trial's checkout, reproduce and listing
+    of its top-level files. Each of DVC's locked calls takes that lock, and its outermost
+    holder (``dvc.repo.lock_repo``) drops the repository's index (every stage of dvc.yaml
+    and dvc.lock, rebuilt from the files: about 0.07 s here) on taking and on releasing it,
+    so that a call sees what another DVC process changed meanwhile. In a worker's worktree
+    nobody else runs DVC, and the checkout changes outputs, not dvc.yaml or dvc.lock: one
+    index serves those steps. (A stage's command still runs with the lock released and the
+    index dropped, as in ``dvc repro``.)"""
+    from dvc.repo import lock_repo
+
+    with lock_repo(dvc):
+        yield
 
 
 def top_level_paths(dvc: DvcRepo) -> list[str]:

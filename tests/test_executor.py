@@ -336,3 +336,24 @@ def test_lean_bookkeeping_parses_each_yaml_text_once_takes_no_stage_locks_and_ch
     with Repo(str(ours)) as dvc_repo:  # outside: DVC's own locks and parses again
         assert dvc_repo.status() == {}
     assert edits and len(parsed) > len(set(parsed))
+
+
+def test_a_watcher_waiting_for_news_wakes_when_a_trial_is_recorded(tmp_path: Path) -> None:
+    """`nntune run`'s view and the study driver wait between looks; a trial's record ends
+    the wait (the driver queues the next trial then, not at its next look), and so does
+    Ctrl-C; without either the wait lasts its time."""
+    import threading
+
+    workers = pool.WorkerPool(tmp_path, 1)
+    stop = threading.Event()
+    assert workers.wait_for_news(stop, 0.3) is False  # nothing happened: the whole wait
+    record = records.EntryRecord("t1", "a" * 40, "b" * 40, True)
+    timer = threading.Timer(0.3, record.write, args=(tmp_path,))
+    timer.start()
+    started = time.monotonic()
+    assert workers.wait_for_news(stop, 60.0) is False
+    assert time.monotonic() - started < 30.0  # woken by the record, long before 60 s
+    assert records.read_record(tmp_path, "a" * 40) is not None
+    timer.join()
+    threading.Timer(0.3, stop.set).start()
+    assert workers.wait_for_news(stop, 60.0) is True

@@ -6,6 +6,7 @@ celery workers (``dvc queue start``)."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +57,9 @@ class LocalQueue:
         experiments.start_workers(repo, self.jobs, self.gpus)
         self.started = time.monotonic()
         self.active = True
+
+    def wait_for_news(self, stop: threading.Event, seconds: float) -> bool:
+        return stop.wait(seconds)  # DVC's workers say nothing: the next look tells
 
     def stop(self, repo: DvcRepo) -> None:
         self.active = False
@@ -141,7 +145,7 @@ def _run_started_queue(
                     break
                 if isinstance(workers, LocalQueue) and workers.settled:
                     live.console.print(_orphans_line(workers.settled))
-                ctrl_c.wait(poll_seconds)
+                workers.wait_for_news(ctrl_c, poll_seconds)  # or less, once a trial ends
         workers.stop(repo)  # drained: the workers exit now, not after an idle wait
     except KeyboardInterrupt:
         workers.stop(repo)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -179,6 +180,9 @@ class RayExecutor:
             failed={**local.failed, **dict.fromkeys(self.failed, "")},
             succeeded=local.succeeded,
         )
+
+    def wait_for_news(self, stop: threading.Event, seconds: float) -> bool:
+        return stop.wait(seconds)  # refresh() waits on Ray's results itself
 
     def stop(self, repo: DvcRepo) -> None:
         return None  # Ray's tasks end with their trial; close() disconnects

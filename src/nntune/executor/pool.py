@@ -16,6 +16,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from nntune.experiments.repo import DvcRepo, ExperimentError, use_this_python
 MAX_DEATHS = 5  # beyond this (plus two per job) a worker that keeps dying is an error
 TRIALS_ENV = "NNTUNE_WORKER_TRIALS"  # a worker's trials before a fresh one takes over
 DEFAULT_TRIALS = 40
+NEWS_POLL = 0.1  # seconds between looks at the records' folder while a watcher waits
 
 
 def worker_trials() -> int:
@@ -74,6 +77,28 @@ class WorkerPool:
                 )
             self.start(repo)
         return state
+
+    def wait_for_news(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait up to ``seconds``, less once a worker records a trial's end (a file appears in
+        the records' folder: a look every :data:`NEWS_POLL` seconds costs one ``stat``), so
+        that a watcher (``nntune run``'s view, the study driver queueing the next trial)
+        sees it at once. Whether ``stop`` was set."""
+        folder = state_dir(self.root) / "done"
+
+        def mark() -> int | None:
+            try:
+                return folder.stat().st_mtime_ns
+            except OSError:
+                return None
+
+        seen = mark()
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if stop.wait(min(NEWS_POLL, left)):
+                return True
+            if mark() != seen:
+                return False
+        return stop.is_set()
 
     def stop(self, repo: DvcRepo) -> None:
         """Each worker ends after its running trial; queued entries stay queued."""

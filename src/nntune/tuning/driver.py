@@ -5,6 +5,7 @@ that a killed driver, restarted, neither loses nor duplicates a trial."""
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -63,6 +64,9 @@ class Executor(Protocol):
     def start(self, repo: DvcRepo) -> None:
         """Make the queued experiments run."""
 
+    def wait_for_news(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait up to ``seconds`` (less when a trial ends); whether ``stop`` was set."""
+
     def stop(self, repo: DvcRepo) -> None:
         """The study is done: let go of the workers (they must not idle on)."""
 
@@ -107,7 +111,7 @@ class Driver:
                 if snapshot.done:
                     self.executor.stop(repo)
                     return snapshot
-                if ctrl_c.wait(poll_seconds):
+                if self.executor.wait_for_news(ctrl_c, poll_seconds):  # or less, once a trial ends
                     raise KeyboardInterrupt
 
     def step(self, repo: DvcRepo, study: Study, baseline: str) -> Snapshot:

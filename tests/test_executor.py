@@ -355,5 +355,40 @@ def test_a_watcher_waiting_for_news_wakes_when_a_trial_is_recorded(tmp_path: Pat
     assert time.monotonic() - started < 30.0  # woken by the record, long before 60 s
     assert records.read_record(tmp_path, "a" * 40) is not None
     timer.join()
+    # A second record in the folder that exists now, and one that lands between two waits
+    # (after the watcher last looked at the state): each ends the wait that follows it.
+    second = records.EntryRecord("t2", "c" * 40, "b" * 40, True)
+    threading.Timer(0.3, second.write, args=(tmp_path,)).start()
+    assert workers.wait_for_news(stop, 60.0) is False
+    assert records.read_record(tmp_path, "c" * 40) is not None
+    records.EntryRecord("t3", "d" * 40, "b" * 40, True).write(tmp_path)
+    started = time.monotonic()
+    assert workers.wait_for_news(stop, 60.0) is False
+    assert time.monotonic() - started < 30.0
     threading.Timer(0.3, stop.set).start()
     assert workers.wait_for_news(stop, 60.0) is True
+
+
+def test_an_entry_with_its_record_is_not_pending_while_it_leaves_dvcs_queue(
+    tmp_path: Path,
+) -> None:
+    """A worker writes an entry's record, then takes it off DVC's queue and lets go of its
+    claim: in between the entry has ended (the watcher woken by the record must not wait
+    for the next look to see the queue drained)."""
+    from nntune.experiments.repo import open_repo
+
+    _chain_project(tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "n=2", "-n", "t1", "-q"],
+        cwd=tmp_path, check=True,
+    )  # fmt: skip
+    with open_repo(tmp_path) as repo:
+        (entry,) = list(repo.experiments.celery_queue.iter_queued())
+        assert pool.executor_state(repo).queued == ["t1"]
+        records.EntryRecord("t1", entry.stash_rev, entry.baseline_rev, True, "e" * 40).write(
+            tmp_path
+        )
+        assert list(repo.experiments.celery_queue.iter_queued()) == [entry]  # still DVC's
+        state = pool.executor_state(repo)
+        assert (state.pending, state.running, state.queued) == (0, [], [])
+        assert state.succeeded == {"t1": "e" * 40}

@@ -262,7 +262,13 @@ def test_a_server_refuses_a_stage_of_another_backend(tmp_path: Path) -> None:
 
     server = Server(str(tmp_path / "socket"))
     try:
-        request = {"protocol": PROTOCOL, "prefix": sys.prefix, "version": sys.version}
+        request = {
+            "protocol": PROTOCOL,
+            "prefix": sys.prefix,
+            "version": sys.version,
+            "argv": ["stages/train.py"],
+            "cwd": str(tmp_path),
+        }
         env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
         assert server._refusal({**request, "env": env}) is None
         refused = server._refusal({**request, "env": {**env, "KERAS_BACKEND": "jax"}})
@@ -805,3 +811,38 @@ def test_the_runner_reads_a_stages_backend_from_its_params_and_sends_it_to_that_
     assert "warm runner not reachable" in cold.stderr
     assert report(other)["preloaded"] is False
     assert "nntune.stage.backend differs from this runner's" in other.stderr
+
+
+def test_a_bad_request_is_refused_and_the_server_goes_on_serving(
+    workspace: Path, runner: str, tmp_path: Path
+) -> None:
+    """Whatever a client sends (not an object, an environment that is no mapping, with and
+    without `select`, JSON nested past the parser's depth, a size no stage sends), the
+    server answers with a refusal and still runs the next stage."""
+    base = probe_request(workspace, tmp_path / "ran")
+    bad: list[object] = [
+        [1, 2],
+        {**base, "env": "x", "select": True},
+        {**base, "env": [1], "select": True},
+        {**base, "env": ["a"]},
+        {**base, "argv": []},
+        {**base, "cwd": 3, "select": True},
+    ]
+    for request in bad:
+        sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(runner)
+        payload = json.dumps(request).encode()
+        sock.sendall(HEADER.pack(len(payload)) + payload)
+        with sock:
+            reply = answer(sock)
+        assert "bad request" in str(reply.get("refused")), (request, reply)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for header, payload in ((HEADER.pack(len(deep)), deep), (HEADER.pack(2**62), b"")):
+        with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(runner)
+            sock.sendall(header + payload)
+            assert "bad request" in str(answer(sock).get("refused"))
+    out = probe(workspace, runner, "exit", "0")
+    assert out.returncode == 0 and report(out)["preloaded"] is True, out.stderr

@@ -55,6 +55,7 @@ class WorkerPool:
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     died: int = 0  # workers that ended other than by themselves
     active: bool = False  # between start() and stop(): keep jobs workers alive
+    news_seen: tuple[int | None, ...] = ()  # wait_for_news's last look
 
     def refresh(self, repo: DvcRepo) -> None:
         return None  # workers commit their experiments into this repository's refs
@@ -79,26 +80,27 @@ class WorkerPool:
         return state
 
     def wait_for_news(self, stop: threading.Event, seconds: float) -> bool:
-        """Wait up to ``seconds``, less once a worker records a trial's end (a file appears in
-        the records' folder: a look every :data:`NEWS_POLL` seconds costs one ``stat``), so
-        that a watcher (``nntune run``'s view, the study driver queueing the next trial)
-        sees it at once. Whether ``stop`` was set."""
-        folder = state_dir(self.root) / "done"
+        """Wait up to ``seconds``, less once a worker records a trial's end or claims or
+        lets go of an entry (the records' or the claims' folder changes: a look every
+        :data:`NEWS_POLL` seconds costs two ``stat`` calls), so that a watcher (``nntune
+        run``'s view, the study driver queueing the next trial) sees it at once. Whether
+        ``stop`` was set."""
+        folders = [state_dir(self.root) / name for name in ("done", "claims")]
 
-        def mark() -> int | None:
-            try:
-                return folder.stat().st_mtime_ns
-            except OSError:
-                return None
+        def mark() -> tuple[int | None, ...]:
+            return tuple(_mtime_ns(folder) for folder in folders)
 
-        seen = mark()
         deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if stop.wait(min(NEWS_POLL, left)):
-                return True
-            if mark() != seen:
-                return False
-        return stop.is_set()
+        while True:
+            # Against the last look's mark, not this wait's start: news that came between
+            # two waits (a record renamed into place after the watcher read the state)
+            # ends the next wait at once.
+            if (now := mark()) != self.news_seen:
+                self.news_seen = now
+                return stop.is_set()
+            left = deadline - time.monotonic()
+            if left <= 0 or stop.wait(min(NEWS_POLL, left)):
+                return stop.is_set()
 
     def stop(self, repo: DvcRepo) -> None:
         """Each worker ends after its running trial; queued entries stay queued."""
@@ -157,20 +159,31 @@ def executor_state(repo: DvcRepo) -> QueueState:
     finished or failed (which it took off DVC's queue) are succeeded or failed."""
     root = Path(repo.root_dir)
     state = queue_state(repo)
-    claimed = {
-        entry.name or entry.stash_rev[:7]
-        for entry in repo.experiments.celery_queue.iter_queued()
-        if is_claimed(root, entry.stash_rev)
-    }
+    records = read_records(root)
+    ended = {record.stash_rev for record in records}
+    claimed, recorded = set(), set()
+    for entry in repo.experiments.celery_queue.iter_queued():
+        label = entry.name or entry.stash_rev[:7]
+        if entry.stash_rev in ended:  # its worker takes it off DVC's queue in a moment
+            recorded.add(label)
+        elif is_claimed(root, entry.stash_rev):
+            claimed.add(label)
     state.running += [label for label in state.queued if label in claimed]
-    state.queued = [label for label in state.queued if label not in claimed]
-    for record in read_records(root):
+    state.queued = [label for label in state.queued if label not in claimed | recorded]
+    for record in records:
         if record.ok:
             state.succeeded[record.name] = record.exp_rev
             state.failed.pop(record.name, None)
         else:
             state.failed[record.name] = record.stash_rev
     return state
+
+
+def _mtime_ns(folder: Path) -> int | None:
+    try:
+        return folder.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def is_claimed(root: Path, stash_rev: str) -> bool:

@@ -1,9 +1,11 @@
 """Which Keras backend a stage runs on: ``runtime.backend`` of params.yaml, made
 ``KERAS_BACKEND`` before anything imports Keras (Keras reads it once, at import).
 
-A stage script calls :func:`select` first, before the warm runner's handoff, so that the
-handoff goes to a runner that loaded the same backend. For JAX it also sets what XLA reads
-when its runtime starts (in the stage's own process, never in a warm runner's server):
+A stage script calls :func:`select_for_stage` before anything imports Keras: right after
+the warm runner's handoff, whose server reads the same params file with this module (and
+sends the stage to its backend's server), or first thing in a cold stage. For JAX it also
+sets what XLA reads when its runtime starts (in the stage's own process, never in a warm
+runner's server):
 
 - ``XLA_PYTHON_CLIENT_PREALLOCATE=false``: allocate GPU memory as needed, like
   TensorFlow's memory growth, so that several trials can share one card;

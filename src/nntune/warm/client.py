@@ -15,9 +15,11 @@ What keeps a forked stage equal to a cold one:
 - The server imports but never initialises TensorFlow's runtime (no op, no device), so no
   runtime thread or device exists when it forks; CUDA, thread pools and devices are created
   in the child, from the child's own environment (``CUDA_VISIBLE_DEVICES`` of its worker).
-- The child imports nntune afresh: every ``nntune`` module is dropped from ``sys.modules``
-  and ``sys.path`` is rebuilt as ``PYTHONPATH=src python stages/X.py`` would build it in the
-  stage's working copy, so a queued experiment runs its own snapshot's code.
+- The child runs its own working copy's nntune: ``sys.path`` is rebuilt as
+  ``PYTHONPATH=src python stages/X.py`` would build it in the stage's working copy, and the
+  nntune modules the server imported are kept only where that copy holds the same bytes
+  for each of them, else all dropped and imported afresh (``nntune.warm.snapshot``), so a
+  queued experiment runs its own snapshot's code.
 - Settings read while the libraries load (``TF_*``, ``KERAS_*``, the interpreter) must equal
   the server's; otherwise the server refuses and the stage runs cold, as it does when no
   server answers.

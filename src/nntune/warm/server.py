@@ -10,7 +10,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from nntune.warm.snapshot import (
 )
 
 _NOT_RUN = 70  # a child's exit code when its go did not come (nobody is told it)
+MAX_REQUEST = 16 * 1024 * 1024  # bytes: a stage's argv and environment are far less
 
 
 # -- server -------------------------------------------------------------------------------
@@ -234,18 +234,20 @@ class Server:
 
     def _accept(self, selector: selectors.BaseSelector) -> Job | None:
         conn, _ = self.listener.accept()
-        request: Any = None
-        try:
+        answer: dict[str, Any] = {}
+        try:  # whatever a client sends, the server answers and goes on serving
             conn.settimeout(10)
             (size,) = HEADER.unpack(read_exactly(conn, HEADER.size))
+            if size > MAX_REQUEST:
+                raise ValueError(f"{size} bytes, more than {MAX_REQUEST}")
             request = json.loads(read_exactly(conn, size))
             refused = self._refusal(request)
-        except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+            if refused and request.get("select"):
+                answer["backend"] = requested_backend(request["env"])  # where it would run
+        except Exception as exc:
             refused = f"bad request: {exc!r}"
         if refused:
-            answer = {"refused": refused}
-            if isinstance(request, dict) and request.get("select"):
-                answer["backend"] = requested_backend(request.get("env") or {})  # where it runs
+            answer["refused"] = refused
             with suppress(OSError):
                 send_message(conn, answer)
             conn.close()
@@ -279,6 +281,8 @@ class Server:
             return f"protocol {request.get('protocol')}, the runner speaks {PROTOCOL}"
         if request.get("prefix") != sys.prefix or request.get("version") != sys.version:
             return f"the stage runs another Python ({request.get('prefix')}), not {sys.prefix}"
+        if not _well_formed(request):
+            return "bad request: argv, cwd or env is not what a stage sends"
         if request.get("select"):  # its backend is its params file's, and this server reads it
             refused = select_backend(request, self.base_path, self.fingerprints)
             if refused:
@@ -317,6 +321,19 @@ class Server:
         self.listener.close()
         if unlink:
             Path(self.path).unlink(missing_ok=True)
+
+
+def _well_formed(request: dict[str, Any]) -> bool:
+    """argv a non-empty list of strings, cwd a string, env a mapping of strings."""
+    argv, cwd, env = request.get("argv"), request.get("cwd"), request.get("env")
+    return (
+        isinstance(argv, list)
+        and bool(argv)
+        and all(isinstance(arg, str) for arg in argv)
+        and isinstance(cwd, str)
+        and isinstance(env, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    )
 
 
 def _pythonpath() -> list[str]:

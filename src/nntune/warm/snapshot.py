@@ -74,8 +74,8 @@ def _digest(path: Path) -> str:
 
 
 def _same_file(path: Path, digest: str) -> bool:
-    try:
-        return _digest(path) == digest
+    try:  # a regular file only: reading a pipe would hold up the server
+        return path.is_file() and _digest(path) == digest
     except OSError:
         return False
 
@@ -130,7 +130,10 @@ def select_backend(
         return f"the stage's {name} differs from this runner's, which reads its Keras backend"
     from nntune.stage.backend import apply, declared, params_argument
 
-    backend, deterministic = declared(Path(cwd, params_argument(argv[1:])))
+    params = Path(cwd, params_argument(argv[1:]))
+    if params.exists() and not params.is_file():  # a pipe would hold up the server
+        return f"{params} is not a regular file"
+    backend, deterministic = declared(params)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     apply(backend, deterministic, env)
     request["env"] = env

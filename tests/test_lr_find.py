@@ -60,7 +60,14 @@ def test_digits_suggestion_is_sensible_and_repeats_exactly(digits_project: Path)
     assert 1e-3 <= record["suggested_learning_rate"] <= 0.1
     assert found.group(1) == f"{record['suggested_learning_rate']:.2g}"
     assert record["rule"] == "valley" and record["batch_size"] == 32
-    assert record["diverged"] and len(record["sweep"]) < 100  # adam at rate 10 blows up
+    # Adam at rate 10 blows up: the raw loss ends far above its minimum. Whether the
+    # smoothed loss crosses the divergence line before the last step (and stops the sweep)
+    # depends on the backend's and the CPU's float arithmetic: on JAX on some CPUs it ends at
+    # step 100 with a raw loss of 31; the rule itself is tested on made-up curves below.
+    losses = [step["loss"] for step in record["sweep"]]
+    floor = min(loss for loss in losses if loss is not None)
+    assert any(loss is None or loss > 10 * floor for loss in losses[-3:])
+    assert record["diverged"] == (len(record["sweep"]) < record["steps_planned"])
     assert record["sweep"][0]["lr"] == pytest.approx(1e-7)
     svg = (digits_project / "first/lr_find.svg").read_text()
     assert svg.startswith("<svg") and f"suggested {found.group(1)}" in svg

@@ -32,7 +32,7 @@ def fingerprint_nntune(since: float) -> dict[str, tuple[str, str]]:
     root = Path(next(iter(package.__path__)))
     prints = {}
     for name, module in list(sys.modules.items()):
-        if name != "nntune" and not name.startswith("nntune."):
+        if not _is_nntune(name):
             continue
         file = getattr(module, "__file__", None)
         if not file:
@@ -54,19 +54,23 @@ def adopt_or_drop_nntune(fingerprints: dict[str, tuple[str, str]]) -> bool:
     they import later comes from the stage's copy. Otherwise drop them all: the stage
     imports its own copy afresh. Whether they were kept. Code objects keep the server's file
     names, so a traceback names the server's copy of the same lines."""
-    names = [m for m in sys.modules if m == "nntune" or m.startswith("nntune.")]
+    names = [name for name in sys.modules if _is_nntune(name)]
     root = nntune_root(sys.path)
     same = root is not None and all(
         name in fingerprints and _same_file(root / fingerprints[name][0], fingerprints[name][1])
         for name in names
     )
-    if not same or root is None:
+    if not same or root is None:  # (root is not None whenever same: for the type checker)
         for name in names:
             del sys.modules[name]
         return False
     for name in names:
         _repoint(sys.modules[name], root / fingerprints[name][0])
     return True
+
+
+def _is_nntune(name: str) -> bool:
+    return name == "nntune" or name.startswith("nntune.")
 
 
 def _digest(path: Path) -> str:

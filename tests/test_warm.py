@@ -35,7 +35,7 @@ from nntune.warm.client import (
     process_alive,
 )
 from nntune.warm.launcher import warm_runner
-from nntune.warm.snapshot import fingerprint_nntune
+from nntune.warm.snapshot import fingerprint_nntune, stat_nntune
 
 PROBE = """
 import json, os, signal, sys, time
@@ -192,14 +192,17 @@ def test_a_stage_keeps_the_servers_nntune_where_its_copy_has_the_same_bytes(
 
 
 def test_a_module_changed_after_the_imports_began_is_not_fingerprinted() -> None:
-    """Its bytes may not be those that were imported: such a module is left out, and a child
-    then imports all of nntune afresh."""
-    now = fingerprint_nntune(time.time())
-    assert now["nntune.errors"] == (
-        "errors.py",
-        sha256((REPO / "src/nntune/errors.py").read_bytes()).hexdigest(),
-    )
-    assert "nntune.errors" not in fingerprint_nntune(0.0)
+    """Its bytes may not be those that were imported: a module whose file's modification
+    time is not the one taken before the imports is left out, and a child then imports all
+    of nntune afresh."""
+    errors = REPO / "src/nntune/errors.py"
+    before = stat_nntune()
+    now = fingerprint_nntune(before)
+    assert now["nntune.errors"] == ("errors.py", sha256(errors.read_bytes()).hexdigest())
+    changed = {**before, str(errors): before[str(errors)] - 1}
+    assert "nntune.errors" not in fingerprint_nntune(changed)
+    assert "nntune.config" in fingerprint_nntune(changed)  # the others stay
+    assert fingerprint_nntune({}) == {}
 
 
 def test_cold_run_sees_the_same_as_the_warm_one(workspace: Path, runner: str) -> None:

@@ -11,7 +11,6 @@ import selectors
 import signal
 import socket
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from nntune.warm.snapshot import (
     fingerprint_nntune,
     select_backend,
     stage_path,
+    stat_nntune,
 )
 
 _NOT_RUN = 70  # a child's exit code when its go did not come (nobody is told it)
@@ -178,7 +178,7 @@ class Server:
         from nntune.stage.quiet import import_keras_quietly
 
         failed = []
-        since = time.time()
+        before = stat_nntune()  # so that a file changed during the imports is not kept
         for name in modules:
             try:
                 if name == "keras":
@@ -186,7 +186,7 @@ class Server:
                 importlib.import_module(name)
             except ImportError:
                 failed.append(name)
-        self.fingerprints = fingerprint_nntune(since)  # what a child may keep
+        self.fingerprints = fingerprint_nntune(before)  # what a child may keep
         return failed
 
     def serve(self) -> Job | None:

@@ -17,15 +17,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-MTIME_SLACK = 2.0  # seconds: file systems that keep coarse modification times
+
+def stat_nntune() -> dict[str, int]:
+    """The modification time (ns) of every source file of the loaded ``nntune`` package,
+    taken before the server imports the stages' modules (:func:`fingerprint_nntune`)."""
+    package = sys.modules.get("nntune")
+    if package is None or not getattr(package, "__path__", None):
+        return {}
+    times = {}
+    for path in Path(next(iter(package.__path__))).rglob("*.py"):
+        try:
+            times[str(path)] = path.stat().st_mtime_ns
+        except OSError:
+            continue
+    return times
 
 
-def fingerprint_nntune(since: float) -> dict[str, tuple[str, str]]:
+def fingerprint_nntune(before: dict[str, int]) -> dict[str, tuple[str, str]]:
     """Every loaded nntune module with its file, relative to the ``nntune`` package's
     folder, and the SHA-256 of that file's bytes: what the server's modules were built from.
     Left out (so that a child drops them all): a module whose file is gone, lies elsewhere,
-    or changed after ``since`` (when the imports began), whose bytes may not be the ones
-    that were imported."""
+    or whose modification time is not the one in ``before`` (:func:`stat_nntune`, taken
+    before the imports), since its bytes may not be the ones that were imported."""
     package = sys.modules.get("nntune")
     if package is None or not getattr(package, "__path__", None):
         return {}
@@ -39,7 +52,7 @@ def fingerprint_nntune(since: float) -> dict[str, tuple[str, str]]:
             continue
         try:
             relative = Path(file).relative_to(root)
-            if Path(file).stat().st_mtime < since - MTIME_SLACK:
+            if Path(file).stat().st_mtime_ns == before.get(str(file)):
                 prints[name] = (relative.as_posix(), _digest(Path(file)))
         except (ValueError, OSError):
             continue

@@ -25,7 +25,8 @@ excludes them) and is scored on its test split, which no selection sees:
 - ``seed-grid+target``: the same grid with the regression target standardised (only
   regression tables differ);
 - ``tabular-tpe``: ``nntune search --space tabular`` as a TPE study of ``--trials`` trials
-  (Optuna, seed 0), best by val_loss;
+  (Optuna, seed 0), plus the study's baseline experiment (params.yaml as it is, outside
+  Optuna's sampling, as ``nntune search`` runs it), best by val_loss;
 - ``tabular-tpe-cv``: the same with ``data.cv_folds`` of ``--cv`` folds (``--cv-trials``
   trials): each point is scored by its folds' mean val_loss (the fold stage's
   ``fold_metrics``), and the chosen point's test metrics are its final model's, trained on
@@ -278,7 +279,9 @@ def references(data: Prepared) -> dict[str, float]:
     return scores
 
 
-def tpe(trials: Trials, n: int, space_name: str, folds: int = 0) -> list[dict[str, Any]]:
+def tpe(
+    trials: Trials, n: int, space_name: str, folds: int = 0, baseline: bool = True
+) -> list[dict[str, Any]]:
     import optuna
 
     from nntune.tuning.search_space import preset_space, suggest
@@ -294,6 +297,8 @@ def tpe(trials: Trials, n: int, space_name: str, folds: int = 0) -> list[dict[st
         value = result["val_loss"]
         study.tell(trial, value if value is not None and np.isfinite(value) else 1e9)
         results.append(result)
+    if baseline:  # `nntune search`'s STUDY-baseline: params.yaml, outside Optuna's sampling
+        results.append(trials.cross_validated({}, folds) if folds else trials.run({}))
     return results
 
 

@@ -149,6 +149,7 @@ class FakeDVC:
         self.kill_at_queue: int | None = None
         self.queue_calls = 0
         self.fail: set[str] = set()
+        self.base_rate = 0.01  # params.yaml's learning rate (an experiment that sets none)
         for name in (
             "queue_state",
             "experiment_commits",
@@ -228,7 +229,8 @@ class FakeDVC:
             self.params[name] = overrides
             epochs = overrides["train.max_epochs"]
             start = overrides.get("train.warm_start.epochs", 0)
-            distance = abs(math.log10(overrides["train.learning_rate"]) + 2)
+            rate = overrides.get("train.learning_rate", self.base_rate)  # the baseline's
+            distance = abs(math.log10(rate) + 2)
             self.done[name] = {
                 "val_loss": distance + 1.0 / epochs,
                 "epochs_run": epochs - start,
@@ -262,11 +264,12 @@ def _drive(
     settings: Settings,
     jobs: int = 2,
     space: dict[str, Any] | None = None,
+    baseline: bool = False,
 ) -> Any:
     space = space or LR
     with study_lock(tmp_path, settings.study):
         study = open_study(tmp_path, settings, MIN, "base", space)
-        driver = Driver(settings, space, raw, MIN, jobs, LocalQueue(jobs))
+        driver = Driver(settings, space, raw, MIN, jobs, LocalQueue(jobs), baseline)
         for _ in range(200):
             snapshot = driver.step(None, study, "base")
             if snapshot.done:
@@ -472,3 +475,43 @@ def test_gc_spares_what_an_unfinished_study_still_builds_on(
 
     _drive(tmp_path, raw_params, fake, settings)  # the study ends: nothing is needed
     assert needed_by_unfinished_studies(tmp_path, list(fake.done)) == {}
+
+
+@pytest.mark.parametrize(("base_rate", "baseline_wins"), [(0.01, True), (1e-4, False)])
+def test_a_tpe_study_runs_its_baseline_once_and_the_baseline_competes_for_best(
+    tmp_path: Path,
+    raw_params: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    base_rate: float,
+    baseline_wins: bool,
+) -> None:
+    fake = FakeDVC(monkeypatch)
+    fake.base_rate = base_rate  # the fake's best rate is 0.01: there the baseline wins
+    settings = _settings("tpe", trials=6)
+    with study_lock(tmp_path, settings.study):  # a driver killed after two passes...
+        study = open_study(tmp_path, settings, MIN, "base", LR)
+        first = Driver(settings, LR, raw_params, MIN, 2, LocalQueue(2), baseline=True)
+        for _ in range(2):
+            first.step(None, study, "base")
+            fake.work(1)
+    study, snapshot = _drive(tmp_path, raw_params, fake, settings, baseline=True)  # ...resumed
+    # Queued once (FakeDVC fails on a second time), with only the study's budget set.
+    assert fake.params["s-baseline"] == {"train.max_epochs": settings.max_epochs}
+    assert len(study.trials) == 6  # Optuna samples as many as without it
+    trials = {n: m["val_loss"] for n, m in fake.done.items() if n.startswith("s-t")}
+    assert len(trials) == 6
+    if baseline_wins:
+        assert fake.done["s-baseline"]["val_loss"] < min(trials.values())
+        assert snapshot.best == ("s-baseline", fake.done["s-baseline"]["val_loss"])
+    else:
+        assert snapshot.best == min(trials.items(), key=lambda item: item[1])
+    assert "s-baseline" in {job.name for job in snapshot.jobs}
+
+
+def test_an_asha_study_or_no_baseline_runs_no_baseline_experiment(
+    tmp_path: Path, raw_params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeDVC(monkeypatch)
+    _drive(tmp_path, raw_params, fake, _settings(), baseline=True)  # asha: rungs continue models
+    _drive(tmp_path / "off", raw_params, fake, _settings("tpe", trials=3), baseline=False)
+    assert not any(name.endswith("-baseline") for name in fake.done)

@@ -53,21 +53,22 @@ def test_tpe_study_runs_one_experiment_per_trial_and_gc_removes_the_losers(tmp_p
     project = baseline_project(tmp_path, {"space.yaml": SPACE})
     cmd = [NNTUNE, "search", "--method", "tpe", "-n", "6", "-j", "2", "--max-epochs", "2"]
     result = run(project, *cmd, "-s", "space.yaml")
-    assert "best: tpe-t" in result.stdout
-    assert _experiments(project) == [f"tpe-t{n}" for n in range(6)]
+    # One experiment per trial, and the study's baseline (params.yaml at its budget).
+    assert _experiments(project) == ["tpe-baseline", *[f"tpe-t{n}" for n in range(6)]]
     study = _study(project, "tpe")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 6
     shown = json.loads(run(project, NNTUNE, "compare", "--format", "json").stdout)
-    assert len([r for r in shown["experiments"] if r["status"] == "ok"]) == 6
-    assert shown["best"] == f"tpe-t{study.best_trial.number}"
-
-    # gc: keep the best 2 and the worst, promoted to a branch; the other 3 go, with the
-    # cache entries only they used (their models), while the kept models stay.
+    assert len([r for r in shown["experiments"] if r["status"] == "ok"]) == 7
     ranked = [r["experiment"] for r in shown["experiments"]]
+    assert next(n for n in ranked if n != "tpe-baseline") == f"tpe-t{study.best_trial.number}"
+    assert f"best: {shown['best']} " in result.stdout  # the search and compare agree
+
+    # gc: keep the best 2 and the worst, promoted to a branch; the other 4 go, with the
+    # cache entries only they used (their models), while the kept models stay.
     models = _model_md5s(project, ranked)
     run(project, "dvc", "exp", "branch", ranked[-1], "tuned")
     dry = run(project, NNTUNE, "gc", "--keep", "2", "--dry-run")
-    assert f"would remove 3: {', '.join(ranked[2:5])}" in " ".join(dry.stdout.split())
+    assert f"would remove 4: {', '.join(ranked[2:6])}" in " ".join(dry.stdout.split())
     assert _experiments(project) == sorted(ranked)
     # A cache outside the project may be shared: gc says so and asks, even with --yes.
     shared = tmp_path / "shared-cache"

@@ -88,6 +88,14 @@ ExecutorOption = Annotated[
         "or DVC's queue workers (dvc queue start)",
     ),
 ]
+BaselineOption = Annotated[
+    bool,
+    typer.Option(
+        "--baseline/--no-baseline",
+        help="tpe: also run params.yaml as it is (STUDY-baseline) at the study's budget, so "
+        "that the best is never worse on the objective than the baseline",
+    ),
+]
 
 
 def gpu_list(text: str) -> list[str]:

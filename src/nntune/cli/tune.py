@@ -13,6 +13,7 @@ from nntune.cli.options import (
     DEFAULT_SPACE,
     AddressOption,
     BackendOption,
+    BaselineOption,
     CacheDirOption,
     ExecutorOption,
     NumCpusOption,
@@ -271,6 +272,7 @@ def search_command(
     cache_dir: CacheDirOption = None,
     warm: WarmOption = True,
     executor: ExecutorOption = "nntune",
+    with_baseline: BaselineOption = True,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Adaptive search: TPE, or successive halving (ASHA / Hyperband) with promoted trials
@@ -329,7 +331,7 @@ def search_command(
                 from nntune.backends.ray import RayExecutor
 
                 workers = on_ray = RayExecutor.connect(root, chosen_backend.ray)
-            driver = Driver(settings, chosen, base, objective, jobs, workers)
+            driver = Driver(settings, chosen, base, objective, jobs, workers, with_baseline)
             with (
                 announced_warm_runner(chosen_backend.uses_warm_runner, console, root),
                 Live(console=console, refresh_per_second=2) as live,
@@ -377,6 +379,11 @@ def _print_search_summary(
         console.print(
             f"best: [bold]{result.best[0]}[/bold] {objective.metric} = {result.best[1]:.4f}"
         )
+        if result.best[0] == f"{settings.study}-baseline":
+            console.print(
+                "[yellow]no sampled configuration beat params.yaml as it is[/yellow] "
+                "(the study's baseline experiment): keep it, or widen the space"
+            )
     else:
         console.print("[red]no trial finished its last rung[/red]")
     full = settings.trials * settings.max_epochs

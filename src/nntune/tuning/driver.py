@@ -83,13 +83,19 @@ class Driver:
         objective: Objective,
         jobs: int,
         executor: Executor,
+        baseline: bool = False,
     ) -> None:
         self.settings = settings
+        # A TPE study also runs the project's own params (its baseline) at the study's
+        # budget, as one more experiment outside Optuna's sampling, so that the best of the
+        # study is never worse on the objective than what the user started from.
+        self.baseline = baseline and settings.method == "tpe"
         self.space = space
         self.base = base
         self.objective = objective
         self.jobs = jobs
         self.executor = executor
+        self._reference_value: float | None = None  # its objective, once read (nan: none)
         self.brackets = search_space.brackets(
             settings.method, settings.min_epochs, settings.max_epochs, settings.eta
         )
@@ -124,13 +130,20 @@ class Driver:
         # (Refs first would miss it in both, and queue its name again.)
         queue = self.executor.state(repo)
         commits = experiments.experiment_commits(repo, baseline)
-        known = self._known(queue, commits)
-        states, jobs = self._sync(repo, study, known)
+        every = self._states(queue, commits)
+        prefix = f"{self.settings.study}-t"
+        states, jobs = self._sync(
+            repo, study, {k: v for k, v in every.items() if k.startswith(prefix)}
+        )
+        queued_now = 0
+        if self.baseline:
+            reference = self._reference(repo, every.get(self.reference_name))
+            queued_now += self.reference_name not in every  # queued by this pass
+            jobs.append(reference)
         pending = sum(job.state in ("queued", "running") for job in jobs)
         # Each worker gets one experiment waiting behind the one it runs, so that it never
         # idles while the driver polls, reads results and queues the next.
         free = 2 * self.jobs - pending
-        queued_now = 0
         for trial in study.get_trials(deepcopy=False):  # asked, but no experiment yet
             state = states.get(trial.number)
             if free > 0 and state is not None and not state.started and not state.finished:
@@ -159,11 +172,10 @@ class Driver:
 
     # --- reading DVC ------------------------------------------------------------------
 
-    def _known(self, state: experiments.QueueState, commits: Mapping[str, str]) -> dict[str, str]:
-        """This study's experiments by name, in every state DVC knows: queued, running,
-        failed, or success (a ref in ``commits``, or a finished queue task whose ref is
-        not read yet). A name in here is never queued again."""
-        prefix = f"{self.settings.study}-t"
+    def _states(self, state: experiments.QueueState, commits: Mapping[str, str]) -> dict[str, str]:
+        """Experiments by name, in every state DVC knows: queued, running, failed, or
+        success (a ref in ``commits``, or a finished queue task whose ref is not read yet).
+        A name in here is never queued again."""
         known: dict[str, str] = {}
         for name in state.queued:
             known[name] = "queued"
@@ -177,7 +189,31 @@ class Driver:
             known[name] = "success" if name in commits else "failed"
         for name in commits:
             known[name] = "success"
-        return {k: v for k, v in known.items() if k.startswith(prefix)}
+        return known
+
+    @property
+    def reference_name(self) -> str:
+        return f"{self.settings.study}-baseline"
+
+    def _reference(self, repo: DvcRepo, state: str | None) -> Job:
+        """The study's baseline experiment: the project's params at the study's budget,
+        queued once (DVC's run cache restores it without training where the workspace was
+        reproduced with those params); its objective competes for the study's best."""
+        top = self.settings.max_epochs
+        job = Job(self.reference_name, -1, top, 0, state or "queued")
+        if state is None:
+            experiments.queue_experiment(repo, job.name, self._budget(top))
+        elif state == "success":
+            if self._reference_value is None:
+                metrics = experiments.experiment_metrics(repo, job.name)
+                value = metrics.get(self.objective.metric)
+                diverged = str(metrics.get("diverged")).lower() == "true"
+                if isinstance(value, int | float) and math.isfinite(value) and not diverged:
+                    self._reference_value = float(value)
+                else:
+                    self._reference_value = math.nan  # diverged or no objective: no contender
+            job.value = None if math.isnan(self._reference_value) else self._reference_value
+        return job
 
     def _sync(
         self, repo: DvcRepo, study: Study, known: dict[str, str]

@@ -55,7 +55,7 @@ class WorkerPool:
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     died: int = 0  # workers that ended other than by themselves
     active: bool = False  # between start() and stop(): keep jobs workers alive
-    news_seen: tuple[int | None, ...] = ()  # wait_for_news's last look
+    news_seen: tuple[frozenset[str], ...] = ()  # wait_for_news's last look
 
     def refresh(self, repo: DvcRepo) -> None:
         return None  # workers commit their experiments into this repository's refs
@@ -81,14 +81,15 @@ class WorkerPool:
 
     def wait_for_news(self, stop: threading.Event, seconds: float) -> bool:
         """Wait up to ``seconds``, less once a worker records a trial's end or claims or
-        lets go of an entry (the records' or the claims' folder changes: a look every
-        :data:`NEWS_POLL` seconds costs two ``stat`` calls), so that a watcher (``nntune
+        lets go of an entry (the names in the records' or the claims' folder change: a
+        look every :data:`NEWS_POLL` seconds lists them), so that a watcher (``nntune
         run``'s view, the study driver queueing the next trial) sees it at once. Whether
-        ``stop`` was set."""
+        ``stop`` was set. A record being written (its hidden temporary file, renamed into
+        place when whole) is no news yet: the wait ends once the record is there."""
         folders = [state_dir(self.root) / name for name in ("done", "claims")]
 
-        def mark() -> tuple[int | None, ...]:
-            return tuple(_mtime_ns(folder) for folder in folders)
+        def mark() -> tuple[frozenset[str], ...]:
+            return tuple(_visible_names(folder) for folder in folders)
 
         deadline = time.monotonic() + seconds
         while True:
@@ -179,11 +180,13 @@ def executor_state(repo: DvcRepo) -> QueueState:
     return state
 
 
-def _mtime_ns(folder: Path) -> int | None:
+def _visible_names(folder: Path) -> frozenset[str]:
+    """The folder's entries but the hidden ones (``atomic_path``'s temporary files); none
+    while it does not exist (its creation, for a first record, is no news yet)."""
     try:
-        return folder.stat().st_mtime_ns
+        return frozenset(p.name for p in folder.iterdir() if not p.name.startswith("."))
     except OSError:
-        return None
+        return frozenset()
 
 
 def is_claimed(root: Path, stash_rev: str) -> bool:

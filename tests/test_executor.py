@@ -392,3 +392,46 @@ def test_an_entry_with_its_record_is_not_pending_while_it_leaves_dvcs_queue(
         state = pool.executor_state(repo)
         assert (state.pending, state.running, state.queued) == (0, [], [])
         assert state.succeeded == {"t1": "e" * 40}
+
+
+def test_queued_trials_keep_the_workspace_and_share_one_index_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``nntune grid`` queues its entries in batches under one repository lock, as DVC queues
+    a sweep: each entry still gets the workspace's uncommitted change and its own override,
+    the workspace is left as it was, and DVC builds its index once per batch."""
+    from dataclasses import dataclass
+
+    from dvc.repo.index import Index
+    from project import scaffold
+
+    from nntune.experiments import queue
+
+    @dataclass
+    class Point:
+        name: str
+        overrides: dict[str, object]
+
+    project = scaffold(tmp_path / "project")
+    monkeypatch.chdir(project)  # as `nntune grid` runs
+    params = project / "params.yaml"
+    edited = params.read_text().replace("  seed: 42", "  seed: 7")
+    assert edited != params.read_text()
+    params.write_text(edited)  # uncommitted: every queued entry must carry it
+    builds = []
+    original = Index.from_repo.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type, *args: object, **kwargs: object) -> object:
+        builds.append(1)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "from_repo", classmethod(counted))
+    trials = [Point(f"q{i}", {"model.units": 20 + i}) for i in range(queue.QUEUE_BATCH + 2)]
+    assert queue.queue_trials(project, trials) == [t.name for t in trials]
+    assert len(builds) <= 2 * 2, builds  # two batches; one entry at a time built 2 each
+    assert params.read_text() == edited
+    with queue.open_repo(project) as repo:
+        queued = dict(queue.queued_trials(repo))
+    assert queued == {
+        t.name: [f"model.units={20 + i}", "runtime.seed=7"] for i, t in enumerate(trials)
+    }

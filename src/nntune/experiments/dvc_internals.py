@@ -36,9 +36,10 @@ USED = (
     "_get_top_level_paths",
     # dvc.dvcfile.ProjectFile's: the dvc.lock beside a dvc.yaml.
     "_lockfile",
-    # Module functions that lean_bookkeeping swaps while it is active: the stage locks that
-    # dvc.stage.decorators.rwlocked imports from dvc.rwlock at each call, and the YAML parser
-    # that dvc.utils.serialize._yaml.load_yaml and dvc.utils.strictyaml.load call by name.
+    # Module functions that lean_bookkeeping and parsed_once swap while active: the stage
+    # locks that dvc.stage.decorators.rwlocked imports from dvc.rwlock at each call, and the
+    # YAML parser that dvc.utils.serialize._yaml.load_yaml and dvc.utils.strictyaml.load
+    # call by name.
     "rwlock",
     "parse_yaml",
     # dvc.repo's: the repository lock whose outermost holder drops the index (one_index).
@@ -221,14 +222,17 @@ def _git_files() -> set[str]:
 
 @contextmanager
 def one_index(dvc: DvcRepo) -> Iterator[None]:
-    """Hold the worktree's repository lock across a trial's checkout, reproduce and listing
-    of its top-level files. Each of DVC's locked calls takes that lock, and its outermost
-    holder (``dvc.repo.lock_repo``) drops the repository's index (every stage of dvc.yaml
-    and dvc.lock, rebuilt from the files: about 0.07 s here) on taking and on releasing it,
-    so that a call sees what another DVC process changed meanwhile. In a worker's worktree
-    nobody else runs DVC, and the checkout changes outputs, not dvc.yaml or dvc.lock: one
-    index serves those steps. (A stage's command still runs with the lock released and the
-    index dropped, as in ``dvc repro``.)"""
+    """Hold the repository lock across several of DVC's locked calls. Each takes that lock,
+    and its outermost holder (``dvc.repo.lock_repo``) drops the repository's index (every
+    stage of dvc.yaml and dvc.lock, rebuilt from the files: about 0.07 s here) on taking
+    and on releasing it, so that a call sees what another DVC process changed meanwhile.
+
+    - A worker holds its worktree's across a trial's checkout, reproduce and listing of its
+      top-level files: nobody else runs DVC there, and the checkout changes outputs, not
+      dvc.yaml or dvc.lock. (A stage's command still runs with the lock released and the
+      index dropped, as in ``dvc repro``.)
+    - ``queue_trials`` holds the project's across a batch of queued entries, as DVC's own
+      ``exp run --queue`` does for a sweep: each entry restores the workspace it stashed."""
     from dvc.repo import lock_repo
 
     with lock_repo(dvc):
@@ -260,19 +264,33 @@ def lean_bookkeeping() -> Iterator[None]:
       guard nothing there. DVC's repository lock is still taken, and the experiments' locks
       (``get_exp_rwlock``, imported by name elsewhere) and every other repository's are
       untouched.
-    - **YAML parses.** DVC parses dvc.yaml, dvc.lock and params.yaml again for every stage
-      it checks: about 40 safe parses per trial of 3-4 distinct texts. A text parsed before
-      now gets a deep copy of its first parse (a copy, since DVC may change what it gets).
-      Round-trip parses, which keep comments, are not cached.
+    - **YAML parses** (:func:`parsed_once`): about 40 safe parses per trial of 3-4 texts.
 
     Process-wide while active (the worker runs one trial at a time, with no other thread
     using DVC); both are restored on exit."""
     import dvc.rwlock
+
+    saved = dvc.rwlock.rwlock
+    dvc.rwlock.rwlock = _no_stage_lock
+    try:
+        with parsed_once():
+            yield
+    finally:
+        dvc.rwlock.rwlock = saved
+
+
+@contextmanager
+def parsed_once() -> Iterator[None]:
+    """DVC parses dvc.yaml, dvc.lock and params.yaml again for every stage it checks and
+    every experiment it queues. While active, a text parsed before gets a deep copy of its
+    first parse (a copy, since DVC may change what it gets); the cache is keyed by the text
+    itself, so a file that changed is parsed afresh. Round-trip parses, which keep
+    comments, are not cached. Process-wide; restored on exit."""
     import dvc.utils.strictyaml
     from dvc.utils.serialize import _yaml
 
     parse = _yaml.parse_yaml
-    saved = (dvc.rwlock.rwlock, _yaml.parse_yaml, dvc.utils.strictyaml.parse_yaml)
+    saved = (_yaml.parse_yaml, dvc.utils.strictyaml.parse_yaml)
 
     def cached_parse(text: str, path: Any, typ: str = "safe") -> Any:
         if typ != "safe":
@@ -288,12 +306,11 @@ def lean_bookkeeping() -> Iterator[None]:
                 _PARSED.popitem(last=False)
         return data
 
-    dvc.rwlock.rwlock = _no_stage_lock
     _yaml.parse_yaml = dvc.utils.strictyaml.parse_yaml = cached_parse
     try:
         yield
     finally:
-        dvc.rwlock.rwlock, _yaml.parse_yaml, dvc.utils.strictyaml.parse_yaml = saved
+        _yaml.parse_yaml, dvc.utils.strictyaml.parse_yaml = saved
 
 
 @contextmanager

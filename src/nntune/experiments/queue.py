@@ -48,13 +48,25 @@ class QueueState:
         return len(self.queued) + len(self.running)
 
 
+QUEUE_BATCH = 8  # entries queued per hold of the repository lock (about 2 s)
+
+
 def queue_trials(root: str | Path, trials: Iterable[NamedPoint]) -> list[str]:
-    """``dvc exp run --queue -n NAME -S key=value ...`` for each trial, in one DVC session."""
+    """``dvc exp run --queue -n NAME -S key=value ...`` for each trial, in one DVC session.
+
+    As DVC queues a sweep (``-S 'a=1,2'``: one locked call), the repository lock is held
+    over several entries, so that DVC builds its index of the stages once for them instead
+    of once per entry, and each YAML text is parsed once (``parsed_once``). The lock is let
+    go every :data:`QUEUE_BATCH` entries: another DVC process waits for it at most 3 s."""
     queued = []
-    with open_repo(root) as repo:
-        for trial in trials:
-            repo.experiments.run(params=override_args(trial.overrides), queue=True, name=trial.name)
-            queued.append(trial.name)
+    pending = list(trials)
+    with open_repo(root) as repo, dvc_internals.parsed_once():
+        for start in range(0, len(pending), QUEUE_BATCH):
+            with dvc_internals.one_index(repo):
+                for trial in pending[start : start + QUEUE_BATCH]:
+                    args = override_args(trial.overrides)
+                    repo.experiments.run(params=args, queue=True, name=trial.name)
+                    queued.append(trial.name)
     return queued
 
 

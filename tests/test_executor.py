@@ -435,3 +435,17 @@ def test_queued_trials_keep_the_workspace_and_share_one_index_per_batch(
     assert queued == {
         t.name: [f"model.units={20 + i}", "runtime.seed=7"] for i, t in enumerate(trials)
     }
+
+
+def test_records_being_written_or_removed_while_listed_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher lists the records while workers write them (a hidden temporary file, then
+    a rename) and retries remove them: neither may stop it (it ended `nntune search`)."""
+    records.EntryRecord("t1", "a" * 40, "b" * 40, True).write(tmp_path)
+    folder = records.record_path(tmp_path, "a" * 40).parent
+    (folder / f".{'c' * 40}.x1y2.tmp.json").write_text("{")  # half written
+    gone = folder / f"{'d' * 40}.json"  # listed, then removed before its stat
+    listed = [*folder.glob("*.json"), gone]
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(listed))
+    assert [r.name for r in records.read_records(tmp_path)] == ["t1"]

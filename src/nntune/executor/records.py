@@ -68,8 +68,16 @@ def read_records(root: str | Path) -> list[EntryRecord]:
     folder = state_dir(root) / "done"
     if not folder.is_dir():
         return []
+    found = []
+    for path in folder.glob("*.json"):
+        if path.name.startswith("."):
+            continue  # a record being written: atomic_path's temporary file
+        try:
+            found.append((path.stat().st_mtime, path))
+        except OSError:
+            continue  # removed since the listing (a retry)
     records = []
-    for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+    for _, path in sorted(found):
         try:
             data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
             records.append(EntryRecord(**data))

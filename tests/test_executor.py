@@ -346,7 +346,10 @@ def test_a_watcher_waiting_for_news_wakes_when_a_trial_is_recorded(tmp_path: Pat
 
     workers = pool.WorkerPool(tmp_path, 1)
     stop = threading.Event()
+    workers.wait_for_news(stop, 0.0)  # a watcher's first look is news: the state is new
+    started = time.monotonic()
     assert workers.wait_for_news(stop, 0.3) is False  # nothing happened: the whole wait
+    assert time.monotonic() - started >= 0.3
     record = records.EntryRecord("t1", "a" * 40, "b" * 40, True)
     timer = threading.Timer(0.3, record.write, args=(tmp_path,))
     timer.start()
@@ -444,7 +447,8 @@ def test_records_being_written_or_removed_while_listed_are_skipped(
     a rename) and retries remove them: neither may stop it (it ended `nntune search`)."""
     records.EntryRecord("t1", "a" * 40, "b" * 40, True).write(tmp_path)
     folder = records.record_path(tmp_path, "a" * 40).parent
-    (folder / f".{'c' * 40}.x1y2.tmp.json").write_text("{")  # half written
+    whole = records.record_path(tmp_path, "a" * 40).read_text().replace('"t1"', '"t2"')
+    (folder / f".{'c' * 40}.x1y2.tmp.json").write_text(whole)  # written, not yet renamed
     gone = folder / f"{'d' * 40}.json"  # listed, then removed before its stat
     listed = [*folder.glob("*.json"), gone]
     monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(listed))

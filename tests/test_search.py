@@ -3,6 +3,7 @@ against an in-memory stand-in for DVC's queue (the real queue is in test_search_
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from nntune import experiments
 from nntune.backends.local import LocalQueue
 from nntune.config.metrics import Objective
 from nntune.experiments import QueueState
-from nntune.tuning import search_space
+from nntune.tuning import driver, search_space
 from nntune.tuning.driver import Driver
 from nntune.tuning.search_space import (
     Choice,
@@ -488,13 +489,11 @@ def test_a_tpe_study_runs_its_baseline_once_and_the_baseline_competes_for_best(
     fake = FakeDVC(monkeypatch)
     fake.base_rate = base_rate  # the fake's best rate is 0.01: there the baseline wins
     settings = _settings("tpe", trials=6)
-    with study_lock(tmp_path, settings.study):  # a driver killed after two passes...
-        study = open_study(tmp_path, settings, MIN, "base", LR)
-        first = Driver(settings, LR, raw_params, MIN, 2, LocalQueue(2), baseline=True)
-        for _ in range(2):
-            first.step(None, study, "base")
-            fake.work(1)
-    study, snapshot = _drive(tmp_path, raw_params, fake, settings, baseline=True)  # ...resumed
+    fake.kill_at_queue = 2  # killed as it queues its first trial, the baseline queued
+    with pytest.raises(DriverKilledError):
+        _drive(tmp_path, raw_params, fake, settings, baseline=True)
+    fake.kill_at_queue = None
+    study, snapshot = _drive(tmp_path, raw_params, fake, settings, baseline=True)  # resumed
     # Queued once (FakeDVC fails on a second time), with only the study's budget set.
     assert fake.params["s-baseline"] == {"train.max_epochs": settings.max_epochs}
     assert len(study.trials) == 6  # Optuna samples as many as without it
@@ -506,6 +505,42 @@ def test_a_tpe_study_runs_its_baseline_once_and_the_baseline_competes_for_best(
     else:
         assert snapshot.best == min(trials.items(), key=lambda item: item[1])
     assert "s-baseline" in {job.name for job in snapshot.jobs}
+    assert snapshot.epochs_spent == 7 * settings.max_epochs  # the baseline's epochs count
+    assert (driver.baseline_note(snapshot) is not None) == baseline_wins
+
+    # Removed afterwards (`nntune gc`): more trials do not queue it again, and the score
+    # the study's journal kept still competes.
+    del fake.done["s-baseline"]
+    more = dataclasses.replace(settings, trials=8)
+    study, again = _drive(tmp_path, raw_params, fake, more, baseline=True)
+    assert "s-baseline" not in fake.done and "s-baseline" not in fake.queued
+    assert len(study.trials) == 8
+    if baseline_wins:
+        assert again.best == snapshot.best
+
+
+@pytest.mark.parametrize("outcome", ["failed", "diverged"])
+def test_a_failed_or_diverged_baseline_leaves_the_best_to_the_trials_and_says_so(
+    tmp_path: Path, raw_params: dict[str, Any], monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    fake = FakeDVC(monkeypatch)
+    if outcome == "failed":
+        fake.fail.add("s-baseline")
+    else:
+        finish = fake.finish
+
+        def diverging(n: int) -> None:
+            finish(n)
+            if "s-baseline" in fake.done:
+                fake.done["s-baseline"].update(diverged="True", val_loss=float("nan"))
+
+        fake.finish = diverging  # type: ignore[method-assign]
+    study, snapshot = _drive(tmp_path, raw_params, fake, _settings("tpe", trials=4), baseline=True)
+    assert snapshot.done and len(study.trials) == 4
+    assert snapshot.best is not None and snapshot.best[0].startswith("s-t")
+    note = driver.baseline_note(snapshot)
+    assert note is not None and "the best is not checked against params.yaml" in note
+    assert ("failed" if outcome == "failed" else "diverged") in note
 
 
 def test_an_asha_study_or_no_baseline_runs_no_baseline_experiment(

@@ -373,19 +373,17 @@ def _print_search_summary(
     objective: Objective,
 ) -> None:
     from nntune.tuning import search_space
+    from nntune.tuning.driver import baseline_note
 
-    failed = [job.name for job in result.jobs if job.state == "failed"]
+    failed = [job.name for job in result.jobs if job.state == "failed" and job.trial >= 0]
     if result.best:
         console.print(
             f"best: [bold]{result.best[0]}[/bold] {objective.metric} = {result.best[1]:.4f}"
         )
-        if result.best[0] == f"{settings.study}-baseline":
-            console.print(
-                "[yellow]no sampled configuration beat params.yaml as it is[/yellow] "
-                "(the study's baseline experiment): keep it, or widen the space"
-            )
     else:
         console.print("[red]no trial finished its last rung[/red]")
+    if note := baseline_note(result):
+        console.print(note)
     full = settings.trials * settings.max_epochs
     line = (
         f"epochs spent: {result.epochs_spent}, against {full} to train all {settings.trials} "

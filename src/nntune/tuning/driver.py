@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from nntune.experiments import DvcRepo
 
 MODEL_OUT = ("train", "models/last.keras")  # the last epoch's state: what a promotion continues
+BASELINE_QUEUED = "baseline_experiment_queued"  # study attribute: {study}-baseline queued
+BASELINE_ATTR = "baseline_experiment"  # study attribute: what {study}-baseline scored
 
 
 @dataclass
@@ -95,7 +97,6 @@ class Driver:
         self.objective = objective
         self.jobs = jobs
         self.executor = executor
-        self._reference_value: float | None = None  # its objective, once read (nan: none)
         self.brackets = search_space.brackets(
             settings.method, settings.min_epochs, settings.max_epochs, settings.eta
         )
@@ -137,8 +138,8 @@ class Driver:
         )
         queued_now = 0
         if self.baseline:
-            reference = self._reference(repo, every.get(self.reference_name))
-            queued_now += self.reference_name not in every  # queued by this pass
+            reference = self._reference(repo, study, every.get(self.reference_name))
+            queued_now += reference.state == "queued" and self.reference_name not in every
             jobs.append(reference)
         pending = sum(job.state in ("queued", "running") for job in jobs)
         # Each worker gets one experiment waiting behind the one it runs, so that it never
@@ -195,24 +196,33 @@ class Driver:
     def reference_name(self) -> str:
         return f"{self.settings.study}-baseline"
 
-    def _reference(self, repo: DvcRepo, state: str | None) -> Job:
+    def _reference(self, repo: DvcRepo, study: Study, state: str | None) -> Job:
         """The study's baseline experiment: the project's params at the study's budget,
         queued once (DVC's run cache restores it without training where the workspace was
-        reproduced with those params); its objective competes for the study's best."""
+        reproduced with those params); its objective competes for the study's best. The
+        study's journal remembers that it was queued and what it scored, so that one
+        removed since (`nntune gc`) is not queued again by a later pass or run."""
         top = self.settings.max_epochs
         job = Job(self.reference_name, -1, top, 0, state or "queued")
-        if state is None:
+        seen = study.user_attrs.get(BASELINE_ATTR)  # {"value", "epochs_run"} once read
+        if state is None and seen is None and not study.user_attrs.get(BASELINE_QUEUED):
             experiments.queue_experiment(repo, job.name, self._budget(top))
-        elif state == "success":
-            if self._reference_value is None:
-                metrics = experiments.experiment_metrics(repo, job.name)
-                value = metrics.get(self.objective.metric)
-                diverged = str(metrics.get("diverged")).lower() == "true"
-                if isinstance(value, int | float) and math.isfinite(value) and not diverged:
-                    self._reference_value = float(value)
-                else:
-                    self._reference_value = math.nan  # diverged or no objective: no contender
-            job.value = None if math.isnan(self._reference_value) else self._reference_value
+            study.set_user_attr(BASELINE_QUEUED, True)
+        elif state is None:  # queued before, and removed since: not queued again
+            job.state = "success" if seen is not None else "removed"
+        elif state == "success" and seen is None:
+            metrics = experiments.experiment_metrics(repo, job.name)
+            value = metrics.get(self.objective.metric)
+            diverged = str(metrics.get("diverged")).lower() == "true"
+            score = (
+                float(value)
+                if isinstance(value, int | float) and math.isfinite(value) and not diverged
+                else None
+            )
+            seen = {"value": score, "epochs_run": metrics.get("epochs_run")}
+            study.set_user_attr(BASELINE_ATTR, seen)
+        if job.state == "success" and seen is not None:
+            job.value = seen["value"]  # None: diverged, or no objective: no contender
         return job
 
     def _sync(
@@ -352,7 +362,7 @@ class Driver:
         snapshot.finished = sum(t.state.is_finished() for t in trials)
         snapshot.epochs_spent = sum(
             int(v) for t in trials for k, v in t.user_attrs.items() if k.startswith("epochs_run_")
-        )
+        ) + int(study.user_attrs.get(BASELINE_ATTR, {}).get("epochs_run") or 0)
         best = None
         for job in jobs:
             if job.value is None:
@@ -365,3 +375,23 @@ class Driver:
                 best = (job.name, job.value)
         snapshot.best = best
         return snapshot
+
+
+def baseline_note(snapshot: Snapshot) -> str | None:
+    """What ``nntune search`` says about the study's baseline experiment (rich markup)."""
+    job = next((j for j in snapshot.jobs if j.trial == -1), None)
+    if job is None:
+        return None
+    if snapshot.best and snapshot.best[0] == job.name:
+        return (
+            "[yellow]no sampled configuration beat params.yaml as it is[/yellow] "
+            f"({job.name}): keep it, or widen the space"
+        )
+    unchecked = "the best is not checked against params.yaml"
+    if job.state == "failed":
+        return f"[yellow]{job.name} failed[/yellow]: {unchecked} (`nntune logs {job.name}`)"
+    if job.state == "removed":
+        return f"[yellow]{job.name} was removed before its result was read[/yellow]: {unchecked}"
+    if job.state == "success" and job.value is None:
+        return f"[yellow]{job.name} diverged or has no objective[/yellow]: {unchecked}"
+    return None

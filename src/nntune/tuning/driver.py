@@ -212,14 +212,7 @@ class Driver:
             job.state = "success" if seen is not None else "removed"
         elif state == "success" and seen is None:
             metrics = experiments.experiment_metrics(repo, job.name)
-            value = metrics.get(self.objective.metric)
-            diverged = str(metrics.get("diverged")).lower() == "true"
-            score = (
-                float(value)
-                if isinstance(value, int | float) and math.isfinite(value) and not diverged
-                else None
-            )
-            seen = {"value": score, "epochs_run": metrics.get("epochs_run")}
+            seen = {"value": self._score(metrics), "epochs_run": metrics.get("epochs_run")}
             study.set_user_attr(BASELINE_ATTR, seen)
         if job.state == "success" and seen is not None:
             job.value = seen["value"]  # None: diverged, or no objective: no contender
@@ -273,18 +266,25 @@ class Driver:
         if state.finished:  # failed or told already (e.g. diverged at an earlier rung)
             return None
         metrics = experiments.experiment_metrics(repo, job.name)
-        value = metrics.get(self.objective.metric)
+        value = self._score(metrics)
         trial = live_trial(study, frozen)
         spent = metrics.get("epochs_run", metrics.get("epochs_trained"))
         trial.set_user_attr(f"epochs_run_{job.epochs}", int(spent) if spent else 0)
-        diverged = str(metrics.get("diverged")).lower() == "true"
-        if not isinstance(value, int | float) or not math.isfinite(value) or diverged:
+        if value is None:
             trial.set_user_attr("diverged", job.name)
             study.tell(job.trial, state=optuna.trial.TrialState.FAIL)
             state.finished = True
             return None
-        trial.report(float(value), job.epochs)
-        state.results[job.epochs] = float(value)
+        trial.report(value, job.epochs)
+        state.results[job.epochs] = value
+        return value
+
+    def _score(self, metrics: Mapping[str, Any]) -> float | None:
+        """An experiment's objective; None where it diverged or has no finite one."""
+        value = metrics.get(self.objective.metric)
+        diverged = str(metrics.get("diverged")).lower() == "true"
+        if not isinstance(value, int | float) or not math.isfinite(value) or diverged:
+            return None
         return float(value)
 
     # --- queueing -----------------------------------------------------------------------

@@ -287,7 +287,9 @@ def tpe(
     from nntune.tuning.search_space import preset_space, suggest
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = preset_space(space_name, trials.task)
+    rows = trials.data(trials.params({})).meta()["rows"]  # as `nntune search` sizes batches
+    train_rows = (rows["train"] + rows["val"]) * (folds - 1) // folds if folds else rows["train"]
+    space = preset_space(space_name, trials.task, train_rows if space_name == "tabular" else None)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     results = []
     for _ in range(n):

@@ -438,22 +438,61 @@ def test_the_tabular_preset_is_a_valid_space_for_each_task(
         SearchError,
         check_against,
         chosen_space,
+        preset_space,
     )
 
     raw = shrink(repo_params_dict())
     raw["data"]["task"] = task
     if task == "regression":
         raw["evaluate"]["objective"] = {"metric": "val_loss", "direction": "min"}
-    space = chosen_space("tabular", task)
-    check_against(space, raw)  # every end of every range passes the params loader
-    assert set(TABULAR_SPACE) <= set(space)
-    assert ("train.label_smoothing" in space) == (task != "regression")
-    assert chosen_space(None, task) == chosen_space("seed", task)
-    # a file of that name in the project wins over the preset
+    for rows in (None, 10, 300, 100_000):  # every batch size the sizing can choose
+        space = preset_space("tabular", task, rows)
+        check_against(space, raw)  # every end of every range passes the params loader
+        assert set(TABULAR_SPACE) <= set(space)
+        assert ("train.label_smoothing" in space) == (task != "regression")
     monkeypatch.chdir(tmp_path)
+    make_table(60).to_csv("table.csv", index=False)
+    raw["data"].update(source="table.csv", target="target", task=task)
+    data = parse_params(raw).data
+    assert chosen_space(None, data) == chosen_space("seed", data)
+    # a file of that name in the project wins over the preset
     Path("tabular").write_text("model.units: [8, 16]\n")
-    assert set(chosen_space(Path("tabular"), task)) == {"model.units"}
+    assert set(chosen_space(Path("tabular"), data)) == {"model.units"}
     with pytest.raises(SearchError):
-        from nntune.tuning.search_space import preset_space
-
         preset_space("huge", task)
+
+
+def test_the_tabular_batch_sizes_leave_enough_updates_per_epoch() -> None:
+    from nntune.tuning.search_space import MIN_STEPS, tabular_batches
+
+    assert tabular_batches(None) == (64, 128, 256)  # size unknown: a large table's
+    assert tabular_batches(100_000) == (64, 128, 256)
+    assert tabular_batches(958) == (16, 32, 64)  # digits, per fold of 3
+    assert tabular_batches(303) == (16, 32)  # breast_cancer, per fold of 3
+    assert tabular_batches(95) == (16,)  # wine, per fold: fewer than 8 steps even so
+    for rows in (20, 95, 300, 958, 2048, 10_000):
+        sizes = tabular_batches(rows)
+        assert 1 <= len(sizes) <= 3
+        assert all(rows / b >= MIN_STEPS for b in sizes) or sizes == (16,)
+
+
+def test_the_tabular_preset_sizes_its_batches_from_the_training_rows(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nntune.tuning.search_space import Choice, chosen_space, training_rows
+
+    monkeypatch.chdir(tmp_path)
+    table = make_table(1000)
+    table.loc[table.index[:100], "target"] = np.nan  # unlabeled rows train nothing
+    table.to_csv("table.csv", index=False)
+    raw = repo_params_dict()
+    raw["data"].update(source="table.csv", target="target", test_fraction=0.2, val_fraction=0.2)
+    data = parse_params(raw).data
+    prepared = prepare(pd.read_csv("table.csv"), data)
+    assert training_rows(data) == len(prepared.splits["train"]) == 540
+    assert chosen_space("tabular", data)["train.batch_size"] == Choice((16, 32, 64))
+    raw["data"]["cv_folds"] = [0, 1, 2]
+    folded = parse_params(raw).data
+    fold = prepare(pd.read_csv("table.csv"), folded, fold=0)
+    assert abs(training_rows(folded) - len(fold.splits["train"])) <= 1  # 720 * 2 / 3
+    assert chosen_space("tabular", folded)["train.batch_size"] == Choice((16, 32))

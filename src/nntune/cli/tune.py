@@ -307,7 +307,7 @@ def search_command(
                 f"--method {method} promotes trials by continuing their model, and data.cv_folds "
                 "trains every fold from scratch: use --method tpe, or set data.cv_folds: []"
             )
-        chosen = search_space.chosen_space(space, loaded.data.task)
+        chosen = search_space.chosen_space(space, loaded.data)
         search_space.check_against(chosen, base)
         top = max_epochs or (loaded.train.max_epochs if method == "tpe" else 27)
         search_space.brackets(method, min_epochs, top, eta)  # checks the budgets

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +305,14 @@ def test_compare_table_and_best_print_the_advice(monkeypatch: pytest.MonkeyPatch
     assert "  diagnosis: overfitting (val loss rose from 0.2 (epoch 4)" in result.output
     assert "  next: more dropout or L2, or fewer units" in result.output
     assert f"advice: {EDGE}" in result.output
+
+
+def test_search_with_the_tabular_space_needs_a_readable_table(in_project: Path) -> None:
+    # The tabular preset sizes its batches from the table's rows, read before any study.
+    params = in_project / "params.yaml"
+    params.write_text(re.sub(r"(?m)^(  source: ).*$", r"\1data/nowhere.csv", params.read_text()))
+    result = runner.invoke(app, ["search", "--space", "tabular"])
+    assert result.exit_code != 0
+    assert "data/nowhere.csv: data file not found" in result.output
+    assert "Traceback" not in result.output
+    assert not (in_project / ".nntune").exists()

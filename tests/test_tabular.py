@@ -496,3 +496,11 @@ def test_the_tabular_preset_sizes_its_batches_from_the_training_rows(
     fold = prepare(pd.read_csv("table.csv"), folded, fold=0)
     assert abs(training_rows(folded) - len(fold.splits["train"])) <= 1  # 720 * 2 / 3
     assert chosen_space("tabular", folded)["train.batch_size"] == Choice((16, 32))
+    # data.missing: drop drops rows with gaps in the features, not in an excluded column
+    table.loc[table.index[100:150], "uid"] = np.nan
+    table.loc[table.index[150:170], "a"] = np.nan
+    table.to_csv("table.csv", index=False)
+    raw["data"].update(cv_folds=[], missing="drop", exclude=["uid"])
+    dropping = parse_params(raw).data
+    kept = prepare(pd.read_csv("table.csv"), dropping)
+    assert training_rows(dropping) == len(kept.splits["train"]) == 528  # 880 rows

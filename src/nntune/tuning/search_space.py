@@ -83,7 +83,7 @@ TABULAR_SPACE: dict[str, Dimension] = {
     "train.learning_rate": Range(1e-4, 1e-2, log=True),
     "train.weight_decay": Range(1e-6, 1e-2, log=True),
     "train.schedule": Choice(("constant", "cosine")),
-    "train.batch_size": Choice((64, 128, 256)),  # on a table of enough rows: tabular_batches
+    "train.batch_size": Choice((64, 128, 256)),  # replaced by tabular_batches' choice
     "train.lr_scaling.rule": Choice(("sqrt",)),
 }
 TABULAR_CLASSIFICATION: dict[str, Dimension] = {"train.label_smoothing": Choice((0.0, 0.1))}
@@ -134,14 +134,15 @@ def training_rows(data: DataParams) -> int:
     labelled rows (complete ones with ``data.missing: drop``), less the test split, less the
     validation split or, with ``data.cv_folds``, one fold; times ``data.label_fraction``."""
     from nntune.stage.data import read_table
+    from nntune.stage.preprocess import feature_columns
 
     frame = read_table(data.source, data.delimiter)
     target = data.target
     if target not in frame.columns:
         raise SearchError(f"{data.source}: no column {target!r} (data.target in params.yaml)")
     frame = frame[frame[target].notna()]
-    if data.missing == "drop":
-        frame = frame.dropna()
+    if data.missing == "drop":  # gaps in the features only, as prepare drops rows
+        frame = frame.dropna(subset=feature_columns(frame, data))
     rest = len(frame) * (1.0 - data.test_fraction)
     k = len(data.cv_folds)
     kept = rest * (k - 1) / k if k else rest - len(frame) * data.val_fraction

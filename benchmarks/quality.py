@@ -33,7 +33,11 @@ excludes them) and is scored on its test split, which no selection sees:
   the standard split as the train stage does;
 - ``<search>+top5``: for each search above, the average of its best 5 trials by val_loss
   (``nntune ensemble --top 5``'s average, ``nntune.stage.ensemble.combined``), scored on
-  the test split: no training of its own.
+  the test split: no training of its own;
+- ``tabular-tpe-cv+oof``: what ``nntune search`` with folds ends with: the average of the
+  best 5 when its out-of-fold score (pooled log loss, or RMSE, over the folds' held-out
+  rows: ``nntune.tuning.oof``) beats the best trial's, else the best trial. Its row records
+  which (``picked``) and both out-of-fold scores; ``cv_sd`` is the best trial's folds' sd.
 
 Trials run in this process through nntune's library calls (``prepare``, ``build_model``,
 ``fit``, the evaluate stage's ``evaluate_predictions``), not through DVC: the quality is
@@ -220,12 +224,13 @@ class Trials:
         """The point's mean validation loss over ``folds`` folds (as the fold stages and
         ``nntune.experiments.folds`` compute it), then its final model on the standard
         split (the train stage's) for the test metrics."""
-        from nntune.stage.crossval import fold_metrics
+        from nntune.stage.crossval import run_fold
 
         params = self.params({**point, "data.cv_folds": list(range(folds))})
         headline = "val_rmse" if self.task == "regression" else "val_accuracy"
         with contextlib.redirect_stdout(io.StringIO()):
-            records = [fold_metrics(params, self.frame, f) for f in range(folds)]
+            runs = [run_fold(params, self.frame, f) for f in range(folds)]
+        records = [r.record for r in runs]
         losses = [r[f"fold_{f}_val_loss"] for f, r in enumerate(records)]
         scores = [r[f"fold_{f}_{headline}"] for f, r in enumerate(records)]
         final = self.run(point)
@@ -236,7 +241,20 @@ class Trials:
             # The folds' spread of the headline metric (accuracy or RMSE, in its units):
             # issue 17's "never below the baseline by more than the CV's sd" uses it.
             "cv_sd": float(np.std(scores, ddof=1)) if finite and folds > 1 else None,
+            "oof": [r.predictions for r in runs],  # the folds' out-of-fold predictions
         }
+
+    def oof_choice(self, results: list[dict[str, Any]], top: int) -> tuple[dict[str, Any], Any]:
+        """``nntune ensemble --top K --if-better``'s choice on the same trials: the best K by
+        validation loss averaged when their out-of-fold score beats the best one's
+        (``nntune.tuning.oof.choose``), else the best trial; its test metrics."""
+        from nntune.tuning.oof import choose
+
+        finite = [r for r in results if r["val_loss"] is not None and np.isfinite(r["val_loss"])]
+        ranked = sorted(finite, key=lambda r: r["val_loss"])[:top]
+        choice = choose({str(i): r["oof"] for i, r in enumerate(ranked)}, self.task)
+        test = self.ensemble(results, top) if choice.ensemble_wins else ranked[0]["test"]
+        return test, choice
 
 
 def score(task: str, test: dict[str, Any]) -> float | None:
@@ -336,6 +354,8 @@ def main() -> None:
     print(markdown(rows))
     print()
     print(verdict(rows))
+    print()
+    print(verdict(rows, "tabular-tpe-cv+oof"))
 
 
 def table_rows(
@@ -392,6 +412,18 @@ def table_rows(
         if len(results) >= ENSEMBLE_TOP:  # the same trials' best K, averaged: no training
             test = trials.ensemble(results, ENSEMBLE_TOP)
             report(f"{contender}+top{ENSEMBLE_TOP}", score(task, test), 0.0, trials=len(results))
+        if len(results) >= ENSEMBLE_TOP and "oof" in chosen:  # cross-validated: choose on OOF
+            test, choice = trials.oof_choice(results, ENSEMBLE_TOP)
+            report(
+                f"{contender}+oof",
+                score(task, test),
+                0.0,
+                trials=len(results),
+                picked="ensemble" if choice.ensemble_wins else "best",
+                oof_best=choice.best_score,
+                oof_ensemble=choice.ensemble_score,
+                cv_sd=chosen["cv_sd"],
+            )
     return rows
 
 

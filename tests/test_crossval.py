@@ -4,19 +4,23 @@ and, end to end, one DVC stage per fold whose mean `nntune compare` shows with i
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, make_table, repo_params_dict, shrink
 from project import NNTUNE, run, scaffold
+from sklearn.metrics import log_loss
 
 from nntune.config.metrics import Objective
 from nntune.config.params import parse_params
 from nntune.config.sections import Params, ParamsError
+from nntune.experiments import read_outputs
 from nntune.experiments.folds import with_folds
 from nntune.experiments.rows import Experiment
 from nntune.scaffold.params_text import with_interpolated_keys
@@ -80,10 +84,10 @@ def test_the_folds_partition_the_train_and_validation_rows_and_keep_the_test_spl
 
 
 def test_a_fold_trains_on_the_others_and_records_its_validation_metrics() -> None:
-    from nntune.stage.crossval import fold_metrics
+    from nntune.stage.crossval import run_fold
 
     params = _params(data={"cv_folds": [0, 1]}, train={"max_epochs": 2})
-    record = fold_metrics(params, make_table(n_rows=120), 1)
+    record = run_fold(params, make_table(n_rows=120), 1).record
     assert set(record) == {
         "fold_1_of",
         "fold_1_val_loss",
@@ -100,6 +104,8 @@ def test_with_folds_ranks_by_the_folds_mean_and_keeps_the_split_value() -> None:
     metrics = {
         "val_loss": 0.5,
         "val_accuracy": 0.8,
+        "fold_0_of": 2,
+        "fold_1_of": 2,
         "fold_0_val_loss": 0.2,
         "fold_1_val_loss": 0.4,
         "fold_0_val_accuracy": 0.9,
@@ -114,10 +120,15 @@ def test_with_folds_ranks_by_the_folds_mean_and_keeps_the_split_value() -> None:
     assert with_folds({"val_loss": 0.5}) == {"val_loss": 0.5}
     diverged = with_folds({**metrics, "fold_1_val_loss": None})
     assert diverged["val_loss"] is None  # one fold without a value: no mean
+    # An experiment without folds, listed beside one with folds: DVC's table gives it empty
+    # fold columns, which are not folds of its own (it is not diverged).
+    plain = {"val_loss": 0.5, **{k: None for k in metrics if k.startswith("fold_")}}
+    assert with_folds(plain) == plain
 
 
 def _experiment(name: str, metrics: dict[str, Any]) -> Experiment:
-    return Experiment(name, "r" * 40, "Success", {}, with_folds(metrics))
+    folds = {f"fold_{k[5]}_of": 2 for k in metrics if k.startswith("fold_")}
+    return Experiment(name, "r" * 40, "Success", {}, with_folds({**metrics, **folds}))
 
 
 def test_compare_ranks_by_the_mean_and_shows_the_sd_beside_it() -> None:
@@ -165,3 +176,43 @@ def test_each_fold_is_a_dvc_stage_and_compare_shows_the_mean_and_sd(tmp_path: Pa
     assert ranked["cv3"]["val_loss"] == pytest.approx(np.mean(losses), rel=1e-6)
     assert ranked["cv3"]["val_loss_sd"] == pytest.approx(np.std(losses, ddof=1), rel=1e-6)
     assert ranked["plain"]["val_loss_sd"] is None  # one split: no spread
+
+    # Out-of-fold predictions: in DVC's cache, one file per fold; an ensemble of
+    # cross-validated experiments is scored on them first, and --if-better needs them.
+    refused = run(
+        project, NNTUNE, "ensemble", "-e", "plain", "-e", "cv3", "--if-better", check=False
+    )
+    assert refused.returncode == 2 and "plain were not cross-validated" in refused.stderr
+    run(
+        project,
+        "dvc",
+        "exp",
+        "run",
+        "--name",
+        "cv3b",
+        "-S",
+        "data.cv_folds=[0,1,2]",
+        "-S",
+        "model.units=32",
+    )
+    scores, frames = {}, {}
+    for name in ("cv3", "cv3b"):
+        files = read_outputs(project, name, [f"reports/folds/{i}.parquet" for i in range(3)])
+        frame = pd.concat([pd.read_parquet(io.BytesIO(b)) for b in files.values()])
+        frames[name] = frame.sort_values("row")
+        scores[name] = log_loss(frames[name]["target"], _proba(frames[name]), labels=range(10))
+    assert list(frames["cv3"]["row"]) == list(frames["cv3b"]["row"])  # the same held-out rows
+    assert len(frames["cv3"]) == sum(f[f"fold_{i}_val_rows"] for i, f in enumerate(folds))
+    average = np.mean([_proba(f) for f in frames.values()], axis=0)
+    together = log_loss(frames["cv3"]["target"], average, labels=range(10))
+    out = run(project, NNTUNE, "ensemble", "-e", "cv3", "-e", "cv3b", "--if-better").stdout
+    best = min(scores, key=lambda n: ranked.get(n, {}).get("val_loss", 0.0))
+    assert f"log loss {together:.4g} against {scores[best]:.4g}" in out
+    assert ("(test split)" in out) == (together < scores[best])
+    assert ("no ensemble run" in out) == (together >= scores[best])
+
+
+def _proba(frame: pd.DataFrame) -> np.ndarray:
+    """A fold frame's softmax outputs (digits: 10 classes), each row summing to 1."""
+    out = frame[[f"out_{j}" for j in range(10)]].to_numpy("float64")
+    return out / out.sum(axis=1, keepdims=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from project import NNTUNE, baseline_project, project_env, record_fault_run, run
 
 pytestmark = pytest.mark.e2e
@@ -97,6 +98,29 @@ def test_tpe_study_runs_one_experiment_per_trial_and_gc_removes_the_losers(tmp_p
     for name, md5 in models.items():
         kept = name in (*ranked[:2], ranked[-1])
         assert (cache / md5[:2] / md5[2:]).is_file() == kept, name
+
+
+def test_a_cross_validated_search_ends_with_the_average_of_its_best_where_it_scores_better(
+    tmp_path: Path,
+) -> None:
+    project = baseline_project(tmp_path, {"space.yaml": SPACE})
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["data"]["cv_folds"] = [0, 1]
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(project, "git", "commit", "-qam", "two folds")
+    cmd = [NNTUNE, "search", "-n", "2", "-j", "2", "--max-epochs", "2", "--ensemble", "3"]
+    out = " ".join(run(project, *cmd, "-s", "space.yaml").stdout.split())
+    # The baseline and 2 trials, all cross-validated: the average of the 3 is scored on
+    # their out-of-fold predictions against the best, and run only if it wins.
+    verdict = re.search(r"the average of the best 3 has log loss (\S+) against (\S+)", out)
+    assert verdict, out
+    together, best = float(verdict.group(1)), float(verdict.group(2))
+    shown = json.loads(run(project, NNTUNE, "compare", "--format", "json").stdout)
+    ensembles = [e["experiment"] for e in shown["ensembles"]]
+    if together < best:
+        assert len(ensembles) == 1 and f"the search's result is the ensemble {ensembles[0]}" in out
+    else:
+        assert ensembles == [] and f"the search's result is its best trial, {shown['best']}" in out
 
 
 class QueueWatch:

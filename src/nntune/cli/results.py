@@ -1,5 +1,5 @@
-"""Commands that read results: ``compare``, ``best`` (and promote), ``ensemble`` (average
-the best), ``plots`` and ``gc``."""
+"""Commands that read results: ``compare``, ``best`` (and promote), ``plots`` and ``gc``
+(``ensemble``, which averages the best, is ``nntune.cli.ensembles``)."""
 
 from __future__ import annotations
 
@@ -161,72 +161,6 @@ def best(
     if apply or branch:
         promote(".", winner.name, branch)
         typer.echo(f"created branch {branch}" if branch else "applied to the workspace")
-
-
-@app.command()
-def ensemble(
-    top: Annotated[
-        int, typer.Option("--top", "-k", min=2, help="average the best K experiments")
-    ] = 3,
-    name: Annotated[
-        str | None, typer.Option("--name", "-n", help="the experiment's name (default: derived)")
-    ] = None,
-    metric: Annotated[
-        str | None, typer.Option("--metric", "-m", help="rank by this validation metric")
-    ] = None,
-    experiment: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--experiment", "-e", help="average these experiments instead of the best K; repeat"
-        ),
-    ] = None,
-    params: ParamsOption = Path("params.yaml"),
-) -> None:
-    """Average the predictions (probabilities or values) of the best K experiments and
-    score the average on the test split, as its own DVC experiment: its params list the
-    members and the md5s of their models (`dvc exp show`), its metrics are ensemble_test_*,
-    and `nntune export --experiment NAME` exports it as one model."""
-    import hashlib
-    import json
-
-    from nntune.experiments import ensemble_members, experiment_metrics, open_repo, run_ensemble
-    from nntune.tuning.ranking import format_value
-
-    comparison = load_comparison(params, metric, False)
-    chosen = comparison.ranked[:top]
-    if experiment:  # the user's choice: seeds of one configuration, say
-        named = {e.name: e for e in comparison.ranked}
-        unknown = [n for n in experiment if n not in named]
-        if unknown or len(set(experiment)) < 2:
-            raise NntuneError(
-                f"--experiment: {', '.join(unknown)} not among the successful experiments of "
-                "HEAD (`nntune compare` lists them)"
-                if unknown
-                else "--experiment: name at least 2 different experiments"
-            )
-        chosen = [named[n] for n in dict.fromkeys(experiment)]
-        top = len(chosen)
-    elif len(chosen) < top:
-        raise NntuneError(
-            f"--top {top}: only {len(chosen)} successful experiment(s) to average; run more "
-            "trials (`nntune grid` or `nntune search`, then `nntune run`) or lower --top"
-        )
-    members = ensemble_members(".", [e.name for e in chosen])
-    digest = hashlib.sha1(json.dumps(members, sort_keys=True).encode()).hexdigest()[:7]
-    name = name or f"ensemble-top{top}-{digest}"
-    objective = comparison.objective.metric
-    how = "chosen" if experiment else f"the best {top} by {objective}"
-    typer.echo(f"ensemble {name}: {how}:")
-    for exp in chosen:
-        scores = {k: v for k, v in exp.metrics.items() if k.startswith("test_")}
-        shown = ", ".join(f"{k} {format_value(v)}" for k, v in sorted(scores.items()))
-        typer.echo(f"  {exp.name}: {objective} {format_value(exp.metrics[objective])}, {shown}")
-    run_ensemble(".", name, members)
-    with open_repo(".") as repo:
-        metrics = experiment_metrics(repo, name)
-    scores = {k.removeprefix("ensemble_"): v for k, v in metrics.items() if "_test_" in k}
-    shown = ", ".join(f"{k} {format_value(v)}" for k, v in sorted(scores.items()))
-    typer.echo(f"ensemble {name} (test split): {shown}")
 
 
 @app.command()

@@ -31,18 +31,10 @@ from nntune.cli.options import (
 from nntune.errors import NntuneError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from rich.console import Console
-
     from nntune.backends.ray import RayExecutor
     from nntune.config.mapping import Point
-    from nntune.config.metrics import Objective
     from nntune.experiments import Experiment
-    from nntune.tuning.driver import Snapshot
     from nntune.tuning.grid import Trial
-    from nntune.tuning.search_space import Dimension
-    from nntune.tuning.study import Settings
 
 
 @app.command()
@@ -273,12 +265,22 @@ def search_command(
     warm: WarmOption = True,
     executor: ExecutorOption = "nntune",
     with_baseline: BaselineOption = True,
+    ensemble_top: Annotated[
+        int,
+        typer.Option(
+            "--ensemble",
+            min=0,
+            help="with data.cv_folds: end by averaging the best K experiments when that beats "
+            "the best one on the folds' held-out rows (nntune ensemble --if-better); 0: never",
+        ),
+    ] = 5,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Adaptive search: TPE, or successive halving (ASHA / Hyperband) with promoted trials
     continuing their own model; every trial is a DVC experiment, run by DVC's local queue
     or, with --backend ray, on a Ray cluster. Killed or interrupted, the same command
-    continues the study."""
+    continues the study. Cross-validated (data.cv_folds), it ends with the average of the
+    best K as its own experiment where that scores better out of fold."""
     import re
 
     from rich.console import Console
@@ -287,6 +289,7 @@ def search_command(
     from nntune import experiments
     from nntune.backends.local import announced_warm_runner, local_executor
     from nntune.backends.view import search_view
+    from nntune.cli.search_end import ensemble_if_better, print_search_summary
     from nntune.tuning import search_space
     from nntune.tuning.driver import Driver, Executor
     from nntune.tuning.study import Settings, open_study, study_lock
@@ -358,41 +361,13 @@ def search_command(
     finally:
         if on_ray is not None:
             on_ray.close()
-    _print_search_summary(console, result, settings, chosen, objective)
+    failed = print_search_summary(console, result, settings, chosen, objective)
     if on_ray is not None and on_ray.failed:
         for name, error in on_ray.failed.items():
             console.print(f"[red]failed on Ray[/red]: {name} (it stays queued):")
             console.print(error, markup=False, highlight=False)
-
-
-def _print_search_summary(
-    console: Console,
-    result: Snapshot,
-    settings: Settings,
-    space: Mapping[str, Dimension],
-    objective: Objective,
-) -> None:
-    from nntune.tuning import search_space
-    from nntune.tuning.driver import baseline_note
-
-    failed = [job.name for job in result.jobs if job.state == "failed" and job.trial >= 0]
-    if result.best:
-        console.print(
-            f"best: [bold]{result.best[0]}[/bold] {objective.metric} = {result.best[1]:.4f}"
-        )
-    else:
-        console.print("[red]no trial finished its last rung[/red]")
-    if note := baseline_note(result):
-        console.print(note)
-    full = settings.trials * settings.max_epochs
-    line = (
-        f"epochs spent: {result.epochs_spent}, against {full} to train all {settings.trials} "
-        f"sampled configurations for {settings.max_epochs} epochs"
-    )
-    size = search_space.grid_size(space)
-    if size is not None:
-        line += f" and {size * settings.max_epochs} for the full grid of {size} points"
-    console.print(line)
+    if loaded.data.cv_folds and ensemble_top >= 2 and result.best:
+        ensemble_if_better(console, params, ensemble_top)
     if failed:
         typer.echo(f"{len(failed)} experiment(s) failed: {', '.join(failed)}", err=True)
         raise typer.Exit(1)

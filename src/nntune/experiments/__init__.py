@@ -9,7 +9,7 @@ private DVC APIs it needs are behind :mod:`nntune.experiments.dvc_internals`.
 
 from __future__ import annotations
 
-from nntune.experiments.ensembles import ensemble_members, run_ensemble
+from nntune.experiments.ensembles import ensemble_members, out_of_fold_files, run_ensemble
 from nntune.experiments.housekeeping import (
     collect_garbage,
     promote,
@@ -70,6 +70,7 @@ __all__ = [
     "list_experiments",
     "live_workers",
     "open_repo",
+    "out_of_fold_files",
     "output_md5",
     "promote",
     "protected_experiments",

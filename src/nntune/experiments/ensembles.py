@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nntune.experiments.refs import experiment_commits, output_md5
+from nntune.experiments.refs import experiment_commits, output_md5, read_outputs
 from nntune.experiments.repo import ExperimentError, baseline_rev, open_repo, use_this_python
 
 MODEL = ("train", "models/model.keras")
@@ -39,6 +39,20 @@ def ensemble_members(root: str | Path, names: Sequence[str]) -> list[dict[str, s
                 }
             )
     return members
+
+
+def out_of_fold_files(root: str | Path, name: str, folds: int) -> list[bytes]:
+    """The bytes of experiment ``name``'s out-of-fold predictions, one Parquet file per fold
+    (``reports/folds/N.parquet``, written by its fold stages), from DVC's cache."""
+    paths = [f"reports/folds/{fold}.parquet" for fold in range(folds)]
+    try:
+        found = read_outputs(root, name, paths)
+    except ExperimentError as exc:
+        raise ExperimentError(
+            f"{exc} (experiments cross-validated before nntune kept out-of-fold predictions "
+            "have none: run them again)"
+        ) from None
+    return [found[path] for path in paths]
 
 
 def members_override(members: Sequence[dict[str, str]]) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 FOLD_KEY = re.compile(r"^fold_(\d+)_(val_\w+)$")
+FOLD_OF = re.compile(r"^fold_(\d+)_of$")
 
 
 def with_folds(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -20,10 +21,18 @@ def with_folds(metrics: Mapping[str, Any]) -> dict[str, Any]:
     deviation (n - 1), ``split_val_X`` the single split's value (the final model's) and
     ``cv_folds`` the count. A fold without a finite value (diverged) makes the mean None.
     Without folds, the metrics are returned unchanged."""
+    # A fold is the experiment's own where it recorded ``fold_N_of``: DVC's experiment table
+    # gives every experiment every column, so one without folds (or with fewer) shows empty
+    # fold columns next to a cross-validated one, which must not read as diverged folds.
+    own = {
+        int(match.group(1))
+        for key, value in metrics.items()
+        if (match := FOLD_OF.match(str(key))) and _finite(value)
+    }
     folds: dict[str, dict[int, Any]] = {}
     for key, value in metrics.items():
         match = FOLD_KEY.match(str(key))
-        if match:
+        if match and int(match.group(1)) in own:
             folds.setdefault(match.group(2), {})[int(match.group(1))] = value
     if not folds:
         return dict(metrics)

@@ -8,7 +8,9 @@ experiment. A fold trains the params' model on the other folds of the train + va
 rows, with early stopping on its own fold, and records that fold's validation metrics in
 ``metrics/folds/N.json`` under names of its own (``fold_N_val_loss``: DVC's experiment
 table keys metrics by name, so equal names in several files would collide). The test split
-is never read.
+is never read. The fold also writes its out-of-fold predictions (``reports/folds/N.parquet``:
+each validation row's index in the table, its target and the model's raw output), from
+which ``nntune ensemble`` scores an average of experiments on rows no member trained on.
 
 The final model stays the train stage's: trained on the train split, early-stopped on the
 validation split, as without cross-validation. The folds only estimate how good the params
@@ -21,20 +23,30 @@ from __future__ import annotations
 
 import math
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from nntune.config.metrics import validation_metric_names
 from nntune.config.sections import Params
+from nntune.stage.data import Prepared
 from nntune.stage.model import TargetScale, build_model
+from nntune.stage.outputs import raw_output
 from nntune.stage.preprocess import prepare
 from nntune.stage.training import fit, seed_everything
 
 
-def fold_metrics(params: Params, frame: pd.DataFrame, fold: int) -> dict[str, Any]:
-    """Train fold ``fold`` and return its record: the validation metrics of the kept model
-    as ``fold_{fold}_{name}``, with its epochs."""
+@dataclass(frozen=True)
+class FoldResult:
+    record: dict[str, Any]  # metrics/folds/N.json
+    predictions: pd.DataFrame  # reports/folds/N.parquet (out_of_fold)
+
+
+def run_fold(params: Params, frame: pd.DataFrame, fold: int) -> FoldResult:
+    """Train fold ``fold``: its record (the validation metrics of the kept model as
+    ``fold_{fold}_{name}``, with its epochs) and its out-of-fold predictions."""
     data = prepare(frame, params.data, fold=fold)
     seed_everything(params.runtime)
     net = build_model(
@@ -56,4 +68,17 @@ def fold_metrics(params: Params, frame: pd.DataFrame, fold: int) -> dict[str, An
     record[f"fold_{fold}_best_epoch"] = result.metrics["best_epoch"]
     record[f"fold_{fold}_train_rows"] = len(data.splits["train"])
     record[f"fold_{fold}_val_rows"] = len(data.splits["val"])
-    return record
+    return FoldResult(record, out_of_fold(data, raw_output(net, data.x("val"))))
+
+
+def out_of_fold(data: Prepared, output: np.ndarray) -> pd.DataFrame:
+    """The fold's validation rows as ``row`` (the row's index in the table), ``target``
+    (the class code, or the value in the target's units) and ``out_0``, ``out_1``... (the
+    model's raw output: class probabilities, a sigmoid's p, or the de-standardised value)."""
+    _, y = data.xy("val")
+    output = np.asarray(output, dtype="float32").reshape(len(y), -1)
+    columns = {f"{OUT_PREFIX}{j}": output[:, j] for j in range(output.shape[1])}
+    return pd.DataFrame({"row": np.asarray(data.val_rows, dtype="int64"), "target": y, **columns})
+
+
+OUT_PREFIX = "out_"

@@ -108,6 +108,9 @@ class Prepared:
     # `nntune predict` applies to new rows and `nntune export` builds into the model.
     preprocessing: dict[str, Any] = field(default_factory=dict)
     test_rows: list[int] = field(default_factory=list)  # the test split's rows in the table
+    # The validation split's rows in the table: what a fold's out-of-fold predictions are
+    # keyed by (stage.crossval). Not written to meta.json: no stage reads it back.
+    val_rows: list[int] = field(default_factory=list)
 
     def xy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         frame = self.splits[split]

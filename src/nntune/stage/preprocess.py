@@ -117,6 +117,7 @@ def prepare(
         source_md5=source_md5,
         preprocessing=spec,
         test_rows=[int(i) for i in test.index],
+        val_rows=[int(i) for i in val.index],
     )
 
 

@@ -60,7 +60,6 @@ def warm_runner(
     for (flavour, backend), path in sockets.items():
         preload = ",".join(flavours[flavour])
         command = [sys.executable, "-m", "nntune.warm.server", str(path), "--preload", preload]
-        command += ["--project", str(Path.cwd())]  # spares warm up with its params.yaml
         env = {**os.environ, BACKEND_ENV: backend}  # what the server's `import keras` loads
         with Path(f"{path}.log").open("wb") as log:
             subprocess.run(

@@ -11,17 +11,20 @@ import selectors
 import signal
 import socket
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nntune.warm.children import Child, Job, Spare, leave_loop
 from nntune.warm.client import (
+    GO,
     HEADER,
     PRELOAD,
+    PROFILE_CLIENT_ENV,
+    PROFILE_ENV,
     PROTOCOL,
+    SOCKET_ENV,
     load_time_env,
     process_alive,
     read_exactly,
@@ -29,34 +32,134 @@ from nntune.warm.client import (
     send_message,
 )
 from nntune.warm.snapshot import (
+    adopt_or_drop_nntune,
     fingerprint_nntune,
     select_backend,
+    stage_path,
     stat_nntune,
 )
-from nntune.warm.spare import enabled as spares_enabled
-from nntune.warm.spare import runtime_env
 
+_NOT_RUN = 70  # a child's exit code when its go did not come (nobody is told it)
 MAX_REQUEST = 16 * 1024 * 1024  # bytes: a stage's argv and environment are far less
-MAX_SPARE_REQUEST = 64 * 1024  # bytes: what a spare's socket buffers at once
-# The stage scripts whose work a spare's warm-up is for (they train a model); the others
-# (validate, prepare, evaluate, pretrain and warmstart when off) fork as before.
-SPARE_SCRIPTS = frozenset({"train.py", "fold.py"})
 
 
 # -- server -------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One stage, run in a forked child of the server."""
+
+    request: dict[str, Any]
+    fds: list[int]  # the stage's standard streams; with a gate, they come through it
+    base_path: list[str]
+    gate: socket.socket | None = None  # the child's end of the pair the go comes through
+    fingerprints: dict[str, tuple[str, str]] = field(default_factory=dict)  # fingerprint_nntune
+
+    def run(self) -> None:
+        """Wait for the client's go, become the stage's process, then run its script as
+        ``__main__``. Exits without running it when the go does not come."""
+        import importlib
+        import types
+
+        os.setsid()  # the server kills this group if the stage's client goes away
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        # Ctrl-C as in a cold stage: Python's default, or ignored where the stage's is.
+        ignored = self.request.get("sigint_ignored") is True
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+        if self.gate is not None:
+            try:  # b"": the client or the server went away
+                go, self.fds, _, _ = socket.recv_fds(self.gate, len(GO), 3)
+            except BaseException:  # whatever it is (a Ctrl-C), the stage must not run
+                go = b""
+            if go != GO or len(self.fds) != 3:
+                os._exit(_NOT_RUN)
+            self.gate.close()
+        for target, fd in enumerate(self.fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        _reopen_stdio()
+        argv = list(self.request["argv"])
+        os.chdir(self.request["cwd"])
+        os.environ.clear()
+        os.environ.update(self.request["env"])
+        os.environ.pop(SOCKET_ENV, None)  # inside the runner there is no runner
+        if os.environ.get(PROFILE_ENV):  # the profile times the stage from its client's start
+            os.environ[PROFILE_CLIENT_ENV] = str(self.request["pid"])
+        script = Path(argv[0]).absolute()
+        sys.path[:] = stage_path(
+            str(script), str(Path.cwd()), os.environ.get("PYTHONPATH", ""), self.base_path
+        )
+        importlib.invalidate_caches()
+        adopt_or_drop_nntune(self.fingerprints)
+        sys.argv = argv
+        # What `python SCRIPT` does: a fresh __main__ with an absolute __file__.
+        main = types.ModuleType("__main__")
+        main.__file__ = str(script)
+        sys.modules["__main__"] = main
+        exec(compile(script.read_bytes(), str(script), "exec"), main.__dict__)
+
+
+@dataclass
+class _Child:
+    """The server's side of a forked stage: its client's connection, and its end of the
+    pair the go goes through until it has gone through (``None`` after)."""
+
+    conn: socket.socket
+    gate: socket.socket | None
+    released: bool = False  # the go went through: the child runs the stage
+
+    def open_gate(self) -> bool:
+        """Read the client's go and pass it on, with the stage's standard streams; without
+        it (the client went away, or sent something else) close the gate, so that the
+        child exits without running the stage. Whether the stage runs."""
+        fds: list[int] = []
+        try:
+            go, fds, _, _ = socket.recv_fds(self.conn, len(GO), 3)
+            if go == GO and len(fds) == 3 and self.gate is not None:
+                socket.send_fds(self.gate, [GO], fds)
+                self.released = True
+        except OSError:
+            pass
+        for fd in fds:
+            os.close(fd)
+        self.close_gate()
+        return self.released
+
+    def close_gate(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
+
+    def close(self) -> None:
+        self.close_gate()
+        self.conn.close()
+
+
+def _reopen_stdio() -> None:
+    """Standard streams on the stage's descriptors, buffered as a fresh interpreter would
+    buffer them (line-buffered on a terminal; stderr always)."""
+    sys.stdin = open(0, encoding=sys.stdin.encoding, closefd=False)  # noqa: SIM115
+    sys.stdout = open(  # noqa: SIM115
+        1, "w", buffering=1 if os.isatty(1) else -1, encoding=sys.stdout.encoding, closefd=False
+    )
+    sys.stderr = open(  # noqa: SIM115
+        2, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace", closefd=False
+    )
 
 
 class Server:
     """Accepts stages on ``path`` and forks a child for each; answers each client with its
     child's exit code. Single-threaded, so that forking is safe."""
 
-    def __init__(self, path: str, owner: int | None = None, project: str | None = None) -> None:
+    def __init__(self, path: str, owner: int | None = None) -> None:
         self.path = path
         self.owner = owner
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)  # clients may connect (and wait) while the imports run
         self.listener.listen(128)
-        self.children: dict[int, Child] = {}
+        self.children: dict[int, _Child] = {}
         self.stopping = False
         # From here on a stop request is remembered, also while the imports run, so that a
         # run that ends during them still gets its folder cleaned up.
@@ -67,11 +170,6 @@ class Server:
         self.env = load_time_env(dict(os.environ))
         self.backend = requested_backend(os.environ)  # what its `import keras` loads
         self.fingerprints: dict[str, tuple[str, str]] = {}
-        self.spare: Spare | None = None  # a child forked ahead of the next stage
-        self.spares = spares_enabled(os.environ)
-        # As the server was started: importing TensorFlow sets TPU_* variables of its own.
-        self.runtime_env = runtime_env(os.environ)
-        self.project = project or str(Path.cwd())  # whose params.yaml a spare warms up with
 
     def preload(self, modules: Sequence[str] = PRELOAD) -> list[str]:
         """Import what the stages import; returns the modules that failed to import."""
@@ -109,17 +207,16 @@ class Server:
                 selector.unregister(self.listener)
                 self._close_listener()
             if self.stopping and not self.children:
-                self._drop_spare()
                 return None
-            if self.spares and self.spare is None and not self.stopping:
-                job = self._fork_spare()  # it warms up while the stage it replaces runs
-                if job is not None:  # in the spare
-                    return leave_loop(job, selector, wake_r, wake_w)
             for key, _ in selector.select(timeout=1.0):
                 if key.fileobj is self.listener:
                     job = self._accept(selector)
                     if job is not None:  # in the child
-                        return leave_loop(job, selector, wake_r, wake_w)
+                        selector.close()
+                        signal.set_wakeup_fd(-1)  # the server's, which the child must not feed
+                        os.close(wake_r)
+                        os.close(wake_w)
+                        return job
                 elif key.fileobj == wake_r:
                     _drain(wake_r)  # a child exited (SIGCHLD) or a stop was asked
                 else:  # a client's connection: its go, or its process went away
@@ -155,18 +252,19 @@ class Server:
                 send_message(conn, answer)
             conn.close()
             return None
-        taken = self._take_spare(request)
-        if taken is not None:
-            pid, ours = taken
-        else:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            pid = self._fork()
-            if pid == 0:
-                ours.close()
-                conn.close()
-                return Job(request, [], self.base_path, theirs, self.fingerprints)
-            theirs.close()
-        child = self.children[pid] = Child(conn, ours)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            self._close_listener(unlink=False)
+            for other in self.children.values():
+                other.close()
+            conn.close()
+            return Job(request, [], self.base_path, theirs, self.fingerprints)
+        theirs.close()
+        child = self.children[pid] = _Child(conn, ours)
         try:
             send_message(conn, {"started": pid, "protocol": PROTOCOL})
         except OSError:  # its client is gone already: the child exits without running it
@@ -175,74 +273,6 @@ class Server:
         conn.settimeout(None)
         selector.register(conn, selectors.EVENT_READ, pid)
         return None
-
-    def _fork(self) -> int:
-        """Fork; in the child, close what belongs to the server and its other children."""
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            self._close_listener(unlink=False)
-            for other in self.children.values():
-                other.close()
-            if self.spare is not None:
-                self.spare.gate.close()
-        return pid
-
-    def _fork_spare(self) -> Job | None:
-        """Fork a spare; the spare's :class:`Job` in the spare, None in the server."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = self._fork()
-        if pid == 0:
-            ours.close()
-            return Job({}, [], self.base_path, theirs, self.fingerprints, spare_of=self.project)
-        theirs.close()
-        self.spare = Spare(pid, ours)
-        return None
-
-    def _take_spare(self, request: dict[str, Any]) -> tuple[int, socket.socket] | None:
-        """Hand ``request`` to the spare, if there is one that may run it: its pid and the
-        server's end of its gate (the spare is then an ordinary child)."""
-        spare = self.spare
-        if spare is None or Path(request["argv"][0]).name not in SPARE_SCRIPTS:
-            return None
-        if runtime_env(request["env"]) != self.runtime_env:
-            return None  # another device set: its runtime must start with the stage's
-        payload = json.dumps(request).encode()
-        if len(payload) > MAX_SPARE_REQUEST:
-            return None
-        ready = spare.is_ready()
-        if ready is None:  # it died: the next loop forks another
-            self._drop_spare()
-        if not ready:  # never make a stage wait for a warm-up: fork it as before
-            return None
-        self.spare = None
-        try:
-            spare.gate.setblocking(False)  # the buffer takes it whole, or the spare is dropped
-            spare.gate.sendall(HEADER.pack(len(payload)) + payload)
-            spare.gate.setblocking(True)
-        except OSError:
-            self.spare = spare
-            self._drop_spare()
-            return None
-        return spare.pid, spare.gate
-
-    def _drop_spare(self, grace: float = 3.0) -> None:
-        """Stop the idle spare (it may be warming up: SIGTERM lets it remove its temp
-        folder, SIGKILL after ``grace`` seconds) and reap it."""
-        spare, self.spare = self.spare, None
-        if spare is None:
-            return
-        spare.gate.close()
-        deadline = time.monotonic() + grace
-        with suppress(ProcessLookupError, ChildProcessError):
-            os.kill(spare.pid, signal.SIGTERM)
-            while os.waitpid(spare.pid, os.WNOHANG) == (0, 0):
-                if time.monotonic() > deadline:
-                    os.kill(spare.pid, signal.SIGKILL)
-                    os.waitpid(spare.pid, 0)
-                    break
-                time.sleep(0.02)
 
     def _refusal(self, request: Any) -> str | None:
         if not isinstance(request, dict):
@@ -276,9 +306,6 @@ class Server:
                 return
             child = self.children.pop(pid, None)
             if child is None:
-                if self.spare is not None and pid == self.spare.pid:  # it died idle
-                    self.spare.gate.close()
-                    self.spare = None
                 continue
             with suppress(KeyError):  # already unregistered if its client went away
                 selector.unregister(child.conn)
@@ -329,7 +356,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--owner", type=int, help="stop when this process is gone")
     parser.add_argument("--preload", default=",".join(PRELOAD), help="modules to import")
     parser.add_argument("--daemon", action="store_true", help="detach; pid in SOCKET.pid")
-    parser.add_argument("--project", help="the project whose params.yaml spares warm up with")
     args = parser.parse_args(argv)
     pid_file = Path(f"{args.socket}.pid")
     if args.daemon:
@@ -338,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(f"{pid_file}.tmp").write_text(str(os.getpid()))
         Path(f"{pid_file}.tmp").replace(pid_file)  # whole or absent for the starter
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # what the stage scripts set
-    server = Server(args.socket, args.owner, args.project)
+    server = Server(args.socket, args.owner)
     failed = server.preload([name for name in args.preload.split(",") if name])
     print(f"nntune warm runner on {args.socket}; not preloaded: {failed or 'none'}", flush=True)
     job = server.serve()

@@ -73,7 +73,7 @@ def ensemble(
             f"--top {top}: only {len(chosen)} successful experiment(s) to average; run more "
             "trials (`nntune grid` or `nntune search`, then `nntune run`) or lower --top"
         )
-    choice = out_of_fold_choice(chosen, _task(params), required=if_better)
+    choice = out_of_fold_choice(chosen, project_task(params), required=if_better)
     if choice is not None:
         typer.echo(choice.describe())
         if if_better and not choice.ensemble_wins:
@@ -137,7 +137,8 @@ def run_top(chosen: list[Experiment], name: str | None, objective: str, by_hand:
     return name
 
 
-def _task(params: Path) -> Task:
+def project_task(params: Path) -> Task:
+    """The task of the project's params (what the out-of-fold scores depend on)."""
     from nntune.cli.options import load_with_mapping
 
     return load_with_mapping(params)[0].data.task

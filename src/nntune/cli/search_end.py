@@ -55,7 +55,7 @@ def ensemble_if_better(console: Console, params: Path, top: int) -> str | None:
     """Compare the average of HEAD's best ``top`` experiments (fewer if fewer succeeded, at
     least 2) with the best one on their out-of-fold predictions, and run it as its own
     experiment where it wins: its name, or None."""
-    from nntune.cli.ensembles import _task, out_of_fold_choice, run_top
+    from nntune.cli.ensembles import out_of_fold_choice, project_task, run_top
     from nntune.cli.results import load_comparison
 
     comparison = load_comparison(params, None, False)
@@ -63,7 +63,7 @@ def ensemble_if_better(console: Console, params: Path, top: int) -> str | None:
     if len(chosen) < 2:
         return None
     try:
-        choice = out_of_fold_choice(chosen, _task(params), required=True)
+        choice = out_of_fold_choice(chosen, project_task(params), required=True)
     except NntuneError as exc:  # an older trial among the best: say so, keep the search's
         console.print(f"no ensemble: {exc}", markup=False, highlight=False)
         return None

@@ -7,7 +7,9 @@ baseline reproduced, untimed), queues its 16 points and runs them with `nntune r
 side by side in each of the chosen modes, the queue, the experiments and DVC's run cache
 emptied before each: ``own`` (nntune's executor, the default; stages forked from the warm
 runner), ``dvc`` (``--executor dvc``: DVC's celery workers, warm runner), ``own-cold`` and
-``dvc-cold`` (``--cold``: every stage a fresh Python). Each runs with
+``dvc-cold`` (``--cold``: every stage a fresh Python), ``own-fresh`` (the warm runner
+forks a fresh child for every stage: ``NNTUNE_WARM_RESIDENT_JOBS=1``, no resident
+children). Each runs with
 ``NNTUNE_PROFILE`` set, so every stage process records when it started, when its
 ``main`` started (the difference is interpreter start plus imports) and when it ended. With
 ``-j 1`` trials run one after another, so the wall time per trial is total / 16, and what
@@ -43,14 +45,18 @@ def run_profiled(project: Path, space: Path, jobs: int, profile: Path, mode: str
     shutil.rmtree(project / ".dvc" / "tmp" / "nntune" / "done", ignore_errors=True)
     sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
     os.environ["NNTUNE_PROFILE"] = str(profile)  # workers inherit it, stages write to it
-    executor, _, cold = mode.partition("-")
+    executor, _, variant = mode.partition("-")
+    cold = variant == "cold"
     flags = ["--executor", "nntune" if executor == "own" else "dvc", "--cold" if cold else "--warm"]
+    if variant == "fresh":  # the warm runner forks a fresh child for every stage
+        os.environ["NNTUNE_WARM_RESIDENT_JOBS"] = "1"
     try:
         started = time.perf_counter()
         sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs), *flags)
         return time.perf_counter() - started
     finally:
         os.environ.pop("NNTUNE_PROFILE")
+        os.environ.pop("NNTUNE_WARM_RESIDENT_JOBS", None)
 
 
 def save_load_seconds(project: Path, tmp: Path) -> dict[str, float]:
@@ -137,7 +143,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
-        "--modes", nargs="+", default=["own", "dvc"], choices=["own", "dvc", "own-cold", "dvc-cold"]
+        "--modes",
+        nargs="+",
+        default=["own", "dvc"],
+        choices=["own", "dvc", "own-cold", "dvc-cold", "own-fresh"],
     )
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}

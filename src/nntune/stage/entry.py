@@ -22,6 +22,14 @@ from typing import NoReturn
 from nntune.errors import NntuneError
 
 PROFILE_ENV = "NNTUNE_PROFILE"
+RESIDENT_ENV = "NNTUNE_WARM_RESIDENT"  # nntune.warm.child's; repeated to keep stages light
+
+
+class ResidentEnd(SystemExit):
+    """A stage's good end in a resident child of the warm runner, which catches it by this
+    attribute (the stage may run its own copy of this module)."""
+
+    nntune_resident = True
 
 
 def import_keras_without_sklearn() -> None:
@@ -62,8 +70,15 @@ def exit_without_teardown(code: int = 0) -> NoReturn:
     down: with TensorFlow loaded, the teardown (module and thread-pool destruction) took
     1.2-1.6 s after the train and evaluate stages had finished their work. Exit handlers
     still run and the standard streams are flushed; every output is already closed (they are
-    written atomically, and the train stage ends its dvclive run)."""
+    written atomically, and the train stage ends its dvclive run).
+
+    In a resident child of the warm runner (``NNTUNE_WARM_RESIDENT``, set by
+    ``nntune.warm.child``) a stage that ended well raises :class:`ResidentEnd` instead: the
+    child keeps its process, and its runtime, for the working copy's next stage."""
     import atexit
+
+    if code == 0 and os.environ.get(RESIDENT_ENV) == "1":
+        raise ResidentEnd(0)
 
     atexit._run_exitfuncs()
     sys.stdout.flush()

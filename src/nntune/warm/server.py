@@ -1,5 +1,7 @@
 """The warm runner's server: imports the stages' libraries once, then forks a child per
-stage that a client hands over, and relays its exit code back. Started as
+stage that a client hands over, and relays its exit code back. A child whose stage ended
+well stays resident (:mod:`nntune.warm.child`): the next stage of the same working copy goes
+to it instead of a fresh fork, where it takes it. Started as
 ``python -m nntune.warm.server SOCKET`` by :mod:`nntune.warm.launcher`."""
 
 from __future__ import annotations
@@ -11,120 +13,65 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nntune.warm.child import HANDOVER_TIMEOUT, Job, resident_jobs
 from nntune.warm.client import (
     GO,
     HEADER,
     PRELOAD,
-    PROFILE_CLIENT_ENV,
-    PROFILE_ENV,
     PROTOCOL,
-    SOCKET_ENV,
     load_time_env,
     process_alive,
     read_exactly,
     requested_backend,
     send_message,
 )
-from nntune.warm.snapshot import (
-    adopt_or_drop_nntune,
-    fingerprint_nntune,
-    select_backend,
-    stage_path,
-    stat_nntune,
-)
+from nntune.warm.snapshot import fingerprint_nntune, select_backend, stat_nntune
 
-_NOT_RUN = 70  # a child's exit code when its go did not come (nobody is told it)
 MAX_REQUEST = 16 * 1024 * 1024  # bytes: a stage's argv and environment are far less
+MAX_IDLE = 4  # resident children waiting for a next stage, per server; the oldest ends
 
 
 # -- server -------------------------------------------------------------------------------
 
 
 @dataclass
-class Job:
-    """One stage, run in a forked child of the server."""
-
-    request: dict[str, Any]
-    fds: list[int]  # the stage's standard streams; with a gate, they come through it
-    base_path: list[str]
-    gate: socket.socket | None = None  # the child's end of the pair the go comes through
-    fingerprints: dict[str, tuple[str, str]] = field(default_factory=dict)  # fingerprint_nntune
-
-    def run(self) -> None:
-        """Wait for the client's go, become the stage's process, then run its script as
-        ``__main__``. Exits without running it when the go does not come."""
-        import importlib
-        import types
-
-        os.setsid()  # the server kills this group if the stage's client goes away
-        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        # Ctrl-C as in a cold stage: Python's default, or ignored where the stage's is.
-        ignored = self.request.get("sigint_ignored") is True
-        signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
-        if self.gate is not None:
-            try:  # b"": the client or the server went away
-                go, self.fds, _, _ = socket.recv_fds(self.gate, len(GO), 3)
-            except BaseException:  # whatever it is (a Ctrl-C), the stage must not run
-                go = b""
-            if go != GO or len(self.fds) != 3:
-                os._exit(_NOT_RUN)
-            self.gate.close()
-        for target, fd in enumerate(self.fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        _reopen_stdio()
-        argv = list(self.request["argv"])
-        os.chdir(self.request["cwd"])
-        os.environ.clear()
-        os.environ.update(self.request["env"])
-        os.environ.pop(SOCKET_ENV, None)  # inside the runner there is no runner
-        if os.environ.get(PROFILE_ENV):  # the profile times the stage from its client's start
-            os.environ[PROFILE_CLIENT_ENV] = str(self.request["pid"])
-        script = Path(argv[0]).absolute()
-        sys.path[:] = stage_path(
-            str(script), str(Path.cwd()), os.environ.get("PYTHONPATH", ""), self.base_path
-        )
-        importlib.invalidate_caches()
-        adopt_or_drop_nntune(self.fingerprints)
-        sys.argv = argv
-        # What `python SCRIPT` does: a fresh __main__ with an absolute __file__.
-        main = types.ModuleType("__main__")
-        main.__file__ = str(script)
-        sys.modules["__main__"] = main
-        exec(compile(script.read_bytes(), str(script), "exec"), main.__dict__)
-
-
-@dataclass
 class _Child:
-    """The server's side of a forked stage: its client's connection, and its end of the
-    pair the go goes through until it has gone through (``None`` after)."""
+    """The server's side of a forked child: its stage's client connection (``None`` while
+    it waits, resident, for a next stage) and the server's end of the pair the go goes
+    through. A child that may stay resident keeps that pair open: it reports a stage that
+    ended well through it, and takes the next request through it."""
 
-    conn: socket.socket
+    conn: socket.socket | None
     gate: socket.socket | None
+    cwd: str
+    resident: bool = False  # it may report a stage's good end instead of exiting
+    awaiting_go: bool = True  # the stage's client has not sent its go yet
     released: bool = False  # the go went through: the child runs the stage
+    idle_since: float | None = None  # resident and waiting for a next stage
 
     def open_gate(self) -> bool:
         """Read the client's go and pass it on, with the stage's standard streams; without
         it (the client went away, or sent something else) close the gate, so that the
         child exits without running the stage. Whether the stage runs."""
         fds: list[int] = []
+        self.awaiting_go = False
         try:
-            go, fds, _, _ = socket.recv_fds(self.conn, len(GO), 3)
-            if go == GO and len(fds) == 3 and self.gate is not None:
-                socket.send_fds(self.gate, [GO], fds)
-                self.released = True
+            if self.conn is not None:
+                go, fds, _, _ = socket.recv_fds(self.conn, len(GO), 3)
+                if go == GO and len(fds) == 3 and self.gate is not None:
+                    socket.send_fds(self.gate, [GO], fds)
+                    self.released = True
         except OSError:
             pass
         for fd in fds:
             os.close(fd)
-        self.close_gate()
         return self.released
 
     def close_gate(self) -> None:
@@ -134,19 +81,8 @@ class _Child:
 
     def close(self) -> None:
         self.close_gate()
-        self.conn.close()
-
-
-def _reopen_stdio() -> None:
-    """Standard streams on the stage's descriptors, buffered as a fresh interpreter would
-    buffer them (line-buffered on a terminal; stderr always)."""
-    sys.stdin = open(0, encoding=sys.stdin.encoding, closefd=False)  # noqa: SIM115
-    sys.stdout = open(  # noqa: SIM115
-        1, "w", buffering=1 if os.isatty(1) else -1, encoding=sys.stdout.encoding, closefd=False
-    )
-    sys.stderr = open(  # noqa: SIM115
-        2, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace", closefd=False
-    )
+        if self.conn is not None:
+            self.conn.close()
 
 
 class Server:
@@ -170,6 +106,7 @@ class Server:
         self.env = load_time_env(dict(os.environ))
         self.backend = requested_backend(os.environ)  # what its `import keras` loads
         self.fingerprints: dict[str, tuple[str, str]] = {}
+        self.jobs = resident_jobs(os.environ)  # stages a child may run; 1: one each
 
     def preload(self, modules: Sequence[str] = PRELOAD) -> list[str]:
         """Import what the stages import; returns the modules that failed to import."""
@@ -206,6 +143,8 @@ class Server:
             if self.stopping and self.listener.fileno() != -1:
                 selector.unregister(self.listener)
                 self._close_listener()
+            if self.stopping:  # resident children end; the running ones once they are done
+                self._end_idle(selector, keep=0)
             if self.stopping and not self.children:
                 return None
             for key, _ in selector.select(timeout=1.0):
@@ -219,13 +158,21 @@ class Server:
                         return job
                 elif key.fileobj == wake_r:
                     _drain(wake_r)  # a child exited (SIGCHLD) or a stop was asked
+                elif isinstance(key.data, tuple):  # a child's pair: a stage's good end, or EOF
+                    child = self.children.get(key.data[1])
+                    if child is not None and child.gate is key.fileobj:  # else handled already
+                        self._reported(selector, key.data[1])
                 else:  # a client's connection: its go, or its process went away
                     pid = key.data
                     child = self.children.get(pid)
-                    if child is not None and child.gate is not None:
-                        if child.open_gate():
-                            continue  # the stage runs now
-                        selector.unregister(key.fileobj)  # the child exits without running it
+                    if child is not None and child.conn is not key.fileobj:
+                        continue  # closed earlier in this round (its stage was reported)
+                    if child is not None and child.awaiting_go:
+                        runs = child.open_gate()
+                        if not runs or not child.resident:  # it reports nothing through it
+                            self._drop_gate(selector, child)  # without a go, it exits
+                        if not runs:
+                            selector.unregister(key.fileobj)
                         continue
                     selector.unregister(key.fileobj)
                     with suppress(ProcessLookupError):
@@ -252,23 +199,31 @@ class Server:
                 send_message(conn, answer)
             conn.close()
             return None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            self._close_listener(unlink=False)
-            for other in self.children.values():
-                other.close()
-            conn.close()
-            return Job(request, [], self.base_path, theirs, self.fingerprints)
-        theirs.close()
-        child = self.children[pid] = _Child(conn, ours)
+        pid = self._resident_for(selector, request)
+        if pid is not None:
+            child = self.children[pid]
+            child.conn = conn
+        else:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                ours.close()
+                self._close_listener(unlink=False)
+                for other in self.children.values():
+                    other.close()
+                conn.close()
+                fingerprints = self.fingerprints
+                return Job(request, [], self.base_path, theirs, fingerprints, self.jobs)
+            theirs.close()
+            resident = self.jobs > 1
+            child = self.children[pid] = _Child(conn, ours, str(request["cwd"]), resident)
+            selector.register(ours, selectors.EVENT_READ, ("gate", pid))
         try:
             send_message(conn, {"started": pid, "protocol": PROTOCOL})
         except OSError:  # its client is gone already: the child exits without running it
-            child.close_gate()
+            self._drop_gate(selector, child)
             return None
         conn.settimeout(None)
         selector.register(conn, selectors.EVENT_READ, pid)
@@ -307,12 +262,81 @@ class Server:
             child = self.children.pop(pid, None)
             if child is None:
                 continue
-            with suppress(KeyError):  # already unregistered if its client went away
-                selector.unregister(child.conn)
-            if child.released:  # else it did not run the stage: its client has no exit code
+            if child.conn is not None:
+                with suppress(KeyError, ValueError):  # unregistered if its client went away
+                    selector.unregister(child.conn)
+            self._drop_gate(selector, child)
+            if child.released and child.conn is not None:  # else no stage's client waits
                 with suppress(OSError):
                     send_message(child.conn, {"exit": os.waitstatus_to_exitcode(status)})
             child.close()
+
+    # -- resident children (nntune.warm.child) --
+
+    def _reported(self, selector: selectors.BaseSelector, pid: int) -> None:
+        """A resident child's message: its stage ended well (relayed to the stage's client,
+        and the child waits for a next stage), or it closed its end (it is ending: its exit
+        status is relayed when it is reaped)."""
+        child = self.children.get(pid)
+        if child is None or child.gate is None:
+            return
+        try:
+            child.gate.settimeout(HANDOVER_TIMEOUT)
+            message = json.loads(_read_line(child.gate) or b"null")
+        except (OSError, ValueError):
+            message = None
+        if not isinstance(message, dict) or message.get("exit") != 0 or child.conn is None:
+            self._drop_gate(selector, child)  # a child that sent anything else ends
+            return
+        with suppress(KeyError, ValueError):
+            selector.unregister(child.conn)
+        with suppress(OSError):
+            send_message(child.conn, {"exit": 0})
+        child.conn.close()
+        child.conn, child.released, child.idle_since = None, False, time.monotonic()
+        self._end_idle(selector, keep=MAX_IDLE)
+
+    def _resident_for(
+        self, selector: selectors.BaseSelector, request: dict[str, Any]
+    ) -> int | None:
+        """The pid of a resident child of the request's working copy that took it, or
+        ``None`` (a fresh child is forked). A child that declines ends."""
+        for pid, child in self.children.items():
+            if child.idle_since is None or child.cwd != request["cwd"] or child.gate is None:
+                continue
+            try:
+                child.gate.settimeout(HANDOVER_TIMEOUT)
+                send_message(child.gate, {"request": request})
+                answer = json.loads(_read_line(child.gate) or b"null")
+            except (OSError, ValueError):
+                answer = None
+            if isinstance(answer, dict) and answer.get("taken") is True:
+                child.idle_since, child.awaiting_go = None, True
+                return pid
+            self._drop_gate(selector, child)  # it ends; reaped as usual
+            return None
+        return None
+
+    def _end_idle(self, selector: selectors.BaseSelector, keep: int) -> None:
+        """Close the pair of all but the ``keep`` most recently idle resident children:
+        they end."""
+        idle = sorted(
+            (child.idle_since, pid)
+            for pid, child in self.children.items()
+            if child.idle_since is not None and child.gate is not None
+        )
+        for _, pid in idle[: max(0, len(idle) - keep)]:
+            self._drop_gate(selector, self.children[pid])
+            self.children[pid].idle_since = None
+
+    @staticmethod
+    def _drop_gate(selector: selectors.BaseSelector, child: _Child) -> None:
+        """Close the server's end of a child's pair: a child waiting for a go or a next
+        stage ends; one running its stage exits when it is done, as a fresh child does."""
+        if child.gate is not None:
+            with suppress(KeyError, ValueError):
+                selector.unregister(child.gate)
+            child.close_gate()
 
     def _stop(self, *_: Any) -> None:
         self.stopping = True
@@ -340,6 +364,17 @@ def _pythonpath() -> list[str]:
     """PYTHONPATH's entries, absolute, as the interpreter puts them on sys.path."""
     entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     return [str(Path(entry).absolute()) for entry in entries if entry]
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    """One line from a child's pair; ``b""`` when it closed its end."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
 
 
 def _drain(fd: int) -> None:

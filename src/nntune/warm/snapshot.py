@@ -155,3 +155,11 @@ def select_backend(
     apply(backend, deterministic, env)
     request["env"] = env
     return None
+
+
+def loaded_nntune() -> dict[str, tuple[str, str]]:
+    """Every loaded nntune module with its file, relative to the loaded ``nntune`` package's
+    folder, and the SHA-256 of that file's bytes now: what a resident child of the warm
+    runner keeps for its next stage (:mod:`nntune.warm.child`). Taken right after a stage,
+    whose working copy does not change while it runs."""
+    return fingerprint_nntune(stat_nntune())

@@ -97,7 +97,16 @@ def test_repro_is_skipped_when_unchanged_and_byte_identical_when_forced(project:
     with warm_runner() as socket, _environ(NNTUNE_PROFILE=str(profile)):
         assert socket is not None
         warm = run(project, "dvc", "repro", "--force")
-    _assert_forked_and_unchanged(project, warm, profile, before, "the warm runner")
+        _assert_forked_and_unchanged(project, warm, profile, before, "the warm runner")
+        # Again: each Keras stage now runs in a resident child, one that has already run
+        # stages of this working copy (Keras' session cleared, the stage reseeded).
+        again = run(project, "dvc", "repro", "--force")
+    _assert_forked_and_unchanged(project, again, profile, before, "resident children")
+    lines = profile.read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if r["warm"]]  # validate, prepare: cold
+    assert len(records) == 8
+    first_pids = {r["pid"] for r in records[: len(records) // 2]}
+    assert all(r["pid"] in first_pids for r in records[len(records) // 2 :]), records
     # Lineage: what produced these numbers, down to the data file's DVC hash.
     lineage = json.loads((project / "reports" / "train_run.json").read_text())
     assert lineage["train_seconds"] > 0 and lineage["versions"]["nntune"]

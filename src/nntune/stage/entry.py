@@ -101,6 +101,7 @@ def _record(path: Path, main_start: float) -> None:
         "main_end": time.time(),
         # Peak resident memory of this stage's process (Linux reports KiB).
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "pid": os.getpid(),  # a resident child of the warm runner runs several stages
     }
     with path.open("a", encoding="utf-8") as stream:  # one short line: appends do not mix
         stream.write(json.dumps(line) + "\n")

@@ -119,6 +119,7 @@ class Job:
                 _exit_now(0)
             try:
                 send_message(self.gate, {"exit": 0})
+                _tidy()  # after the report: off the stage's time, before the next stage
                 request = _read_message(self.gate)
             except OSError:
                 request = None
@@ -180,20 +181,28 @@ class Job:
         return False
 
     def _release_stage(self) -> None:
-        """Between two stages: the stage's streams released, Keras' session cleared, and the
-        bytes of the nntune modules it ran recorded for the next stage."""
+        """Right after a stage: its streams released, and the bytes of the nntune modules it
+        ran recorded for the next stage."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late Ctrl-C is not the next stage's
         sys.stdout.flush()
         sys.stderr.flush()
-        keras = sys.modules.get("keras")
-        if keras is not None:
-            keras.backend.clear_session()  # layer names and uids start over, as in a new process
-        gc.collect()
         null = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
             os.dup2(null, target)
         os.close(null)
         self.fingerprints = loaded_nntune()
+
+
+def _tidy() -> None:
+    """Between two stages: Keras' session cleared (layer names and uids start over, as in
+    a new process) and the last stage's objects collected. The server froze what it had
+    imported (``gc.freeze``), so the collection scans only the stage's objects: 15 ms
+    after a digits trial, against 0.4 s unfrozen. Done after the report all the same."""
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.backend.clear_session()  # collects garbage too
+    else:
+        gc.collect()
 
 
 def _exit_now(code: int) -> NoReturn:

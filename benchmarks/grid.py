@@ -12,7 +12,8 @@ user would see them (fresh processes, imports included):
 
 - nntune: `nntune grid` + `nntune run -j JOBS`, after removing the previous repeat's
   experiments and DVC's run cache (or a repeat would restore results without training);
-  `--only ... nntune-cold` adds the same with `nntune run --cold` (no warm runner);
+  `--only ... nntune-cold` adds the same with `nntune run --cold` (no warm runner), and
+  `nntune-fresh` with a fresh child of the warm runner for every stage (no resident ones);
 - Keras Tuner: GridSearch over the same points in one Python process, on the prepared
   splits of the same project, each trial seeded and built by nntune's own code;
 - bare Keras: a plain loop over the points in one Python process, likewise.
@@ -108,7 +109,13 @@ def time_nntune(project: Path, space: Path, jobs: int, mode: str = "warm") -> di
     shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
     started = time.perf_counter()
     sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
-    sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs), f"--{mode}")
+    if mode == "fresh":  # the warm runner forks a fresh child per stage (no resident ones)
+        os.environ["NNTUNE_WARM_RESIDENT_JOBS"] = "1"
+    try:
+        flag = "--cold" if mode == "cold" else "--warm"
+        sh(project, str(BIN / "nntune"), "run", "--jobs", str(jobs), flag)
+    finally:
+        os.environ.pop("NNTUNE_WARM_RESIDENT_JOBS", None)
     seconds = time.perf_counter() - started
     sys.path.insert(0, str(ROOT / "src"))
     from nntune.experiments import list_experiments
@@ -117,7 +124,8 @@ def time_nntune(project: Path, space: Path, jobs: int, mode: str = "warm") -> di
     best = min(rows, key=lambda e: float(e.metrics["val_loss"]))
     backend = "" if "tensorflow" in project.name else "-jax"
     return {
-        "contender": ("nntune" if mode == "warm" else "nntune-cold") + backend,
+        "contender": {"warm": "nntune", "cold": "nntune-cold", "fresh": "nntune-fresh"}[mode]
+        + backend,
         "seconds": round(seconds, 1),
         "trials": len(rows),
         "best": best.name,
@@ -285,7 +293,9 @@ def main() -> None:
             for name in args.only:
                 project = projects[backend_of(name)]
                 if name.startswith("nntune"):
-                    mode = "cold" if name.startswith("nntune-cold") else "warm"
+                    mode = {"nntune-cold": "cold", "nntune-fresh": "fresh"}.get(
+                        name.removesuffix("-jax"), "warm"
+                    )
                     row = time_nntune(project, tmp / "space.yaml", args.jobs, mode)
                 else:
                     row = time_in_process(project, name, tmp)

@@ -6,8 +6,10 @@ Makes the project of benchmarks/grid.py (nntune init on digits) with one epoch p
 (the worker's memory is DVC's and git's bookkeeping, not the fit, which runs in the
 stages' own processes), queues TRIALS distinct trials (``model.units`` 20, 21, ...) and
 runs them with ``nntune run -j 1`` and ``NNTUNE_WORKER_TRIALS=TRIALS``, so that one worker
-runs them all. Every trial's record (``.dvc/tmp/nntune/done/``) holds the worker's peak
-resident memory after that trial (``getrusage``) and the trial's number in the worker's
+runs them all, and with ``NNTUNE_WARM_RESIDENT_JOBS`` high enough that one resident child of
+the warm runner runs every train stage (its peak RSS after each, from ``NNTUNE_PROFILE``).
+Every trial's record (``.dvc/tmp/nntune/done/``) holds the worker's peak resident memory
+after that trial (``getrusage``) and the trial's number in the worker's
 life. Prints one JSON line: the peak after trials 1, 10, 25, 50, 75 and the last, the
 ratio last / 10th (the issue's target: at most 1.10), and the wall time.
 """
@@ -43,6 +45,10 @@ def main() -> None:
         space.write_text(f"model.units: {json.dumps(list(range(20, 20 + args.trials)))}\n")
         sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
         os.environ["NNTUNE_WORKER_TRIALS"] = str(args.trials)
+        # One resident child of the warm runner per server runs every stage it is handed.
+        os.environ["NNTUNE_WARM_RESIDENT_JOBS"] = str(4 * args.trials)
+        profile = Path(tmp) / "profile.jsonl"
+        os.environ["NNTUNE_PROFILE"] = str(profile)
         started = time.perf_counter()
         sh(project, str(BIN / "nntune"), "run", "--jobs", "1")
         wall = time.perf_counter() - started
@@ -50,6 +56,12 @@ def main() -> None:
             json.loads(p.read_text())
             for p in (project / ".dvc" / "tmp" / "nntune" / "done").glob("*.json")
         ]
+        stages = [json.loads(line) for line in profile.read_text().splitlines()]
+    children = {}  # the peak RSS of each resident child after its Nth train stage
+    for stage in stages:
+        if stage["stage"] == "train" and stage["warm"]:
+            children.setdefault(stage["pid"], []).append(stage["max_rss_mb"])
+    train = max(children.values(), key=len, default=[])
     ok = [r for r in records if r["ok"]]
     workers = {r["worker"] for r in records}
     peak = {r["worker_trial"]: r["worker_peak_rss_mb"] for r in records}
@@ -61,6 +73,13 @@ def main() -> None:
         "workers": len(workers),
         "peak_rss_mb_after_trial": {str(n): peak[n] for n in marks},
         "ratio_last_to_10th": round(peak[last] / peak[10], 3) if 10 in peak else None,
+        "train_children": len(children),
+        "train_child_peak_rss_mb_after_stage": {
+            str(n): train[n - 1] for n in sorted({1, 10, 25, 50, 75, len(train)}) if n <= len(train)
+        },
+        "train_child_ratio_last_to_10th": (
+            round(train[-1] / train[9], 3) if len(train) >= 10 else None
+        ),
         "wall_s": round(wall, 1),
         "per_trial_s": round(wall / max(1, len(records)), 2),
     }))  # fmt: skip

@@ -43,6 +43,9 @@ if sys.argv[2] == "fail":
     sys.exit(3)
 if sys.argv[2] == "plain":  # ends as a script without nntune's stage entry
     sys.exit(0)
+if sys.argv[2] == "sleep":
+    import time
+    time.sleep(60)
 exit_without_teardown()
 """
 
@@ -185,3 +188,29 @@ def test_a_child_runs_at_most_its_share_of_stages_and_ends_with_the_run(
 def test_without_a_runner_the_stage_ends_its_own_process(tmp_path: Path) -> None:
     out, seen = stage(copy(tmp_path), None)
     assert out.returncode == 0 and seen["preloaded"] is False
+
+
+def test_a_resident_child_dies_with_the_client_of_the_stage_it_runs(
+    tmp_path: Path, runner: str
+) -> None:
+    """DVC cancels a trial (or a worker dies): the stage's process goes, and the resident
+    child running that stage goes with it, as a fresh child does."""
+    workspace = copy(tmp_path)
+    _, first = stage(workspace, runner)
+    env = {**os.environ, "PYTHONPATH": "src", SOCKET_ENV: runner}
+    client = subprocess.Popen(
+        [sys.executable, "stages/stage.py", "params.yaml", "sleep"],
+        cwd=workspace,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    running = json.loads(client.stdout.readline())
+    assert running["pid"] == first["pid"]  # the resident child took it
+    client.kill()
+    client.wait(timeout=10)
+    client.stdout.close()
+    assert ended(int(str(first["pid"])))
+    out, after = stage(workspace, runner)
+    assert out.returncode == 0 and after["pid"] != first["pid"]

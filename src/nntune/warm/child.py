@@ -157,6 +157,7 @@ class Job:
         os.environ.clear()
         os.environ.update(self.request["env"])
         os.environ.pop(SOCKET_ENV, None)  # inside the runner there is no runner
+        os.environ.pop(RESIDENT_ENV, None)  # only this child says whether it stays
         if resident:
             os.environ[RESIDENT_ENV] = "1"
         if os.environ.get(PROFILE_ENV):  # the profile times the stage from its client's start

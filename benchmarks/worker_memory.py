@@ -7,7 +7,9 @@ Makes the project of benchmarks/grid.py (nntune init on digits) with one epoch p
 stages' own processes), queues TRIALS distinct trials (``model.units`` 20, 21, ...) and
 runs them with ``nntune run -j 1`` and ``NNTUNE_WORKER_TRIALS=TRIALS``, so that one worker
 runs them all, and with ``NNTUNE_WARM_RESIDENT_JOBS`` high enough that one resident child of
-the warm runner runs every train stage (its peak RSS after each, from ``NNTUNE_PROFILE``).
+the warm runner runs every train stage (``--resident-jobs N``: a fresh child every N
+stages, as the runner's default does). The train stage's peak RSS after each trial comes
+from ``NNTUNE_PROFILE`` (that of the child that ran it).
 Every trial's record (``.dvc/tmp/nntune/done/``) holds the worker's peak resident memory
 after that trial (``getrusage``) and the trial's number in the worker's
 life. Prints one JSON line: the peak after trials 1, 10, 25, 50, 75 and the last, the
@@ -32,6 +34,12 @@ from grid import BIN, make_project, sh
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument(
+        "--resident-jobs",
+        type=int,
+        help="stages per resident child of the warm runner (default: all, so one child runs "
+        "every train stage)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nntune-worker-mem-") as tmp:
         project = make_project(Path(tmp))
@@ -46,7 +54,7 @@ def main() -> None:
         sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
         os.environ["NNTUNE_WORKER_TRIALS"] = str(args.trials)
         # One resident child of the warm runner per server runs every stage it is handed.
-        os.environ["NNTUNE_WARM_RESIDENT_JOBS"] = str(4 * args.trials)
+        os.environ["NNTUNE_WARM_RESIDENT_JOBS"] = str(args.resident_jobs or 4 * args.trials)
         profile = Path(tmp) / "profile.jsonl"
         os.environ["NNTUNE_PROFILE"] = str(profile)
         started = time.perf_counter()
@@ -58,10 +66,11 @@ def main() -> None:
         ]
         stages = [json.loads(line) for line in profile.read_text().splitlines()]
     children = {}  # the peak RSS of each resident child after its Nth train stage
-    for stage in stages:
+    train = []  # the peak RSS of the child that ran the Nth trial's train stage, after it
+    for stage in sorted(stages, key=lambda line: line["main_end"]):
         if stage["stage"] == "train" and stage["warm"]:
             children.setdefault(stage["pid"], []).append(stage["max_rss_mb"])
-    train = max(children.values(), key=len, default=[])
+            train.append(stage["max_rss_mb"])
     ok = [r for r in records if r["ok"]]
     workers = {r["worker"] for r in records}
     peak = {r["worker_trial"]: r["worker_peak_rss_mb"] for r in records}
@@ -74,7 +83,7 @@ def main() -> None:
         "peak_rss_mb_after_trial": {str(n): peak[n] for n in marks},
         "ratio_last_to_10th": round(peak[last] / peak[10], 3) if 10 in peak else None,
         "train_children": len(children),
-        "train_child_peak_rss_mb_after_stage": {
+        "train_child_peak_rss_mb_after_trial": {
             str(n): train[n - 1] for n in sorted({1, 10, 25, 50, 75, len(train)}) if n <= len(train)
         },
         "train_child_ratio_last_to_10th": (

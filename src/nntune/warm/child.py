@@ -56,7 +56,10 @@ from nntune.warm.snapshot import adopt_or_drop_nntune, loaded_nntune, stage_path
 NOT_RUN = 70  # a child's exit code when its go did not come (nobody is told it)
 RESIDENT_ENV = "NNTUNE_WARM_RESIDENT"  # set in a resident child; nntune.stage.entry reads it
 RESIDENT_JOBS_ENV = "NNTUNE_WARM_RESIDENT_JOBS"  # stages per child; 1: a fresh child each
-RESIDENT_JOBS = 20
+# A resident child grows by about 9 MB per digits train stage (Keras' and TensorFlow's
+# per-model caches survive clear_session: 4.4 MB per model in a bare Keras loop), so it
+# ends after 10 stages (benchmarks/worker_memory.py).
+RESIDENT_JOBS = 10
 HANDOVER_TIMEOUT = 10.0  # seconds for a resident child to take or decline a next stage
 
 

@@ -2,10 +2,12 @@
 the same space, on digits, every trial a DVC experiment in both.
 
     .venv/bin/python benchmarks/asha.py [--seeds 0 1 2] [--trials 16] [--jobs 2]
+                                        [--backend jax]
 
 The space is benchmarks/grid.py's 16 points: hidden_layers {1, 2} x units {64, 128} x
 learning_rate {0.001, 0.01} x batch_size {32, 64}, Adam. A temp project is made with
-`nntune init` on data/digits.csv and its baseline reproduced (not timed).
+`nntune init` on data/digits.csv and its baseline reproduced (not timed); with
+``--backend jax`` its params.yaml says ``runtime.backend: jax`` (grid.py's JAX project).
 
 - grid: `nntune grid` + `nntune run -j JOBS`, each point trained up to 50 epochs with early
   stopping (patience 5, restore-best), the issue-7 budget. Run once: it has no sampler.
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import BIN, ROOT, SPACE, make_project, sh
+from grid import BIN, JAX_CACHE, ROOT, SPACE, make_project, sh
 
 
 def rows(project: Path, prefix: str | None) -> list[Any]:
@@ -88,14 +90,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nntune-asha-") as name:
         tmp = Path(name)
-        project = make_project(tmp)
+        project = make_project(tmp, args.backend)
+        # On JAX, each run starts with an empty compilation cache of its own: none reuses
+        # what another compiled.
+        JAX_CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp / "jax-cache-grid")
         grid = run_grid(project, tmp / "space.yaml", args.jobs)
         print(json.dumps(grid), flush=True)
         ashas = []
         for seed in args.seeds:
+            JAX_CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp / f"jax-cache-asha-{seed}")
             ashas.append(run_asha(project, tmp / "space.yaml", args.jobs, seed, args.trials))
             print(json.dumps(ashas[-1]), flush=True)
     medians = {

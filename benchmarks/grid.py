@@ -20,8 +20,9 @@ user would see them (fresh processes, imports included):
 
 Each contender also runs on Keras' JAX backend: `nntune-jax` (a second project whose
 params.yaml says `runtime.backend: jax`, so its warm runner loads JAX), `keras-tuner-jax`
-and `bare-keras-jax` (KERAS_BACKEND=jax). JAX's compilation cache is a fresh folder of the
-run's temp dir: empty at the first repeat, then warm, as on a user's machine.
+and `bare-keras-jax` (KERAS_BACKEND=jax). Each run of each contender starts with an empty
+JAX compilation cache of its own. (Until 2026-12-04 all shared one per script run, so a
+contender loaded what those before it had compiled.)
 
 Per repeat it prints one JSON line per contender (wall seconds, best trial by val_loss, its
 val and test accuracy; for nntune also ``fit_floor_s``, the sum of its trials' `fit` seconds
@@ -292,6 +293,10 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name in args.only:
                 project = projects[backend_of(name)]
+                # An empty JAX compilation cache of its own for each run of each contender:
+                # none loads what another compiled (the cache is JAX's own env variable, so
+                # the in-process contenders use it too).
+                JAX_CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp / f"jax-cache-{name}-{repeat}")
                 if name.startswith("nntune"):
                     mode = {"nntune-cold": "cold", "nntune-fresh": "fresh"}.get(
                         name.removesuffix("-jax"), "warm"

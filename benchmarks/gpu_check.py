@@ -24,24 +24,35 @@ sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, installed or n
 
 import keras  # noqa: E402
 
-from nntune.config.params import load_params  # noqa: E402
+from nntune.config.params import Params, load_params  # noqa: E402
+from nntune.config.sections import RuntimeParams  # noqa: E402
 from nntune.stage import device  # noqa: E402
 from nntune.stage.data import digits_frame  # noqa: E402
 from nntune.stage.model import build_model  # noqa: E402
 from nntune.stage.preprocess import prepare  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser_for(doc: str | None, epochs: int) -> argparse.ArgumentParser:
+    """The options of the GPU checks (this script and gpu_resident.py)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--device", help="override runtime.device (auto, cpu, gpu:N)")
-    parser.add_argument("--epochs", type=int, default=20)
-    args = parser.parse_args()
+    parser.add_argument("--epochs", type=int, default=epochs)
+    return parser
 
+
+def params_and_runtime(args: argparse.Namespace) -> tuple[Params, RuntimeParams]:
+    """params.yaml (or ``--params``), and its runtime section with ``--device`` applied."""
     params = load_params(args.params)
     runtime = params.runtime
     if args.device:
         runtime = dataclasses.replace(runtime, device=args.device)
+    return params, runtime
+
+
+def main() -> None:
+    args = parser_for(__doc__, epochs=20).parse_args()
+    params, runtime = params_and_runtime(args)
     used = device.configure(runtime)
     keras.utils.set_random_seed(runtime.seed)
     data = prepare(digits_frame(), params.data)

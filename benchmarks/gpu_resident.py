@@ -22,8 +22,6 @@ predictions are the same across all trials of both ways.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -34,10 +32,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, installed or not
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import keras  # noqa: E402
+from gpu_check import params_and_runtime, parser_for  # noqa: E402
 
-from nntune.config.params import load_params  # noqa: E402
 from nntune.stage import device  # noqa: E402
 from nntune.stage.data import digits_frame  # noqa: E402
 from nntune.stage.model import TargetScale, build_model  # noqa: E402
@@ -45,16 +44,10 @@ from nntune.stage.preprocess import prepare  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--device", help="override runtime.device (auto, cpu, gpu:N)")
+    parser = parser_for(__doc__, epochs=3)
     parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
-    params = load_params(args.params)
-    runtime = params.runtime
-    if args.device:
-        runtime = dataclasses.replace(runtime, device=args.device)
+    params, runtime = params_and_runtime(args)
     data = prepare(digits_frame(), params.data)  # pandas and scikit-learn: no runtime yet
 
     def trial() -> tuple[str, str]:
@@ -101,7 +94,7 @@ def main() -> None:
         rows = [tuple(row) for row in json.loads(text)]
         if trials == 1:  # include the fork itself
             rows[0] = (time.perf_counter() - started, *rows[0][1:])
-        return rows  # type: ignore[return-value]
+        return rows
 
     forked: list[tuple[float, str, str]] = []
     resident: list[tuple[float, str, str]] = []

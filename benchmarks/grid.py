@@ -83,13 +83,18 @@ def sh(cwd: Path, *cmd: str) -> str:
     return out.stdout
 
 
-def make_project(tmp: Path, backend: str = "tensorflow") -> Path:
+def make_project(tmp: Path, backend: str = "tensorflow", data: Path | None = None) -> Path:
+    """A project made with `nntune init` on ``data`` (digits by default), the benchmark's
+    budget in its params (and ``data.missing: impute`` for another table), its baseline
+    reproduced and committed."""
     name = f"proj-{backend}"
-    sh(tmp, str(BIN / "nntune"), "init", name, "--data", str(ROOT / "data/digits.csv"),
+    sh(tmp, str(BIN / "nntune"), "init", name, "--data", str(data or ROOT / "data/digits.csv"),
        "--target", "target")  # fmt: skip
     project = tmp / name
     params = project / "params.yaml"
     text = params.read_text()
+    if data is not None:
+        text = re.sub(r"^(  missing: )\w+", r"\g<1>impute", text, flags=re.M)
     text = re.sub(r"^(  backend: )\w+", rf"\g<1>{backend}", text, flags=re.M)
     text = re.sub(r"^(  max_epochs: )\d+", rf"\g<1>{BUDGET['max_epochs']}", text, flags=re.M)
     text = re.sub(r"^(    patience: )\d+", rf"\g<1>{BUDGET['patience']}", text, flags=re.M)

@@ -12,13 +12,17 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from project import NNTUNE, project_env, remote_experiments, run, shared_project
+
+from nntune.experiments.ensembles import out_of_fold_files
 
 UNSHARE = ["unshare", "-n", "-p", "-f", "--mount-proc"]
 SCENARIO = Path(__file__).with_name("ray_cluster.py")
@@ -126,3 +130,41 @@ def test_asha_search_on_ray_promotes_through_the_remotes(tmp_path: Path) -> None
     assert f"experiment: {parent}" in params
     recorded = json.loads((project / "metrics/train.json").read_text())
     assert recorded["epochs_trained"] == 3 and recorded["epochs_run"] == 2
+
+
+@pytest.mark.e2e
+def test_cross_validated_search_on_ray_scores_the_average_on_fetched_folds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trials ran on other nodes, which pushed their out-of-fold predictions to the DVC
+    remote with their models; the search's closing choice reads them from there (or from
+    the models' fetch) and scores the average of its best on them. It fails when the nodes
+    push the experiments without their outputs (``dvc exp push --no-cache``)."""
+    require_isolation()
+    project, remote = shared_project(tmp_path, max_epochs=2)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["data"]["cv_folds"] = [0, 1]
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(project, "git", "commit", "--quiet", "-am", "two folds")
+    run(project, "git", "push", "--quiet")
+    space = tmp_path / "space.yaml"
+    space.write_text("model.units: [8, 16]\ntrain.learning_rate: [0.003, 0.01]\n")
+    search = ["search", "-n", "2", "-j", "2", "--max-epochs", "2", "--ensemble", "3",
+              "-s", str(space)]  # fmt: skip
+    report = tmp_path / "ray.json"
+    subprocess.run(
+        [*UNSHARE, sys.executable, str(SCENARIO), str(project), str(tmp_path / "c"), str(report),
+         "--", *search],
+        env=project_env(), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    result = json.loads(report.read_text())
+    out = " ".join(result["stdout"].split())
+    assert result["returncode"] == 0, result["stdout"] + result["stderr"]
+    trials = set(remote_experiments(remote))
+    assert trials == {"tpe-baseline", "tpe-t0", "tpe-t1"}  # run on the cluster, pushed there
+    # All three scored on their folds' held-out rows, so their fold files reached here.
+    verdict = re.search(r"the average of the best 3 has log loss (\S+) against (\S+)", out)
+    assert verdict, out
+    monkeypatch.chdir(project)  # DVC in-process, as the CLI runs it
+    for name in trials:  # each fold of each a Parquet file, readable from here
+        assert all(data[:4] == b"PAR1" for data in out_of_fold_files(project, name, 2))

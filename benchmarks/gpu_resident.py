@@ -39,7 +39,7 @@ from gpu_check import params_and_runtime, parser_for  # noqa: E402
 
 from nntune.stage import device  # noqa: E402
 from nntune.stage.data import digits_frame  # noqa: E402
-from nntune.stage.model import TargetScale, build_model  # noqa: E402
+from nntune.stage.model import model_for  # noqa: E402
 from nntune.stage.preprocess import prepare  # noqa: E402
 
 
@@ -55,14 +55,7 @@ def main() -> None:
         keras.backend.clear_session()
         keras.utils.set_random_seed(runtime.seed)
         x, y = data.xy("train")
-        net = build_model(
-            params.model,
-            params.train,
-            len(data.features),
-            data.task,
-            len(data.classes),
-            target=TargetScale.of(data.task, y),
-        )
+        net = model_for(params, data)
         net.fit(x, y, epochs=args.epochs, batch_size=params.train.batch_size, verbose=0)
         out = net.predict(data.x("test"), batch_size=params.train.batch_size, verbose=0)
         return used.name, hashlib.md5(out.tobytes()).hexdigest()

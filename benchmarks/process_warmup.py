@@ -48,7 +48,7 @@ import keras  # noqa: E402
 from nntune.config.params import parse_params  # noqa: E402
 from nntune.stage import artifacts  # noqa: E402
 from nntune.stage.data import digits_frame  # noqa: E402
-from nntune.stage.model import TargetScale, build_model  # noqa: E402
+from nntune.stage.model import build_model, model_for  # noqa: E402
 from nntune.stage.outputs import raw_output  # noqa: E402
 from nntune.stage.preprocess import prepare  # noqa: E402
 from nntune.stage.training import fit, seed_everything  # noqa: E402
@@ -71,14 +71,7 @@ def main() -> None:
     def trial(out: Path) -> None:
         keras.backend.clear_session()
         seed_everything(params.runtime)
-        net = build_model(
-            params.model,
-            params.train,
-            len(data.features),
-            data.task,
-            len(data.classes),
-            target=TargetScale.of(data.task, data.xy("train")[1]),
-        )
+        net = model_for(params, data)
         with tempfile.TemporaryDirectory() as live, contextlib.redirect_stdout(io.StringIO()):
             result = fit(net, data, params.train, live, seed=params.runtime.seed)
         raw_output(net, data.x("test"))

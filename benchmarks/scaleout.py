@@ -13,7 +13,11 @@ experiment refs and a new clone cache, so nothing is restored instead of trained
 - local: `nntune grid` + `nntune run -j 2` wall time.
 - ray: `nntune grid` + `nntune run --backend ray` wall time (the cluster's start, about
   6 s, is reported apart), with the per-trial phases the driver prints (clone, dvc pull,
-  dvc exp run, dvc exp push, medians).
+  dvc exp run, dvc exp push, medians). Each Ray worker keeps a warm runner for its trials'
+  stages.
+- ray-cold: the same with `--cold`: every stage of every trial starts a fresh Python.
+
+`--only` picks contenders (default all three); each repeat runs them in turn.
 
 Per-trial overhead = wall x 2 workers / trials - median `train_seconds` (the pure fit).
 """
@@ -42,6 +46,7 @@ SPACE = {
     "train.learning_rate": [0.01],
 }
 SCENARIO = ROOT / "tests" / "ray_cluster.py"
+CONTENDERS = ("local", "ray", "ray-cold")
 
 
 def share(tmp: Path, project: Path) -> Path:
@@ -79,20 +84,21 @@ def local(project: Path, space: Path) -> dict[str, Any]:
     return summary("local -j 2", time.perf_counter() - started, project)
 
 
-def ray(project: Path, space: Path, cache: Path) -> dict[str, Any]:
+def ray(project: Path, space: Path, cache: Path, cold: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     sh(project, str(BIN / "nntune"), "grid", "--space", str(space))
     queued = time.perf_counter() - started
     report = cache.parent / "ray.json"
     subprocess.run(
         ["unshare", "-n", "-p", "-f", "--mount-proc", sys.executable, str(SCENARIO),
-         str(project), str(cache), str(report)],
+         str(project), str(cache), str(report), "--", "run", *(["--cold"] if cold else [])],
         env=env(), capture_output=True, text=True, check=True,
     )  # fmt: skip
     result = json.loads(report.read_text())
     if result["returncode"] != 0:
         raise SystemExit(result["stdout"] + result["stderr"])
-    row = summary("ray, 2 nodes", queued + result["run_s"], project)
+    kind = "ray, 2 nodes" + (", cold stages" if cold else "")
+    row = summary(kind, queued + result["run_s"], project)
     row["cluster_start_s"] = result["cluster_up_s"]
     found = re.search(r"per trial on Ray, median seconds: (.*)", result["stdout"])
     row["trial_phases_s"] = found.group(1).strip() if found else None
@@ -114,25 +120,31 @@ def summary(kind: str, seconds: float, project: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nntune-scaleout-"))
     project = make_project(tmp)
     remote = share(tmp, project)
     space = tmp / "scaleout.yaml"
     space.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in SPACE.items()))
-    results: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
+    results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.only}
     for repeat in range(args.repeats):
-        reset(project, remote)
-        results["local"].append(local(project, space))
-        print(json.dumps(results["local"][-1]), flush=True)
-        reset(project, remote)
-        results["ray"].append(ray(project, space, tmp / f"cache{repeat}"))
-        print(json.dumps(results["ray"][-1]), flush=True)
-    medians = {
+        for kind in args.only:
+            reset(project, remote)
+            if kind == "local":
+                results[kind].append(local(project, space))
+            else:
+                cache = tmp / f"cache-{kind}-{repeat}"
+                results[kind].append(ray(project, space, cache, cold=kind == "ray-cold"))
+            print(json.dumps(results[kind][-1]), flush=True)
+    medians: dict[str, dict[str, float]] = {
         kind: {k: statistics.median(r[k] for r in rows) for k in ("seconds", "overhead_s")}
         for kind, rows in results.items()
     }
-    medians["ray / local"] = {"seconds": medians["ray"]["seconds"] / medians["local"]["seconds"]}
+    for top, bottom in (("ray", "local"), ("ray", "ray-cold"), ("ray-cold", "local")):
+        if top in medians and bottom in medians:
+            ratio = medians[top]["seconds"] / medians[bottom]["seconds"]
+            medians[f"{top} / {bottom}"] = {"seconds": round(ratio, 3)}
     print(json.dumps({"medians": medians}))
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -44,6 +44,32 @@ def _descendants(pid: int) -> list[psutil.Process]:
     return list(psutil.Process(pid).children(recursive=True))
 
 
+def _warm_runners_of(owners: set[int]) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """The warm runner servers that a lost node's Ray workers started (``--owner PID``),
+    and the stage processes those forked: daemons, so no descendants of the node's raylet."""
+    servers: list[psutil.Process] = []
+    children: list[psutil.Process] = []
+    for process in psutil.process_iter():
+        try:
+            command = process.cmdline()
+            server = "nntune.warm.server" in command and "--owner" in command
+            if server and int(command[command.index("--owner") + 1]) in owners:
+                servers.append(process)
+                children += process.children(recursive=True)
+        except (psutil.Error, ValueError, IndexError):
+            continue
+    return servers, children
+
+
+def _described(process: psutil.Process) -> dict[str, object]:
+    """A lingering process for the report: its command, state and children."""
+    try:
+        children = [(c.pid, c.status(), c.cmdline()[:4]) for c in process.children(True)]
+        return {"command": process.cmdline()[:4], "status": process.status(), "children": children}
+    except psutil.Error as exc:
+        return {"pid": process.pid, "error": repr(exc)}
+
+
 def _alive(process: psutil.Process) -> bool:
     try:
         return process.status() != psutil.STATUS_ZOMBIE
@@ -84,6 +110,7 @@ def main() -> int:
         text=True,
     )  # fmt: skip
     killed_at, lost, survivors, commands = None, [], [], []
+    servers, lingering = [], []
     if kill:
         # Lose the worker node once both nodes run a trial (two clones at work).
         work = Path(cache, "work")
@@ -91,11 +118,19 @@ def main() -> int:
             if work.is_dir() and len([d for d in work.iterdir() if d.is_dir()]) >= 2:
                 time.sleep(3)  # well inside `dvc exp run`
                 lost = _descendants(worker.all_processes["raylet"][0].process.pid)
-                commands = [" ".join(p.cmdline()) for p in lost if _alive(p)]
+                servers, forked = _warm_runners_of({p.pid for p in lost})
+                lost += forked
+                commands = [" ".join(p.cmdline()) for p in [*lost, *servers] if _alive(p)]
                 cluster.remove_node(worker)
                 killed_at = time.perf_counter() - start
                 time.sleep(5)
                 survivors = [p.cmdline() for p in lost if _alive(p)]
+                # A server stops once it sees its Ray worker gone (it polls each second).
+                for _ in range(100):
+                    if not any(_alive(p) for p in servers):
+                        break
+                    time.sleep(0.25)
+                lingering = [_described(p) for p in servers if _alive(p)]
             time.sleep(0.2)
     stdout, stderr = driver.communicate(timeout=900)
     result = {
@@ -106,10 +141,13 @@ def main() -> int:
         "run_s": round(time.perf_counter() - start - up, 2),
         "killed_at_s": killed_at,
         # Processes of the lost node (the trial's `nntune trial`, `dvc exp run` and stage
-        # included) still alive 5 s after it was removed: must be none.
+        # included, and what its workers' warm runners forked) still alive 5 s after it was
+        # removed: must be none. Its workers' warm runner servers 30 s after: none either.
         "lost_node_processes": len(lost),
         "lost_node_commands": commands,
         "survivors": survivors,
+        "lost_warm_runners": len(servers),
+        "lingering_warm_runners": lingering,
         "interfaces": interfaces,
     }
     out.write_text(json.dumps(result, indent=1))

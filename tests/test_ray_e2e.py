@@ -25,6 +25,7 @@ from project import NNTUNE, project_env, remote_experiments, run, shared_project
 from nntune.experiments.ensembles import out_of_fold_files
 
 UNSHARE = ["unshare", "-n", "-p", "-f", "--mount-proc"]
+KERAS_STAGES = {"train", "evaluate"}
 SCENARIO = Path(__file__).with_name("ray_cluster.py")
 
 
@@ -68,19 +69,33 @@ def test_ray_cluster_runs_the_grid_and_survives_a_lost_node(tmp_path: Path) -> N
     run(project, NNTUNE, "grid", "-p", "train.learning_rate=0.003,0.01", "-p", "model.units=8,16")
     names = {"lr0.003-u8", "lr0.003-u16", "lr0.01-u8", "lr0.01-u16"}
     report = tmp_path / "ray.json"
+    profile = tmp_path / "stages.jsonl"  # every stage that ran to its end, on either node
     subprocess.run(
         [*UNSHARE, sys.executable, str(SCENARIO), str(project), str(tmp_path / "c"), str(report),
          "--kill"],
-        env=project_env(), capture_output=True, text=True, timeout=600, check=False,
+        env={**project_env(), "NNTUNE_PROFILE": str(profile)},
+        capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     result = json.loads(report.read_text())
     assert result["returncode"] == 0, result["stdout"] + result["stderr"]
     assert result["interfaces"] == ["lo"]  # nothing but loopback in the namespace
+    # Each Ray worker's warm runner forked the trials' Keras stages: no stage imported
+    # TensorFlow itself. Every trial trained, but the baseline's point (lr0.01-u16: DVC
+    # runs no stage for it) and maybe the lost one (its retry may restore a train stage
+    # that had ended from DVC's run cache, which both nodes share here).
+    stages = [json.loads(line) for line in profile.read_text().splitlines()]
+    keras_stages = [s for s in stages if s["trial"] in names and s["stage"] in KERAS_STAGES]
+    trained = {s["trial"] for s in keras_stages if s["stage"] == "train"}
+    lost = {n for n in names if any(f"--name {n} " in c for c in result["lost_node_commands"])}
+    assert len(lost) == 1 and names - {"lr0.01-u16"} - lost <= trained
+    assert all(s["warm"] for s in keras_stages), keras_stages
     # The worker node was lost while it ran a trial, and none of that trial's processes
     # (`nntune trial`, `dvc exp run`, the stage) outlived it to race the retry.
     assert result["killed_at_s"] is not None
     assert any(" trial " in command for command in result["lost_node_commands"])
     assert result["survivors"] == []
+    assert result["lost_warm_runners"] >= 2  # per Ray worker there, one per flavour
+    assert result["lingering_warm_runners"] == []
     assert "4/4" in result["stdout"] and "failed 0" in result["stdout"]
 
     # All four experiments are on the git remote, once each, and none is queued here.

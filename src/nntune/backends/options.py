@@ -18,12 +18,13 @@ class RayOptions:
     retries: int = 3  # re-runs of a trial whose node or worker died
     cache_dir: str | None = None  # clones and DVC cache on each node; None: its default
     remote: str = "origin"  # the git remote trials clone from and push to
+    warm: bool = True  # each Ray worker keeps a warm runner for the stages of its trials
 
 
 @dataclass(frozen=True)
 class BackendOptions:
     backend: Backend = "local"
-    warm: bool = True  # local backend: stages forked from the warm runner
+    warm: bool = True  # stages forked from the warm runner (on Ray: ray.warm)
     ray: RayOptions = field(default_factory=RayOptions)
     executor: Executor = "nntune"
 

@@ -14,6 +14,7 @@ is not retried and stays in the local queue.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from nntune.backends.view import Finished, RunOutcome, finished_trial, trials_pr
 from nntune.config.metrics import Objective
 from nntune.errors import NntuneError
 from nntune.experiments import DvcRepo
+from nntune.stage.backend import declared
 
 # mypy skips Ray (pyproject.toml), so its objects are untyped; these name what a value is.
 RayQueue: TypeAlias = Any  # ray.util.queue.Queue: started trials report (name, host) to it
@@ -44,14 +46,41 @@ class ClusterError(NntuneError):
     pass
 
 
-def ray_trial(spec: TrialSpec, cache_dir: str | None, events: RayQueue) -> dict[str, Any]:
+# The warm runner of this Ray worker process, per Keras backend (None: it did not start),
+# started by its first trial and kept for the next ones; it stops with the worker.
+_WARM: dict[str, str | None] = {}
+
+
+def keep_warm_runner(backend: str) -> str | None:
+    """Start the warm runner's servers for ``backend`` once per process and keep them: the
+    environment then points every later ``nntune trial`` child (and the stages its
+    ``dvc exp run`` starts) at them. Each trial's stages are forked from a process that has
+    imported TensorFlow (or JAX) already, instead of importing it twice (train, evaluate).
+    The servers stop when this process ends (``--owner``), and the stages running then end
+    with their own processes. Returns the socket base, or None where they did not start
+    (the stages then run cold, as before)."""
+    if backend not in _WARM:
+        from nntune.warm.launcher import warm_runner
+
+        stack = contextlib.ExitStack()
+        _WARM[backend] = stack.enter_context(warm_runner(True, backends=(backend,)))
+        atexit.register(stack.close)
+    return _WARM[backend]
+
+
+def ray_trial(
+    spec: TrialSpec, cache_dir: str | None, events: RayQueue, warm_backend: str | None = None
+) -> dict[str, Any]:
     """The Ray task: ``nntune trial`` in a child process that leads its own process group
     and dies with this worker (``remote.watch_parent``), so a lost node leaves nothing
-    running that could race the retry."""
+    running that could race the retry. With ``warm_backend``, the stages are forked from
+    this worker's warm runner (:func:`keep_warm_runner`)."""
     import socket
 
     with contextlib.suppress(Exception):  # the live view only: never fail a trial over it
         events.put_nowait((spec.name, socket.gethostname()))
+    if warm_backend is not None:
+        keep_warm_runner(warm_backend)
     command = spec.command(str(Path(sys.executable).parent / "nntune"))
     if cache_dir:
         command += ["--cache-dir", cache_dir]
@@ -99,12 +128,19 @@ class RayExecutor:
     """
 
     def __init__(
-        self, ray: ModuleType, events: RayQueue, url: str, rev: str, options: RayOptions
+        self,
+        ray: ModuleType,
+        events: RayQueue,
+        url: str,
+        rev: str,
+        options: RayOptions,
+        warm_backend: str | None = None,
     ) -> None:
         self.ray = ray
         self.events = events
         self.url, self.rev = url, rev
         self.options = options
+        self.warm_backend = warm_backend  # the Keras backend of the workers' warm runners
         self.task = ray.remote(ray_trial).options(
             num_cpus=options.num_cpus,
             num_gpus=options.num_gpus,
@@ -123,7 +159,8 @@ class RayExecutor:
         url, rev = check_remotes(root, options.remote)
         ray = _import_ray()
         ray.init(address=options.address, log_to_driver=False, logging_level="WARNING")
-        return cls(ray, _event_queue(ray), url, rev, options)
+        backend = declared(Path(root) / "params.yaml")[0] if options.warm else None
+        return cls(ray, _event_queue(ray), url, rev, options, backend)
 
     def close(self) -> None:
         self.ray.shutdown()
@@ -132,7 +169,8 @@ class RayExecutor:
         busy = {spec.name for spec in self.pending.values()} | set(self.failed)
         for name, overrides in experiments.queued_trials(repo, skip=busy):
             spec = TrialSpec(self.url, self.rev, name, tuple(overrides))
-            self.pending[self.task.remote(spec, self.options.cache_dir, self.events)] = spec
+            task = self.task.remote(spec, self.options.cache_dir, self.events, self.warm_backend)
+            self.pending[task] = spec
 
     def refresh(self, repo: DvcRepo, timeout: float = 0.0) -> list[tuple[str, bool]]:
         """Wait up to ``timeout`` for a task to finish; collect every finished one."""

@@ -75,8 +75,9 @@ WarmOption = Annotated[
     bool,
     typer.Option(
         "--warm/--cold",
-        help="local backend: fork each trial's stages from one process that imported "
-        "TensorFlow once (--cold: every stage starts a fresh Python)",
+        help="fork each trial's stages from one process that imported TensorFlow once "
+        "(on Ray: one per Ray worker, kept across its trials; --cold: every stage starts "
+        "a fresh Python)",
     ),
 ]
 
@@ -147,5 +148,5 @@ def backend_options(
     executor: Executor = "nntune",
 ) -> BackendOptions:
     """The backend options ``run`` and ``search`` share, as one value."""
-    ray = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote)
+    ray = RayOptions(address, num_cpus, num_gpus, retries, cache_dir, remote, warm)
     return BackendOptions(backend, warm, ray, executor)

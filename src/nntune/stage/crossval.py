@@ -32,7 +32,7 @@ import pandas as pd
 from nntune.config.metrics import validation_metric_names
 from nntune.config.sections import Params
 from nntune.stage.data import Prepared
-from nntune.stage.model import TargetScale, build_model
+from nntune.stage.model import model_for
 from nntune.stage.outputs import raw_output
 from nntune.stage.preprocess import prepare
 from nntune.stage.training import fit, seed_everything
@@ -49,14 +49,7 @@ def run_fold(params: Params, frame: pd.DataFrame, fold: int) -> FoldResult:
     ``fold_{fold}_{name}``, with its epochs) and its out-of-fold predictions."""
     data = prepare(frame, params.data, fold=fold)
     seed_everything(params.runtime)
-    net = build_model(
-        params.model,
-        params.train,
-        len(data.features),
-        data.task,
-        len(data.classes),
-        target=TargetScale.of(data.task, data.xy("train")[1]),
-    )
+    net = model_for(params, data)
     with tempfile.TemporaryDirectory(prefix="nntune-fold-") as live:  # curves not kept
         result = fit(net, data, params.train, live, seed=params.runtime.seed)
     # Every key names its fold: DVC's experiment table merges all metrics files by key.

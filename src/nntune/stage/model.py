@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
 from nntune.config.metrics import FIT_METRICS, Task
-from nntune.config.sections import ModelParams, TrainParams
+from nntune.config.sections import ModelParams, Params, TrainParams
+
+if TYPE_CHECKING:
+    from nntune.stage.data import Prepared
 
 # Output activation and loss per task: multiclass cross-entropy for classification, as the
 # seed article advises; a sigmoid with binary cross-entropy for two classes; MSE for regression.
@@ -39,6 +42,22 @@ class TargetScale:
         y = np.asarray(y_train, dtype="float64")
         std = float(y.std()) if len(y) else 1.0
         return cls(float(y.mean()) if len(y) else 0.0, std if std > 0 else 1.0)
+
+
+def model_for(
+    params: Params, data: Prepared, input_scaling: keras.layers.Layer | None = None
+) -> keras.Model:
+    """:func:`build_model` for ``params`` and the prepared ``data``: its features, task and
+    classes, and (regression) the training split's target scale."""
+    return build_model(
+        params.model,
+        params.train,
+        len(data.features),
+        data.task,
+        len(data.classes),
+        input_scaling=input_scaling,
+        target=TargetScale.of(data.task, data.xy("train")[1]),
+    )
 
 
 def build_model(

@@ -28,7 +28,7 @@ from nntune.errors import NntuneError
 from nntune.stage import artifacts
 from nntune.stage.data import UNLABELED, Prepared
 from nntune.stage.dvclive_internals import StepLive
-from nntune.stage.model import TargetScale, build_model, hidden_stack
+from nntune.stage.model import hidden_stack, model_for
 from nntune.stage.training import EpochLog, LiveEpochs
 
 INFO_FILE = "info.json"
@@ -271,13 +271,5 @@ def initialised_model(
     """The model ``params`` describe for ``data``: random weights, or, when pretrained, the
     encoder's input scaling and hidden-layer weights; returns it with the names of the
     pretrained layers (to keep frozen for ``pretrain.freeze_epochs``)."""
-    net = build_model(
-        params.model,
-        params.train,
-        len(data.features),
-        data.task,
-        len(data.classes),
-        input_scaling=pretrained.scaling_layer(),
-        target=TargetScale.of(data.task, data.xy("train")[1]),
-    )
+    net = model_for(params, data, input_scaling=pretrained.scaling_layer())
     return net, transfer(pretrained, net)

@@ -91,17 +91,10 @@ def load(init_dir: str | Path, params: Params, data: Prepared) -> keras.Model | 
         )
     import keras
 
-    from nntune.stage.model import TargetScale, build_model
+    from nntune.stage.model import model_for
 
     net = keras.saving.load_model(init_dir / MODEL_FILE)
-    fresh = build_model(
-        params.model,
-        params.train,
-        len(data.features),
-        data.task,
-        len(data.classes),
-        target=TargetScale.of(data.task, data.xy("train")[1]),
-    )
+    fresh = model_for(params, data)
     _check_same_model(net, fresh, warm.experiment, params)
     return net
 

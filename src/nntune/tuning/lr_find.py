@@ -176,7 +176,7 @@ def keras_train_step(params: Params, data: Prepared, steps: int) -> Callable[[fl
     optimiser) and a function that trains it one batch at a given rate and returns that
     batch's loss. Seeded, and batches in the train stage's (seed, epoch) order."""
     from nntune.stage.device import distribution_scope
-    from nntune.stage.model import TargetScale, build_model
+    from nntune.stage.model import model_for
     from nntune.stage.training import epoch_batches, seed_everything
 
     seed_everything(params.runtime)
@@ -185,14 +185,7 @@ def keras_train_step(params: Params, data: Prepared, steps: int) -> Callable[[fl
     epochs = math.ceil(steps / math.ceil(len(x) / size))
     batches, _ = epoch_batches(x, y, size, params.runtime.seed, 0, epochs)
     with distribution_scope(params.runtime):
-        net = build_model(
-            params.model,
-            params.train,
-            x.shape[1],
-            data.task,
-            len(data.classes),
-            target=TargetScale.of(data.task, y),
-        )
+        net = model_for(params, data)
     batch = iter(batches)
 
     def train_step(rate: float) -> float:

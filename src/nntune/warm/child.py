@@ -49,6 +49,7 @@ from nntune.warm.client import (
     PROFILE_CLIENT_ENV,
     PROFILE_ENV,
     SOCKET_ENV,
+    read_message,
     send_message,
 )
 from nntune.warm.snapshot import adopt_or_drop_nntune, loaded_nntune, stage_path
@@ -123,7 +124,7 @@ class Job:
             try:
                 send_message(self.gate, {"exit": 0})
                 _tidy()  # after the report: off the stage's time, before the next stage
-                request = _read_message(self.gate)
+                request = read_message(self.gate)
             except OSError:
                 request = None
             if not isinstance(request, dict) or not isinstance(request.get("request"), dict):
@@ -217,17 +218,6 @@ def _exit_now(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _read_message(sock: socket.socket) -> Any:
-    """One JSON line from the server; ``None`` when it closed its end."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            return None
-        data += chunk
-    return json.loads(data)
 
 
 def _reopen_stdio() -> None:

@@ -51,14 +51,3 @@ class Child:
         self.close_gate()
         if self.conn is not None:
             self.conn.close()
-
-
-def read_line(sock: socket.socket) -> bytes:
-    """One line from a child's pair; ``b""`` when it closed its end."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            return b""
-        data += chunk
-    return data

@@ -273,16 +273,10 @@ def _relay(sock: socket.socket, child: int) -> NoReturn:
     with suppress(ValueError):  # not the main thread: no Ctrl-C to pass on
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             signal.signal(signal.SIGINT, lambda *_: _signal_group(child, signal.SIGINT))
-    data = b""
     try:
         sock.settimeout(None)
         socket.send_fds(sock, [GO], [0, 1, 2])  # the go, with the stage's standard streams
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(4096)  # retried after the SIGINT handler (PEP 475)
-            if not chunk:
-                break
-            data += chunk
-        code = int(json.loads(data)["exit"])
+        code = int(read_message(sock)["exit"])  # None (it went away): a TypeError
     except (OSError, ValueError, KeyError, TypeError) as exc:
         what = f"its connection failed ({exc})" if isinstance(exc, OSError) else "it went away"
         _lost(child, what)
@@ -354,6 +348,18 @@ def read_exactly(conn: socket.socket, size: int) -> bytes:
 
 def send_message(conn: socket.socket, message: dict[str, Any]) -> None:
     conn.sendall(json.dumps(message).encode() + b"\n")
+
+
+def read_message(conn: socket.socket) -> Any:
+    """One JSON line from the other end (what :func:`send_message` sent); ``None`` when it
+    closed its end first. Raises ``ValueError`` on a line that is not JSON."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)  # retried after a signal handler (PEP 475)
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data)
 
 
 def process_alive(pid: int) -> bool:

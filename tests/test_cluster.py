@@ -24,6 +24,7 @@ class FakeRay:
         self.submitted: list[Any] = []  # (ref, spec)
         self.outcomes: dict[int, Any] = {}  # ref -> result dict or exception
         self.options_seen: dict[str, Any] = {}
+        self.warm_backends: list[Any] = []  # per submitted task
 
     def remote(self, function: Any) -> FakeRay:
         assert function is cluster.ray_trial
@@ -33,9 +34,10 @@ class FakeRay:
         self.options_seen = kwargs
         return self
 
-    def submit(self, spec: Any, cache_dir: Any, events: Any) -> int:
+    def submit(self, spec: Any, cache_dir: Any, events: Any, warm_backend: Any) -> int:
         ref = len(self.submitted)
         self.submitted.append((ref, spec))
+        self.warm_backends.append(warm_backend)
         return ref
 
     def wait(
@@ -102,7 +104,7 @@ def queue(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 def _executor() -> tuple[RayExecutor, FakeRay, FakeEvents]:
     ray, events = FakeRay(), FakeEvents()
     options = RayOptions(num_cpus=2, num_gpus=1, retries=5, remote="team")
-    executor = RayExecutor(ray, events, "git@host:p.git", REV, options)
+    executor = RayExecutor(ray, events, "git@host:p.git", REV, options, "jax")
     executor.task.remote = ray.submit  # type: ignore[attr-defined]
     return executor, ray, events
 
@@ -113,6 +115,7 @@ def test_success_is_pulled_and_dequeued_failure_stays_queued(queue: dict[str, An
         "num_cpus": 2, "num_gpus": 1, "max_retries": 5, "retry_exceptions": False,
     }  # fmt: skip
     executor.start(repo=None)
+    assert ray.warm_backends == ["jax"] * 3  # each task keeps its worker's warm runner
     specs = [spec for _, spec in ray.submitted]
     assert [(s.name, s.rev, s.git_url, s.overrides) for s in specs] == [
         ("a", REV, "git@host:p.git", ("model.units=8",)),
@@ -155,3 +158,32 @@ def test_a_lost_event_queue_never_fails_the_view() -> None:
             raise RuntimeError("actor died with its node")
 
     assert cluster._drain(Broken()) == {}
+
+
+def test_a_ray_worker_starts_its_warm_runner_once_and_keeps_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first trial of a Ray worker process starts the servers; the next ones reuse them,
+    and they are stopped only when the process exits."""
+    import contextlib
+
+    from nntune.warm import launcher
+
+    started: list[tuple[bool, Any]] = []
+    stopped: list[str] = []
+
+    @contextlib.contextmanager
+    def fake_runner(enabled: bool, backends: Any = None) -> Any:
+        started.append((enabled, backends))
+        yield f"/tmp/socket-{len(started)}"
+        stopped.append("stopped")
+
+    monkeypatch.setattr(launcher, "warm_runner", fake_runner)
+    monkeypatch.setattr(cluster, "_WARM", {})
+    exits: list[Any] = []
+    monkeypatch.setattr(cluster.atexit, "register", exits.append)
+    assert cluster.keep_warm_runner("tensorflow") == "/tmp/socket-1"
+    assert cluster.keep_warm_runner("tensorflow") == "/tmp/socket-1"
+    assert started == [(True, ("tensorflow",))] and stopped == [] and len(exits) == 1
+    exits[0]()  # at the worker's exit
+    assert stopped == ["stopped"]

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -50,6 +51,21 @@ def require_isolation() -> None:
     pytest.skip(f"{reason}; Ray tests run only inside a private network namespace")
 
 
+def on_cluster(
+    project: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run tests/ray_cluster.py (``args``: ``--kill`` and/or ``-- NNTUNE ARGS``) in its own
+    namespaces on ``project``; its report, whose ``returncode`` is nntune's."""
+    report = tmp_path / "ray.json"
+    subprocess.run(
+        [*UNSHARE, sys.executable, str(SCENARIO), str(project), str(tmp_path / "c"), str(report),
+         *args],
+        env=env or project_env(), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(report.read_text())
+    return result
+
+
 def test_scenario_refuses_to_run_outside_a_namespace(tmp_path: Path) -> None:
     """The scenario starts Ray only as PID 1 of its own namespaces."""
     out = subprocess.run(
@@ -68,15 +84,9 @@ def test_ray_cluster_runs_the_grid_and_survives_a_lost_node(tmp_path: Path) -> N
     project, remote = shared_project(tmp_path, repro=True, max_epochs=2)
     run(project, NNTUNE, "grid", "-p", "train.learning_rate=0.003,0.01", "-p", "model.units=8,16")
     names = {"lr0.003-u8", "lr0.003-u16", "lr0.01-u8", "lr0.01-u16"}
-    report = tmp_path / "ray.json"
     profile = tmp_path / "stages.jsonl"  # every stage that ran to its end, on either node
-    subprocess.run(
-        [*UNSHARE, sys.executable, str(SCENARIO), str(project), str(tmp_path / "c"), str(report),
-         "--kill"],
-        env={**project_env(), "NNTUNE_PROFILE": str(profile)},
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    result = json.loads(report.read_text())
+    env = {**project_env(), "NNTUNE_PROFILE": str(profile)}
+    result = on_cluster(project, tmp_path, "--kill", env=env)
     assert result["returncode"] == 0, result["stdout"] + result["stderr"]
     assert result["interfaces"] == ["lo"]  # nothing but loopback in the namespace
     # Each Ray worker's warm runner forked the trials' Keras stages: no stage imported
@@ -118,18 +128,12 @@ def test_asha_search_on_ray_promotes_through_the_remotes(tmp_path: Path) -> None
     gets from the DVC remote (the parent ran elsewhere)."""
     require_isolation()
     project, remote = shared_project(tmp_path, repro=True)
-    report = tmp_path / "ray.json"
     # The space file stays outside the project: a queued experiment must change params only.
     space = tmp_path / "space.yaml"
     space.write_text("model.units: [8, 16]\ntrain.learning_rate: [0.003, 0.01]\n")
     search = ["search", "--method", "asha", "-n", "4", "-j", "2", "--min-epochs", "1",
               "--max-epochs", "3", "--eta", "3", "-s", str(space)]  # fmt: skip
-    subprocess.run(
-        [*UNSHARE, sys.executable, str(SCENARIO), str(project), str(tmp_path / "c"), str(report),
-         "--", *search],
-        env=project_env(), capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    result = json.loads(report.read_text())
+    result = on_cluster(project, tmp_path, "--", *search)
     assert result["returncode"] == 0, result["stdout"] + result["stderr"]
     assert "epochs spent: 6, against 12" in result["stdout"]
 
@@ -166,13 +170,7 @@ def test_cross_validated_search_on_ray_scores_the_average_on_fetched_folds(
     space.write_text("model.units: [8, 16]\ntrain.learning_rate: [0.003, 0.01]\n")
     search = ["search", "-n", "2", "-j", "2", "--max-epochs", "2", "--ensemble", "3",
               "-s", str(space)]  # fmt: skip
-    report = tmp_path / "ray.json"
-    subprocess.run(
-        [*UNSHARE, sys.executable, str(SCENARIO), str(project), str(tmp_path / "c"), str(report),
-         "--", *search],
-        env=project_env(), capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    result = json.loads(report.read_text())
+    result = on_cluster(project, tmp_path, "--", *search)
     out = " ".join(result["stdout"].split())
     assert result["returncode"] == 0, result["stdout"] + result["stderr"]
     trials = set(remote_experiments(remote))
